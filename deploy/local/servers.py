@@ -1,0 +1,248 @@
+"""Throwaway PostgreSQL and Redis servers from the system's binaries (stdlib only).
+
+Used by the test suite (a fresh pair per session, under a temporary
+directory) and by `make up` (a pair under .run/ that outlives the command).
+PostgreSQL refuses to run as root, so as root every PostgreSQL command runs
+as the `postgres` system user in a directory it owns.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+class MissingDependency(RuntimeError):
+    """A system binary is not installed; the message says which and how to get it."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.2)
+        return sock.connect_ex((host, port)) == 0
+
+
+def postgres_bindir() -> Path:
+    """The directory holding initdb and pg_ctl: PATH first, then Debian's versioned dirs."""
+    on_path = shutil.which("pg_ctl")
+    if on_path and shutil.which("initdb"):
+        return Path(on_path).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
+    if candidates:
+        return Path(candidates[-1]).parent
+    raise MissingDependency(
+        "PostgreSQL server binaries (initdb, pg_ctl) not found: install them with "
+        "`apt-get install postgresql` or set DATABASE_URL to a running server"
+    )
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise MissingDependency(
+            "redis-server not found: install it with `apt-get install redis-server` "
+            "or set REDIS_URL to a running server"
+        )
+    return found
+
+
+def _running_as_root() -> bool:
+    return os.geteuid() == 0
+
+
+def _as_postgres_user(command: list[str]) -> list[str]:
+    if not _running_as_root():
+        return command
+    try:
+        pwd.getpwnam("postgres")
+    except KeyError:
+        raise MissingDependency(
+            "running as root needs the `postgres` system user (apt-get install postgresql)"
+        ) from None
+    return ["runuser", "-u", "postgres", "--", *command]
+
+
+def _run(command: list[str], what: str) -> None:
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise RuntimeError(f"{what} failed ({result.returncode}): {result.stderr.strip() or result.stdout.strip()}")
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster in `directory`, listening on 127.0.0.1:`port` only."""
+
+    directory: Path
+    port: int
+    durable: bool = False  # tests trade durability for speed; `make up` keeps its data safe
+
+    @property
+    def datadir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def logfile(self) -> Path:
+        return self.directory / "postgres.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+
+    def _pg(self, tool: str) -> str:
+        return str(postgres_bindir() / tool)
+
+    def init(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if _running_as_root():
+            postgres = pwd.getpwnam("postgres")
+            os.chown(self.directory, postgres.pw_uid, postgres.pw_gid)
+        if (self.datadir / "PG_VERSION").exists():
+            return
+        _run(
+            _as_postgres_user(
+                [
+                    self._pg("initdb"),
+                    "-D",
+                    str(self.datadir),
+                    "-U",
+                    "postgres",
+                    "-A",
+                    "trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ]
+            ),
+            "initdb",
+        )
+
+    def start(self) -> None:
+        self.init()
+        options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.directory}", "-c max_connections=200"]
+        if not self.durable:
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        _run(
+            _as_postgres_user(
+                [
+                    self._pg("pg_ctl"),
+                    "-D",
+                    str(self.datadir),
+                    "-l",
+                    str(self.logfile),
+                    "-w",
+                    "-t",
+                    "60",
+                    "-o",
+                    " ".join(options),
+                    "start",
+                ]
+            ),
+            "pg_ctl start",
+        )
+
+    def stop(self, mode: str = "fast") -> None:
+        if not (self.datadir / "postmaster.pid").exists():
+            return
+        _run(
+            _as_postgres_user([self._pg("pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "-t", "60", "stop"]),
+            "pg_ctl stop",
+        )
+
+    def create_database(self, name: str) -> None:
+        _run(
+            _as_postgres_user([self._pg("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name]),
+            f"createdb {name}",
+        )
+
+    def has_database(self, name: str) -> bool:
+        result = subprocess.run(
+            _as_postgres_user(
+                [
+                    self._pg("psql"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(self.port),
+                    "-U",
+                    "postgres",
+                    "-Atc",
+                    f"SELECT 1 FROM pg_database WHERE datname = '{name}'",
+                ]
+            ),
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        return result.stdout.strip() == "1"
+
+
+@dataclass
+class Redis:
+    """A Redis server in `directory`, listening on 127.0.0.1:`port` only, with no persistence."""
+
+    directory: Path
+    port: int
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "redis.pid"
+
+    def url(self, db: int = 0) -> str:
+        return f"redis://127.0.0.1:{self.port}/{db}"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        _run(
+            [
+                redis_server_binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(self.directory),
+                "--daemonize",
+                "yes",
+                "--pidfile",
+                str(self.pidfile),
+                "--logfile",
+                str(self.directory / "redis.log"),
+            ],
+            "redis-server",
+        )
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not listen on {self.port}; see {self.directory / 'redis.log'}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while port_open(self.port) and time.monotonic() < deadline:
+            time.sleep(0.05)

@@ -1,0 +1,138 @@
+"""Settings: the one typed configuration object, read from the environment only.
+
+Every variable the service understands is a field below; the Helm chart,
+`make up` and the Tiltfile set the same names. `load_settings()` turns a
+validation failure into one line per bad variable, so a pod that starts with
+a broken environment says exactly which variable to fix.
+"""
+
+from __future__ import annotations
+
+import enum
+from functools import cached_property
+from typing import Annotated, Self
+
+from pydantic import Field, RedisDsn, SecretStr, UrlConstraints, ValidationError, model_validator
+from pydantic_core import MultiHostUrl
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# A well-known key is acceptable only in development, where `make up` and the
+# tests run; production must bring its own.
+_DEV_SECRET_KEY = "development-only-secret-key-change-me"  # noqa: S105 - refused in production
+
+Seconds = Annotated[float, Field(gt=0, le=3600)]
+# asyncpg speaks only the plain schemes (no SQLAlchemy-style "+driver" suffix).
+PostgresUrl = Annotated[
+    MultiHostUrl,
+    UrlConstraints(allowed_schemes=["postgres", "postgresql"], host_required=True),
+]
+
+
+class Environment(enum.StrEnum):
+    DEVELOPMENT = "development"
+    PRODUCTION = "production"
+
+
+class LogLevel(enum.StrEnum):
+    DEBUG = "DEBUG"
+    INFO = "INFO"
+    WARNING = "WARNING"
+    ERROR = "ERROR"
+
+
+class Settings(BaseSettings):
+    """Configuration of the API process (and, later, the worker)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
+
+    environment: Environment = Environment.PRODUCTION
+    service_name: str = Field("catalog-api", min_length=1, max_length=63)
+    log_level: LogLevel = LogLevel.INFO
+
+    # PostgreSQL: the system of record.
+    database_url: PostgresUrl
+    db_pool_min_size: int = Field(1, ge=0, le=100)
+    db_pool_max_size: int = Field(10, ge=1, le=100)
+    db_connect_timeout_seconds: Seconds = 5.0
+    db_pool_acquire_timeout_seconds: Seconds = 2.0
+    db_statement_timeout_seconds: Seconds = 5.0
+
+    # Redis: cache and rate limits; never the only copy of anything.
+    redis_url: RedisDsn
+    redis_connect_timeout_seconds: Seconds = 1.0
+    redis_command_timeout_seconds: Seconds = 0.5
+
+    # HTTP behaviour.
+    max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
+    max_request_line_bytes: int = Field(8190, ge=256, le=65536)
+    max_header_count: int = Field(100, ge=10, le=1000)
+    max_header_bytes: int = Field(16384, ge=1024, le=262144)
+    readiness_timeout_seconds: Seconds = 1.0
+    docs_enabled: bool | None = None
+    secret_key: SecretStr = SecretStr(_DEV_SECRET_KEY)
+
+    # Server (read by service/gunicorn_conf.py). The chain: the proxy's
+    # upstream keep-alive (60 s) < keepalive; drain + in-flight budget <
+    # graceful timeout < the pod's termination grace period.
+    host: str = "0.0.0.0"  # noqa: S104 - a pod listens on all its interfaces
+    port: int = Field(8000, ge=1, le=65535)
+    web_concurrency: int = Field(1, ge=1, le=64)
+    keepalive_seconds: int = Field(75, ge=1, le=3600)
+    graceful_timeout_seconds: int = Field(30, ge=1, le=3600)
+    worker_timeout_seconds: int = Field(60, ge=1, le=3600)
+    shutdown_drain_seconds: float = Field(5.0, ge=0, le=600)
+    max_requests: int = Field(20000, ge=0)
+    max_requests_jitter: int = Field(2000, ge=0)
+
+    @model_validator(mode="after")
+    def _check_invariants(self) -> Self:
+        if self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        if self.shutdown_drain_seconds + 1 > self.graceful_timeout_seconds:
+            raise ValueError(
+                "GRACEFUL_TIMEOUT_SECONDS must exceed SHUTDOWN_DRAIN_SECONDS by at least 1 s "
+                "so in-flight requests can finish after the drain"
+            )
+        if self.environment is Environment.PRODUCTION:
+            secret = self.secret_key.get_secret_value()
+            if secret == _DEV_SECRET_KEY or len(secret) < 32:
+                raise ValueError(
+                    "SECRET_KEY must be set to a random value of at least 32 characters when ENVIRONMENT=production"
+                )
+        return self
+
+    @cached_property
+    def openapi_enabled(self) -> bool:
+        if self.docs_enabled is not None:
+            return self.docs_enabled
+        return self.environment is Environment.DEVELOPMENT
+
+    @property
+    def in_flight_budget_seconds(self) -> float:
+        """Time left after the drain for in-flight requests and closing pools."""
+        return max(self.graceful_timeout_seconds - self.shutdown_drain_seconds - 1.0, 1.0)
+
+
+class ConfigurationError(SystemExit):
+    """Raised (and exits the process) when the environment is invalid."""
+
+
+def _describe(error: ValidationError) -> str:
+    """One line per problem, naming the environment variable to fix."""
+    lines = []
+    for item in error.errors(include_url=False):
+        if not item["loc"]:  # a cross-field rule: its message names the variables
+            lines.append(f"configuration error: {item['msg'].removeprefix('Value error, ')}")
+            continue
+        name = str(item["loc"][0]).upper()
+        problem = "is required but not set" if item["type"] == "missing" else f"is invalid: {item['msg']}"
+        lines.append(f"configuration error: {name} {problem}")
+    return "\n".join(lines)
+
+
+def load_settings() -> Settings:
+    """Read settings from the environment; exit with a clear message if they are invalid."""
+    try:
+        return Settings()  # type: ignore[call-arg]
+    except ValidationError as error:
+        raise ConfigurationError(_describe(error)) from None

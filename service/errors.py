@@ -1,0 +1,174 @@
+"""Errors: one hierarchy, one rendering (RFC 9457 problem+json), one place for handlers.
+
+Domain code raises a `ProblemError` subclass; it carries its HTTP status, a
+title and a problem type. Any other exception is logged with its traceback
+and answered with a bare 500 by `RequestContextMiddleware`: no stack traces,
+SQL or driver messages ever reach a client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping, Sequence
+from http import HTTPStatus
+from typing import Any
+
+import asyncpg
+import orjson
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+logger = logging.getLogger(__name__)
+
+PROBLEM_JSON = "application/problem+json"
+
+
+def problem_response(
+    status: int,
+    *,
+    title: str | None = None,
+    detail: str | None = None,
+    problem_type: str = "about:blank",
+    errors: Sequence[Mapping[str, Any]] | None = None,
+    headers: Mapping[str, str] | None = None,
+) -> Response:
+    body: dict[str, Any] = {
+        "type": problem_type,
+        "title": title or HTTPStatus(status).phrase,
+        "status": status,
+    }
+    if detail:
+        body["detail"] = detail
+    if errors is not None:
+        body["errors"] = list(errors)
+    return Response(orjson.dumps(body), status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+class ProblemError(Exception):
+    """Base of every error the API answers deliberately. Subclasses set the class attributes."""
+
+    status: int = 500
+    title: str = "Internal Server Error"
+    problem_type: str = "about:blank"
+
+    def __init__(self, detail: str | None = None, *, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail
+        self.headers = headers
+
+    def to_response(self) -> Response:
+        return problem_response(
+            self.status,
+            title=self.title,
+            detail=self.detail,
+            problem_type=self.problem_type,
+            headers=self.headers,
+        )
+
+
+class BadRequest(ProblemError):
+    status = 400
+    title = "Bad Request"
+
+
+class InvalidCursor(BadRequest):
+    title = "Invalid cursor"
+    problem_type = "/problems/invalid-cursor"
+
+
+class NotFound(ProblemError):
+    status = 404
+    title = "Not Found"
+
+
+class Conflict(ProblemError):
+    status = 409
+    title = "Conflict"
+    problem_type = "/problems/conflict"
+
+
+class PayloadTooLarge(ProblemError):
+    status = 413
+    title = "Content Too Large"
+
+
+class UnsupportedMediaType(ProblemError):
+    status = 415
+    title = "Unsupported Media Type"
+
+
+class ServiceUnavailable(ProblemError):
+    """A dependency is down, slow or saturated; the client should retry shortly."""
+
+    status = 503
+    title = "Service Unavailable"
+    problem_type = "/problems/dependency-unavailable"
+
+    def __init__(self, detail: str | None = None, *, retry_after_seconds: int = 1) -> None:
+        super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
+
+
+def _validation_errors(exc: RequestValidationError) -> Response:
+    problems = []
+    malformed = False
+    for error in exc.errors():
+        if error.get("type") == "json_invalid":
+            malformed = True
+        location = [str(part) for part in error.get("loc", ())]
+        problems.append({"location": location, "message": error.get("msg", ""), "type": error.get("type", "")})
+    if malformed:
+        return problem_response(
+            400,
+            title="Malformed JSON",
+            detail="The request body is not valid JSON.",
+            problem_type="/problems/malformed-json",
+            errors=problems,
+        )
+    return problem_response(
+        422,
+        title="Validation failed",
+        detail="The request did not pass validation; see errors.",
+        problem_type="/problems/validation",
+        errors=problems,
+    )
+
+
+async def _handle_problem(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProblemError)
+    return exc.to_response()
+
+
+async def _handle_validation(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, RequestValidationError)
+    return _validation_errors(exc)
+
+
+async def _handle_http(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    return problem_response(exc.status_code, detail=exc.detail if exc.status_code != 404 else None, headers=exc.headers)
+
+
+async def _handle_database_unavailable(request: Request, exc: Exception) -> Response:
+    logger.warning(
+        "database unavailable",
+        extra={"error": type(exc).__name__, "path": request.url.path},
+    )
+    return ServiceUnavailable("The database is unavailable or too slow; retry shortly.").to_response()
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ProblemError, _handle_problem)
+    app.add_exception_handler(RequestValidationError, _handle_validation)
+    app.add_exception_handler(StarletteHTTPException, _handle_http)
+    # Pool exhaustion (acquire timeout), statement timeouts and lost connections.
+    for exc_type in (
+        asyncio.TimeoutError,
+        asyncpg.QueryCanceledError,
+        asyncpg.PostgresConnectionError,
+        asyncpg.CannotConnectNowError,
+        ConnectionError,
+    ):
+        app.add_exception_handler(exc_type, _handle_database_unavailable)

@@ -1,0 +1,61 @@
+"""Kubernetes probes. Kept off the access log (and, later, metrics and traces).
+
+- `/livez`: the event loop answers; no I/O, so a slow database never gets a
+  healthy pod restarted.
+- `/readyz`: PostgreSQL and Redis answer within READINESS_TIMEOUT_SECONDS;
+  503 as soon as the pod starts draining so the load balancer stops routing.
+- `/startupz`: the lifespan has finished (pools open, settings valid).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.state import PoolDep, RedisDep, SettingsDep
+
+router = APIRouter(include_in_schema=False)
+
+
+def _json(status: int, body: dict[str, Any]) -> Response:
+    return Response(
+        orjson.dumps(body), status_code=status, media_type="application/json", headers={"Cache-Control": "no-store"}
+    )
+
+
+@router.get("/livez")
+async def livez() -> Response:
+    return _json(200, {"status": "ok"})
+
+
+@router.get("/startupz")
+async def startupz(request: Request) -> Response:
+    started = request.app.state.lifecycle.started
+    return _json(200 if started else 503, {"status": "ok" if started else "starting"})
+
+
+async def _check(probe: Any, within_seconds: float) -> str:
+    try:
+        async with asyncio.timeout(within_seconds):
+            await probe
+    except Exception as exc:  # noqa: BLE001 - any failure means "not ready"; the body names it
+        return f"error: {type(exc).__name__}"
+    return "ok"
+
+
+@router.get("/readyz")
+async def readyz(request: Request, settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> Response:
+    if request.app.state.lifecycle.draining:
+        return _json(503, {"status": "draining"})
+    timeout = settings.readiness_timeout_seconds
+    postgres, cache = await asyncio.gather(
+        _check(pool.fetchval("SELECT 1", timeout=timeout), timeout),
+        _check(redis.ping(), timeout),
+    )
+    checks = {"postgres": postgres, "redis": cache}
+    ready = all(result == "ok" for result in checks.values())
+    return _json(200 if ready else 503, {"status": "ok" if ready else "unavailable", "checks": checks})

@@ -1,0 +1,179 @@
+"""Item endpoints under /v1/items. Thin: validate, call the repository, serialise.
+
+Read paths answer with bytes serialised by orjson straight from the database
+rows (no per-item Pydantic model on the hot path); the Pydantic models still
+document the responses in OpenAPI.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import AsyncIterator, Sequence
+from typing import Annotated, Any
+
+import orjson
+from fastapi import APIRouter, Depends, Path, Query, Request
+from starlette.responses import Response, StreamingResponse
+
+from service.db import Pool, acquire
+from service.errors import BadRequest, NotFound, UnsupportedMediaType
+from service.items import repository
+from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpdate
+from service.pagination import decode_cursor, encode_cursor
+from service.state import ConnectionDep, PoolDep, SettingsDep
+
+MAX_BATCH_IDS = 100
+ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
+
+
+async def require_json_body(request: Request) -> None:
+    """415 for a body that does not claim to be JSON (runs before FastAPI validates the body)."""
+    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise UnsupportedMediaType("Send the body as application/json.")
+
+
+router = APIRouter(prefix="/v1/items", tags=["items"])
+_writes_json = [Depends(require_json_body)]
+
+
+def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
+
+
+def _item(row: repository.Row) -> dict[str, Any]:
+    return dict(row.items())
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=Item,
+    dependencies=_writes_json,
+    responses={409: {"description": "An item with this sku exists."}},
+)
+async def create_item(body: ItemCreate, conn: ConnectionDep) -> Response:
+    row = await repository.create(conn, **body.model_dump())
+    return _json(_item(row), status=201, headers={"Location": f"/v1/items/{row['id']}"})
+
+
+@router.get("", response_model=ItemPage)
+async def list_items(
+    conn: ConnectionDep,
+    settings: SettingsDep,
+    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
+) -> Response:
+    key = settings.secret_key.get_secret_value().encode()
+    after_id = decode_cursor(key, cursor) if cursor else 0
+    rows = await repository.page_after(conn, after_id, limit)
+    more = len(rows) > limit
+    rows = rows[:limit]
+    next_cursor = encode_cursor(key, rows[-1]["id"]) if more else None
+    return _json({"items": [_item(row) for row in rows], "next_cursor": next_cursor})
+
+
+def _parse_ids(raw: str) -> list[int]:
+    ids: list[int] = []
+    for part in raw.split(","):
+        candidate = part.strip()
+        if not candidate.isdigit() or not 1 <= int(candidate) < 2**63:
+            raise BadRequest(f"ids must be comma-separated positive integers; got {candidate[:32]!r}.")
+        ids.append(int(candidate))
+    unique = list(dict.fromkeys(ids))
+    if len(unique) > MAX_BATCH_IDS:
+        raise BadRequest(f"At most {MAX_BATCH_IDS} ids per request.")
+    return unique
+
+
+@router.get(":batch", response_model=ItemBatch)
+async def batch_get_items(
+    conn: ConnectionDep,
+    ids: Annotated[str, Query(min_length=1, max_length=2200, description="Comma-separated ids, at most 100.")],
+) -> Response:
+    wanted = _parse_ids(ids)
+    found = {row["id"]: row for row in await repository.get_many(conn, wanted)}
+    return _json(
+        {
+            "items": [_item(found[item_id]) for item_id in wanted if item_id in found],
+            "missing": [item_id for item_id in wanted if item_id not in found],
+        }
+    )
+
+
+@router.get(
+    "/export.csv",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/csv": {}}, "description": "Every item, as CSV."}},
+)
+async def export_items(pool: PoolDep, settings: SettingsDep) -> StreamingResponse:
+    chunks = _export_csv(pool, settings.db_pool_acquire_timeout_seconds)
+    # Start the export before answering, so a saturated pool or a database error
+    # is a 503 problem rather than a 200 with a truncated body.
+    header = await anext(chunks)
+
+    async def body() -> AsyncIterator[bytes]:
+        yield header
+        async for chunk in chunks:
+            yield chunk
+
+    return StreamingResponse(
+        body(),
+        media_type="text/csv; charset=utf-8",
+        headers={"Content-Disposition": 'attachment; filename="items.csv"'},
+    )
+
+
+async def _export_csv(pool: Pool, acquire_timeout: float) -> AsyncIterator[bytes]:
+    """The header line, then one CSV chunk per cursor batch; memory is one batch at most."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    async with acquire(pool, acquire_timeout) as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+        # One snapshot for the whole export; a slow reader may idle up to a minute between chunks.
+        await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
+        yield (",".join(repository.COLUMNS) + "\n").encode()
+        async for batch in repository.stream_all(conn):
+            writer.writerows(_csv_rows(batch))
+            yield buffer.getvalue().encode()
+            buffer.seek(0)
+            buffer.truncate()
+
+
+def _csv_rows(batch: Sequence[repository.Row]) -> list[tuple[Any, ...]]:
+    return [
+        (
+            r["id"],
+            r["sku"],
+            r["name"],
+            r["category"],
+            r["price_cents"],
+            r["stock"],
+            r["created_at"].isoformat(),
+            r["updated_at"].isoformat(),
+        )
+        for r in batch
+    ]
+
+
+@router.get("/{item_id}", response_model=Item)
+async def get_item(item_id: ItemId, conn: ConnectionDep) -> Response:
+    row = await repository.get(conn, item_id)
+    if row is None:
+        raise NotFound(f"Item {item_id} does not exist.")
+    return _json(_item(row))
+
+
+@router.patch("/{item_id}", response_model=Item, dependencies=_writes_json)
+async def update_item(item_id: ItemId, body: ItemUpdate, conn: ConnectionDep) -> Response:
+    row = await repository.update(conn, item_id, body.model_dump(exclude_unset=True))
+    if row is None:
+        raise NotFound(f"Item {item_id} does not exist.")
+    return _json(_item(row))
+
+
+@router.delete("/{item_id}", status_code=204)
+async def delete_item(item_id: ItemId, conn: ConnectionDep) -> Response:
+    if not await repository.delete(conn, item_id):
+        raise NotFound(f"Item {item_id} does not exist.")
+    return Response(status_code=204)

@@ -1,0 +1,154 @@
+"""Pure ASGI middleware (no BaseHTTPMiddleware: it buffers and costs a task per request).
+
+- `RequestContextMiddleware`: takes `X-Request-ID` from the proxy or makes one,
+  echoes it on the response, binds it to every log line, turns any unhandled
+  exception into a logged traceback and a bare 500 problem, and writes one
+  access line per request (probes excluded).
+- `RequestLimitsMiddleware`: refuses over-long request lines (414), too many or
+  too large headers (431) and bodies over the limit (413), whatever server or
+  HTTP parser runs the app.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+import uuid
+from typing import Final
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.errors import PayloadTooLarge, problem_response
+from service.logging import request_id_var
+
+access_logger = logging.getLogger("service.access")
+logger = logging.getLogger(__name__)
+
+PROBE_PATHS: Final = frozenset({"/livez", "/readyz", "/startupz"})
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        request_id = _incoming_request_id(scope) or uuid.uuid4().hex
+        token = request_id_var.set(request_id)
+        header = (b"x-request-id", request_id.encode())
+        status = 0
+        started = time.perf_counter()
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), header]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            # Handled here rather than in Starlette's outermost ServerErrorMiddleware so
+            # the traceback is logged with the request id and the 500 carries the header.
+            logger.exception("unhandled exception", extra={"path": scope["path"]})
+            if status == 0:
+                await problem_response(500)(scope, receive, send_with_id)
+            else:
+                status = 500  # the response was cut short; the client sees a broken stream
+        finally:
+            if scope["path"] not in PROBE_PATHS:
+                access_logger.info(
+                    "request",
+                    extra={
+                        "method": scope["method"],
+                        "path": scope["path"],
+                        "status": status,
+                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "client": (scope.get("client") or ("", 0))[0],
+                    },
+                )
+            request_id_var.reset(token)
+
+
+def _incoming_request_id(scope: Scope) -> str | None:
+    for name, value in scope["headers"]:
+        if name == b"x-request-id":
+            # Accept only ids that are safe to log and echo; otherwise make our own.
+            return value.decode("ascii") if _VALID_REQUEST_ID.match(value) else None
+    return None
+
+
+class RequestLimitsMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        max_body_bytes: int,
+        max_request_line_bytes: int,
+        max_header_count: int,
+        max_header_bytes: int,
+    ) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.max_request_line_bytes = max_request_line_bytes
+        self.max_header_count = max_header_count
+        self.max_header_bytes = max_header_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        if len(scope["raw_path"] or b"") + len(scope["query_string"]) > self.max_request_line_bytes:
+            await problem_response(414, detail="The request line is too long.")(scope, receive, send)
+            return
+        headers = scope["headers"]
+        if len(headers) > self.max_header_count or sum(len(k) + len(v) for k, v in headers) > self.max_header_bytes:
+            await problem_response(431, detail="The request headers are too large.")(scope, receive, send)
+            return
+
+        limit = self.max_body_bytes
+        for name, value in headers:
+            if name == b"content-length":
+                if not value.isdigit():
+                    await problem_response(400, detail="Content-Length is not a number.")(scope, receive, send)
+                    return
+                if int(value) > limit:
+                    too_large = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+                    await too_large.to_response()(scope, receive, send)
+                    return
+                break
+
+        # Chunked bodies have no Content-Length: count as they arrive. Past the limit we
+        # answer 413 ourselves and drop whatever the app sends afterwards (frameworks
+        # turn an exception raised while reading the body into their own 400).
+        received = 0
+        started = rejected = False
+
+        async def guarded_send(message: Message) -> None:
+            nonlocal started
+            if rejected:
+                return
+            started = True
+            await send(message)
+
+        async def limited_receive() -> Message:
+            nonlocal received, rejected
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    if not rejected and not started:
+                        rejected = True
+                        too_large = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
+                        await too_large.to_response()(scope, receive, send)
+                    raise PayloadTooLarge
+            return message
+
+        await self.app(scope, limited_receive, guarded_send)

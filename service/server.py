@@ -1,0 +1,76 @@
+"""The gunicorn worker: uvicorn's, plus a drain period on SIGTERM.
+
+On SIGTERM the stock uvicorn worker closes its listening socket at once.
+Ours first keeps serving for SHUTDOWN_DRAIN_SECONDS with `/readyz` answering
+503, so whatever routes traffic here (kube-proxy, an ingress, nginx) sees the
+pod leave before connections are refused; then uvicorn's graceful shutdown
+stops accepting, lets in-flight requests finish, and runs the lifespan
+shutdown that closes the pools, all within gunicorn's graceful timeout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+import time
+from types import FrameType
+from typing import Any, ClassVar
+
+from gunicorn.arbiter import Arbiter
+from uvicorn.config import Config
+from uvicorn.server import Server
+from uvicorn_worker import UvicornWorker
+
+from service.state import Lifecycle
+
+logger = logging.getLogger("service.server")
+
+
+class DrainingServer(Server):
+    def __init__(self, config: Config, lifecycle: Lifecycle) -> None:
+        super().__init__(config)
+        self.lifecycle = lifecycle
+        self.drain_deadline: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        drain = self.lifecycle.drain_seconds
+        if sig == signal.SIGTERM and self.drain_deadline is None and drain > 0:
+            self.drain_deadline = time.monotonic() + drain
+            self.lifecycle.draining = True
+            logger.info("SIGTERM: draining before shutdown", extra={"drain_seconds": drain})
+            return
+        self.lifecycle.draining = True
+        super().handle_exit(sig, frame)
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            self.should_exit = True
+        return await super().on_tick(counter)
+
+
+class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no types
+    # uvloop + httptools; access lines come from our middleware; no `server` header.
+    CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "loop": "auto",
+        "http": "auto",
+        "access_log": False,
+        "server_header": False,
+    }
+
+    async def _serve(self) -> None:
+        lifecycle = getattr(getattr(self.wsgi, "state", None), "lifecycle", None)
+        if not isinstance(lifecycle, Lifecycle):
+            raise TypeError("DrainingUvicornWorker serves apps built by service.app.create_app()")
+        self.config.app = self.wsgi
+        # In-flight requests get what is left of gunicorn's graceful timeout after the drain.
+        self.config.timeout_graceful_shutdown = lifecycle.shutdown_budget_seconds
+        server = DrainingServer(self.config, lifecycle)
+        # Gunicorn's quick shutdown (SIGINT/SIGQUIT to the master) sends workers SIGQUIT.
+        # The stock worker routes it to gunicorn's own handler, which the uvicorn server
+        # never notices, so the master waits out the whole graceful timeout. Stop now.
+        asyncio.get_running_loop().add_signal_handler(signal.SIGQUIT, server.handle_exit, signal.SIGQUIT, None)
+        await server.serve(sockets=self.sockets)
+        if not server.started:
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)

@@ -1,0 +1,123 @@
+"""Test harness: real PostgreSQL and Redis for the whole session.
+
+DATABASE_URL / REDIS_URL, when set, point the suite at existing servers (it
+empties the `items` table and flushes the Redis database it is given).
+Otherwise the session starts throwaway servers from the system binaries under
+a temporary directory and removes them at the end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+import pytest
+import redis.asyncio as redis
+from fastapi import FastAPI
+from starlette.types import Receive, Scope, Send
+
+from service.app import create_app
+from service.config import Settings
+from service.migrate import migrate
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+import servers  # noqa: E402  (stdlib-only helpers shared with `make up`)
+
+TEST_SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
+
+
+@dataclass
+class Backends:
+    database_url: str
+    redis_url: str
+    postgres: servers.Postgres | None  # None when the URL came from the environment
+    redis: servers.Redis | None
+
+
+@pytest.fixture(scope="session")
+def backends() -> Iterator[Backends]:
+    workdir = Path(tempfile.mkdtemp(prefix="catalog-tests-"))
+    os.chmod(workdir, 0o755)  # the postgres user must reach its directory inside
+    postgres = redis_server = None
+    try:
+        database_url = os.environ.get("DATABASE_URL")
+        if not database_url:
+            postgres = servers.Postgres(workdir / "postgres", servers.free_port())
+            postgres.start()
+            postgres.create_database("catalog_test")
+            database_url = postgres.url("catalog_test")
+        redis_url = os.environ.get("REDIS_URL")
+        if not redis_url:
+            redis_server = servers.Redis(workdir / "redis", servers.free_port())
+            redis_server.start()
+            redis_url = redis_server.url()
+        asyncio.run(migrate(database_url))
+        yield Backends(database_url, redis_url, postgres, redis_server)
+    finally:
+        if redis_server is not None:
+            redis_server.stop()
+        if postgres is not None:
+            postgres.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def make_settings(backends: Backends, **overrides: object) -> Settings:
+    values: dict[str, object] = {
+        "environment": "development",
+        "database_url": backends.database_url,
+        "redis_url": backends.redis_url,
+        "secret_key": TEST_SECRET_KEY,
+        "db_pool_min_size": 1,
+        "db_pool_max_size": 5,
+    }
+    values.update(overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def settings(backends: Backends) -> Settings:
+    return make_settings(backends)
+
+
+@pytest.fixture
+async def db(backends: Backends) -> AsyncIterator[asyncpg.Connection]:
+    """A direct connection (outside the app) that starts each test from an empty catalog."""
+    conn = await asyncpg.connect(backends.database_url)
+    await conn.execute("TRUNCATE items RESTART IDENTITY")
+    cache = redis.Redis.from_url(backends.redis_url)
+    await cache.flushdb()
+    await cache.aclose()
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
+@asynccontextmanager
+async def lifespan_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client for `app` with its real lifespan running (pool and Redis client open)."""
+    async with app.router.lifespan_context(app) as state:
+        # httpx's ASGI transport does not run the lifespan; hand its state over as a server would.
+        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
+            scope["state"] = dict(state or {})
+            await app(scope, receive, send)
+
+        transport = httpx.ASGITransport(app=with_state)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+            yield http
+
+
+@pytest.fixture
+async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    async with lifespan_client(create_app(settings)) as http:
+        yield http

@@ -1,0 +1,165 @@
+"""The API as it runs in a pod: gunicorn master + one uvicorn worker, real signals, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.conftest import ROOT, Backends
+from tests.e2e.conftest import ApiProcess, api_env
+
+pytestmark = pytest.mark.e2e
+
+ITEM = {"sku": "e2e-1", "name": "Widget", "category": "tools", "price_cents": 500, "stock": 5}
+
+
+async def wait_for_lock_waiter(db: asyncpg.Connection, within_seconds: float = 10) -> None:
+    deadline = time.monotonic() + within_seconds
+    while time.monotonic() < deadline:
+        waiting = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'catalog-api' AND wait_event_type = 'Lock'"
+        )
+        if waiting:
+            return
+        await asyncio.sleep(0.05)
+    raise TimeoutError("the request never blocked on the lock")
+
+
+async def test_sigterm_drains_finishes_in_flight_and_exits_in_time(
+    start_api: Callable[..., ApiProcess], db: asyncpg.Connection
+) -> None:
+    drain, graceful = 2.0, 10
+    api = start_api(SHUTDOWN_DRAIN_SECONDS=str(drain), GRACEFUL_TIMEOUT_SECONDS=str(graceful))
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        item_id = (await http.post("/v1/items", json=ITEM)).json()["id"]
+
+        # Make a read slow for real: hold a lock it must wait for.
+        transaction = db.transaction()
+        await transaction.start()
+        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        slow = asyncio.create_task(http.get(f"/v1/items/{item_id}", headers={"X-Request-ID": "slow-request-1"}))
+        watcher = await asyncpg.connect(api.env["DATABASE_URL"])
+        try:
+            await wait_for_lock_waiter(watcher)
+        finally:
+            await watcher.close()
+
+        sent = time.monotonic()
+        api.signal(signal.SIGTERM)
+        await asyncio.sleep(0.3)
+        # New connections are still accepted while draining, and readiness says go away.
+        async with httpx.AsyncClient(base_url=api.url, timeout=2) as fresh:
+            ready = await fresh.get("/readyz")
+            assert ready.status_code == 503
+            assert ready.json() == {"status": "draining"}
+            assert (await fresh.get("/livez")).status_code == 200
+
+        # Release the lock after the drain ended: the in-flight request still completes.
+        await asyncio.sleep(drain + 0.5 - (time.monotonic() - sent))
+        with pytest.raises(httpx.ConnectError):
+            async with httpx.AsyncClient(base_url=api.url, timeout=2) as late:
+                await late.get("/livez")
+        assert not slow.done()
+        await transaction.rollback()
+        response = await slow
+        assert response.status_code == 200
+        assert response.json()["id"] == item_id
+
+    assert api.process is not None
+    exit_code = await asyncio.to_thread(api.process.wait, graceful + 5)
+    elapsed = time.monotonic() - sent
+    assert exit_code == 0
+    assert elapsed < graceful
+    messages = [entry["msg"] for entry in api.logs()]
+    assert "SIGTERM: draining before shutdown" in messages
+    assert "stopped" in messages  # the lifespan closed the pool and the Redis client
+    slow_lines = [entry for entry in api.logs() if entry.get("request_id") == "slow-request-1"]
+    assert [(line["msg"], line["status"]) for line in slow_lines] == [("request", 200)]
+
+
+async def test_access_log_is_json_with_request_id_and_skips_probes(
+    start_api: Callable[..., ApiProcess], db: asyncpg.Connection
+) -> None:
+    api = start_api()
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        await http.get("/readyz")
+        await http.get("/livez")
+        response = await http.get("/v1/items/999", headers={"X-Request-ID": "trace-me-42"})
+        assert response.headers["x-request-id"] == "trace-me-42"
+        assert "server" not in response.headers
+    await asyncio.sleep(0.2)
+    access = [entry for entry in api.logs() if entry["logger"] == "service.access"]
+    assert [entry["path"] for entry in access] == ["/v1/items/999"]
+    [line] = access
+    assert line["request_id"] == "trace-me-42"
+    assert line["status"] == 404
+    assert line["method"] == "GET"
+    assert line["duration_ms"] > 0
+
+
+async def test_csv_export_of_50k_rows_over_http(start_api: Callable[..., ApiProcess], db: asyncpg.Connection) -> None:
+    await db.execute(
+        """INSERT INTO items (sku, name, category, price_cents, stock)
+           SELECT 'sku-' || n, 'Item ' || n, 'cat-' || (n % 9), n, n % 50 FROM generate_series(1, 50000) AS n"""
+    )
+    api = start_api()
+    async with (
+        httpx.AsyncClient(base_url=api.url, timeout=60) as http,
+        http.stream("GET", "/v1/items/export.csv") as response,
+    ):
+        assert response.status_code == 200
+        assert "content-length" not in response.headers  # streamed, not buffered
+        body = b"".join([chunk async for chunk in response.aiter_bytes()])
+    rows = list(csv.reader(io.StringIO(body.decode())))
+    assert rows[0][0] == "id"
+    assert len(rows) == 50001
+    assert rows[-1][1] == "sku-50000"
+
+
+def test_missing_database_url_stops_startup_with_one_line(backends: Backends) -> None:
+    env = api_env(backends)
+    del env["DATABASE_URL"]
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert result.stdout == ""
+    assert result.stderr.strip() == "configuration error: DATABASE_URL is required but not set"
+
+
+@pytest.mark.parametrize(
+    "command", [["-m", "gunicorn", "-c", "python:service.gunicorn_conf"], ["-m", "service.migrate"]]
+)
+def test_malformed_database_url_stops_startup_with_one_line(backends: Backends, command: list[str]) -> None:
+    env = api_env(backends, DATABASE_URL="postgres//forgot-the-colon")
+    result = subprocess.run(
+        [sys.executable, *command], cwd=ROOT, env=env, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: DATABASE_URL is invalid")
+
+
+async def test_sigint_is_a_quick_shutdown(start_api: Callable[..., ApiProcess]) -> None:
+    api = start_api(SHUTDOWN_DRAIN_SECONDS="5", GRACEFUL_TIMEOUT_SECONDS="20")
+    sent = time.monotonic()
+    api.signal(signal.SIGINT)
+    assert api.process is not None
+    await asyncio.to_thread(api.process.wait, 10)
+    assert time.monotonic() - sent < 3  # no drain, no waiting out the graceful timeout
