@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 import sys
 import time
@@ -29,9 +30,10 @@ logger = logging.getLogger("service.server")
 
 
 class DrainingServer(Server):
-    def __init__(self, config: Config, lifecycle: Lifecycle) -> None:
+    def __init__(self, config: Config, lifecycle: Lifecycle, master_pid: int) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
+        self.master_pid = master_pid
         self.drain_deadline: float | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
@@ -46,6 +48,11 @@ class DrainingServer(Server):
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
+            self.should_exit = True
+        if counter % 10 == 0 and os.getppid() != self.master_pid:
+            # The master was killed (SIGKILL, OOM): gunicorn's own workers notice this in
+            # their loop, uvicorn's do not, and an orphan would keep serving forever.
+            logger.warning("gunicorn master is gone; shutting down")
             self.should_exit = True
         return await super().on_tick(counter)
 
@@ -66,7 +73,7 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn sh
         self.config.app = self.wsgi
         # In-flight requests get what is left of gunicorn's graceful timeout after the drain.
         self.config.timeout_graceful_shutdown = lifecycle.shutdown_budget_seconds
-        server = DrainingServer(self.config, lifecycle)
+        server = DrainingServer(self.config, lifecycle, master_pid=self.ppid)
         # Gunicorn's quick shutdown (SIGINT/SIGQUIT to the master) sends workers SIGQUIT.
         # The stock worker routes it to gunicorn's own handler, which the uvicorn server
         # never notices, so the master waits out the whole graceful timeout. Stop now.

@@ -39,6 +39,7 @@ class ApiProcess:
                 env=self.env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         return self
 
@@ -69,7 +70,7 @@ class ApiProcess:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                self.process.kill()
+                os.killpg(self.process.pid, signal.SIGKILL)  # the master and its worker
                 self.process.wait()
 
 

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import asyncpg
 import httpx
@@ -163,3 +164,16 @@ async def test_sigint_is_a_quick_shutdown(start_api: Callable[..., ApiProcess]) 
     assert api.process is not None
     await asyncio.to_thread(api.process.wait, 10)
     assert time.monotonic() - sent < 3  # no drain, no waiting out the graceful timeout
+
+
+async def test_worker_exits_when_its_master_is_killed(start_api: Callable[..., ApiProcess]) -> None:
+    api = start_api()
+    assert api.process is not None
+    workers = [int(pid) for pid in Path(f"/proc/{api.process.pid}/task/{api.process.pid}/children").read_text().split()]
+    assert len(workers) == 1
+    api.signal(signal.SIGKILL)
+    api.process.wait()
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{workers[0]}").exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not Path(f"/proc/{workers[0]}").exists(), "the orphaned worker kept running"

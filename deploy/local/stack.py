@@ -1,0 +1,288 @@
+"""`make up` / `make down`: the whole topology on one machine, as real processes on loopback.
+
+    client -> nginx :8000 -> API "pods" :8001, :8002 (gunicorn + 1 uvicorn worker each)
+                                -> PostgreSQL :55432, Redis :56379
+
+State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
+started here unless DATABASE_URL / REDIS_URL point at servers you run. Every
+port is an environment variable (see PORTS below). Stdlib only, so `down`
+works even without the project's virtualenv.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import servers
+
+ROOT = Path(__file__).resolve().parents[2]
+DATABASE_NAME = "catalog"
+
+
+@dataclass
+class Stack:
+    run_dir: Path
+    api_port: int
+    pod_ports: list[int]
+    postgres_port: int
+    redis_port: int
+    database_url: str = ""
+    redis_url: str = ""
+    own_postgres: bool = True
+    own_redis: bool = True
+    pids: dict[str, int] = field(default_factory=dict)
+
+    @classmethod
+    def from_environment(cls) -> Stack:
+        run_dir = Path(os.environ.get("RUN_DIR", ROOT / ".run")).resolve()
+        pods = os.environ.get("API_POD_PORTS", "8001,8002")
+        stack = cls(
+            run_dir=run_dir,
+            api_port=int(os.environ.get("API_PORT", "8000")),
+            pod_ports=[int(port) for port in pods.split(",") if port.strip()],
+            postgres_port=int(os.environ.get("POSTGRES_PORT", "55432")),
+            redis_port=int(os.environ.get("REDIS_PORT", "56379")),
+            database_url=os.environ.get("DATABASE_URL", ""),
+            redis_url=os.environ.get("REDIS_URL", ""),
+        )
+        stack.own_postgres = not stack.database_url
+        stack.own_redis = not stack.redis_url
+        return stack
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_dir / "stack.json"
+
+    def save(self) -> None:
+        data = asdict(self) | {"run_dir": str(self.run_dir)}
+        self.state_file.write_text(json.dumps(data, indent=2) + "\n")
+
+    @classmethod
+    def load(cls, run_dir: Path) -> Stack | None:
+        try:
+            data = json.loads((run_dir / "stack.json").read_text())
+        except FileNotFoundError:
+            return None
+        data["run_dir"] = Path(data["run_dir"])
+        return cls(**data)
+
+    def postgres(self) -> servers.Postgres:
+        return servers.Postgres(self.run_dir / "postgres", self.postgres_port, durable=True)
+
+    def redis(self) -> servers.Redis:
+        return servers.Redis(self.run_dir / "redis", self.redis_port)
+
+
+def nginx_binary() -> str:
+    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    if found is None:
+        raise servers.MissingDependency("nginx not found: install it with `apt-get install nginx`")
+    return found
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def wait_http(url: str, within_seconds: float, expect: int = 200) -> bool:
+    deadline = time.monotonic() + within_seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as response:  # noqa: S310 - our own loopback URL
+                if response.status == expect:
+                    return True
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    return False
+
+
+def app_environment(stack: Stack, port: int) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("ENVIRONMENT", "development")
+    env.setdefault("SHUTDOWN_DRAIN_SECONDS", "2")
+    env.update(
+        DATABASE_URL=stack.database_url,
+        REDIS_URL=stack.redis_url,
+        HOST="127.0.0.1",
+        PORT=str(port),
+        # nginx sets X-Forwarded-For; trust it from loopback only.
+        FORWARDED_ALLOW_IPS="127.0.0.1",
+    )
+    return env
+
+
+def render_nginx(stack: Stack) -> Path:
+    directory = stack.run_dir / "nginx"
+    for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
+        (directory / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+    if os.geteuid() == 0:  # nginx workers drop to `nobody` and write request bodies here
+        for path in [directory / "tmp", *(directory / "tmp").iterdir()]:
+            path.chmod(0o777)
+    upstreams = "\n".join(
+        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in stack.pod_ports
+    )
+    max_body = os.environ.get("MAX_BODY_BYTES", "1048576")
+    text = (ROOT / "deploy" / "nginx" / "local.conf.template").read_text()
+    for key, value in {
+        "RUN_DIR": str(stack.run_dir),
+        "API_PORT": str(stack.api_port),
+        "UPSTREAM_SERVERS": upstreams,
+        "MAX_BODY_BYTES": max_body,
+    }.items():
+        text = text.replace(f"@@{key}@@", value)
+    config = directory / "nginx.conf"
+    config.write_text(text)
+    return config
+
+
+def up() -> int:
+    stack = Stack.from_environment()
+    previous = Stack.load(stack.run_dir)
+    if previous is not None and any(alive(pid) for pid in previous.pids.values()):
+        print(f"already running (see {previous.state_file}); `make down` first", file=sys.stderr)
+        return 1
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    nginx = nginx_binary()
+    busy = [port for port in [stack.api_port, *stack.pod_ports] if servers.port_open(port)]
+    if busy:
+        print(f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS to free ones", file=sys.stderr)
+        return 1
+
+    if stack.own_postgres:
+        postgres = stack.postgres()
+        if not servers.port_open(stack.postgres_port):
+            postgres.start()
+        if not postgres.has_database(DATABASE_NAME):
+            postgres.create_database(DATABASE_NAME)
+        stack.database_url = postgres.url(DATABASE_NAME)
+    if stack.own_redis:
+        redis = stack.redis()
+        if not servers.port_open(stack.redis_port):
+            redis.start()
+        stack.redis_url = redis.url()
+    stack.save()
+
+    migrate_env = app_environment(stack, stack.pod_ports[0])
+    migration = subprocess.run([sys.executable, "-m", "service.migrate"], cwd=ROOT, env=migrate_env, check=False)
+    if migration.returncode != 0:
+        print("migrations failed; nothing else was started", file=sys.stderr)
+        return 1
+
+    for index, port in enumerate(stack.pod_ports, start=1):
+        log = (stack.run_dir / f"api-{index}.log").open("ab")
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
+            cwd=ROOT, env=app_environment(stack, port), stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        stack.pids[f"api-{index}"] = process.pid
+        stack.save()
+    for index, port in enumerate(stack.pod_ports, start=1):
+        if not wait_http(f"http://127.0.0.1:{port}/readyz", 30):
+            print(f"api-{index} did not become ready; see {stack.run_dir / f'api-{index}.log'}", file=sys.stderr)
+            down(stack.run_dir)
+            return 1
+
+    config = render_nginx(stack)
+    check = subprocess.run([nginx, "-t", "-q", "-c", str(config), "-p", str(config.parent)], check=False,
+                           capture_output=True, text=True)
+    if check.returncode != 0:
+        print(f"nginx rejected {config}:\n{check.stderr}", file=sys.stderr)
+        down(stack.run_dir)
+        return 1
+    subprocess.run([nginx, "-c", str(config), "-p", str(config.parent)], check=True)
+    stack.pids["nginx"] = int((config.parent / "nginx.pid").read_text())
+    stack.save()
+    base = f"http://127.0.0.1:{stack.api_port}"
+    if not wait_http(f"{base}/readyz", 15):
+        print("nginx did not answer /readyz; see .run/nginx/error.log", file=sys.stderr)
+        down(stack.run_dir)
+        return 1
+
+    print(f"""
+Catalog API is up (development mode).
+  API (through nginx)  {base}/v1/items
+  OpenAPI docs         {base}/docs
+  Readiness            {base}/readyz
+  API pods             {", ".join(f"http://127.0.0.1:{port}" for port in stack.pod_ports)}
+  PostgreSQL           {stack.database_url}
+  Redis                {stack.redis_url}
+  Logs                 {stack.run_dir}/api-*.log, {stack.run_dir}/nginx/access.log
+Stop everything with `make down`.""")
+    return 0
+
+
+def _stop_pid(pid: int, sig: signal.Signals, within_seconds: float) -> None:
+    try:
+        os.kill(pid, sig)
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + within_seconds
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if alive(pid):
+        os.kill(pid, signal.SIGKILL)
+
+
+def down(run_dir: Path | None = None) -> int:
+    run_dir = run_dir or Stack.from_environment().run_dir
+    stack = Stack.load(run_dir)
+    if stack is None:
+        print(f"nothing to stop ({run_dir / 'stack.json'} not found)")
+        return 0
+    if "nginx" in stack.pids:
+        _stop_pid(stack.pids.pop("nginx"), signal.SIGQUIT, 10)
+    for name in [name for name in stack.pids if name.startswith("api-")]:
+        # SIGTERM: the graceful path a pod takes (drain, finish in-flight, close pools).
+        _stop_pid(stack.pids.pop(name), signal.SIGTERM, 40)
+    if stack.own_redis:
+        stack.redis().stop()
+    if stack.own_postgres:
+        stack.postgres().stop()
+    stack.save()
+    print("stopped: nginx, API pods" + (", Redis" if stack.own_redis else "")
+          + (", PostgreSQL" if stack.own_postgres else "") + f" (data kept in {run_dir})")
+    return 0
+
+
+def status() -> int:
+    stack = Stack.load(Stack.from_environment().run_dir)
+    if stack is None:
+        print("not running")
+        return 1
+    for name, pid in stack.pids.items():
+        print(f"{name:8} pid {pid:<8} {'running' if alive(pid) else 'stopped'}")
+    return 0 if stack.pids and all(alive(pid) for pid in stack.pids.values()) else 1
+
+
+def main(argv: list[str]) -> int:
+    commands = {"up": up, "down": down, "status": status}
+    if len(argv) != 2 or argv[1] not in commands:
+        print(f"usage: {argv[0]} up|down|status", file=sys.stderr)
+        return 2
+    try:
+        return commands[argv[1]]()
+    except servers.MissingDependency as missing:
+        print(f"missing: {missing}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
