@@ -109,6 +109,14 @@ class Postgres:
         if _running_as_root():
             postgres = pwd.getpwnam("postgres")
             os.chown(self.directory, postgres.pw_uid, postgres.pw_gid)
+        if (
+            _running_as_root()
+            and subprocess.run(_as_postgres_user(["test", "-w", str(self.directory)]), check=False).returncode
+        ):
+            raise MissingDependency(
+                f"the postgres user cannot reach {self.directory}: make its parent directories "
+                "traversable (chmod o+x) or set DATABASE_URL to a running server"
+            )
         if (self.datadir / "PG_VERSION").exists():
             return
         _run(

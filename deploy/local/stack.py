@@ -135,9 +135,7 @@ def render_nginx(stack: Stack) -> Path:
     if os.geteuid() == 0:  # nginx workers drop to `nobody` and write request bodies here
         for path in [directory / "tmp", *(directory / "tmp").iterdir()]:
             path.chmod(0o777)
-    upstreams = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in stack.pod_ports
-    )
+    upstreams = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in stack.pod_ports)
     max_body = os.environ.get("MAX_BODY_BYTES", "1048576")
     text = (ROOT / "deploy" / "nginx" / "local.conf.template").read_text()
     for key, value in {
@@ -152,19 +150,11 @@ def render_nginx(stack: Stack) -> Path:
     return config
 
 
-def up() -> int:
-    stack = Stack.from_environment()
-    previous = Stack.load(stack.run_dir)
-    if previous is not None and any(alive(pid) for pid in previous.pids.values()):
-        print(f"already running (see {previous.state_file}); `make down` first", file=sys.stderr)
-        return 1
-    stack.run_dir.mkdir(parents=True, exist_ok=True)
-    nginx = nginx_binary()
-    busy = [port for port in [stack.api_port, *stack.pod_ports] if servers.port_open(port)]
-    if busy:
-        print(f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS to free ones", file=sys.stderr)
-        return 1
+class StackError(RuntimeError):
+    """Something did not start; the message says what and where to look."""
 
+
+def _start_backends(stack: Stack) -> None:
     if stack.own_postgres:
         postgres = stack.postgres()
         if not servers.port_open(stack.postgres_port):
@@ -178,44 +168,66 @@ def up() -> int:
             redis.start()
         stack.redis_url = redis.url()
     stack.save()
-
     migrate_env = app_environment(stack, stack.pod_ports[0])
-    migration = subprocess.run([sys.executable, "-m", "service.migrate"], cwd=ROOT, env=migrate_env, check=False)
-    if migration.returncode != 0:
-        print("migrations failed; nothing else was started", file=sys.stderr)
-        return 1
+    if subprocess.run([sys.executable, "-m", "service.migrate"], cwd=ROOT, env=migrate_env, check=False).returncode:
+        raise StackError("migrations failed; see the lines above")
 
+
+def _start_pods(stack: Stack) -> None:
     for index, port in enumerate(stack.pod_ports, start=1):
-        log = (stack.run_dir / f"api-{index}.log").open("ab")
-        process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
-            cwd=ROOT, env=app_environment(stack, port), stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
+        with (stack.run_dir / f"api-{index}.log").open("ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
+                cwd=ROOT,
+                env=app_environment(stack, port),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         stack.pids[f"api-{index}"] = process.pid
         stack.save()
     for index, port in enumerate(stack.pod_ports, start=1):
         if not wait_http(f"http://127.0.0.1:{port}/readyz", 30):
-            print(f"api-{index} did not become ready; see {stack.run_dir / f'api-{index}.log'}", file=sys.stderr)
-            down(stack.run_dir)
-            return 1
+            raise StackError(f"api-{index} did not become ready; see {stack.run_dir / f'api-{index}.log'}")
 
+
+def _start_nginx(stack: Stack) -> None:
+    nginx = nginx_binary()
     config = render_nginx(stack)
-    check = subprocess.run([nginx, "-t", "-q", "-c", str(config), "-p", str(config.parent)], check=False,
-                           capture_output=True, text=True)
+    check = subprocess.run(
+        [nginx, "-t", "-q", "-c", str(config), "-p", str(config.parent)], check=False, capture_output=True, text=True
+    )
     if check.returncode != 0:
-        print(f"nginx rejected {config}:\n{check.stderr}", file=sys.stderr)
-        down(stack.run_dir)
-        return 1
+        raise StackError(f"nginx rejected {config}:\n{check.stderr}")
     subprocess.run([nginx, "-c", str(config), "-p", str(config.parent)], check=True)
     stack.pids["nginx"] = int((config.parent / "nginx.pid").read_text())
     stack.save()
-    base = f"http://127.0.0.1:{stack.api_port}"
-    if not wait_http(f"{base}/readyz", 15):
-        print("nginx did not answer /readyz; see .run/nginx/error.log", file=sys.stderr)
+    if not wait_http(f"http://127.0.0.1:{stack.api_port}/readyz", 15):
+        raise StackError(f"nginx did not answer /readyz; see {config.parent / 'error.log'}")
+
+
+def up() -> int:
+    stack = Stack.from_environment()
+    previous = Stack.load(stack.run_dir)
+    if previous is not None and any(alive(pid) for pid in previous.pids.values()):
+        print(f"already running (see {previous.state_file}); `make down` first", file=sys.stderr)
+        return 1
+    nginx_binary()  # fail before starting anything if it is missing
+    busy = [port for port in [stack.api_port, *stack.pod_ports] if servers.port_open(port)]
+    if busy:
+        print(f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS to free ones", file=sys.stderr)
+        return 1
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        _start_backends(stack)
+        _start_pods(stack)
+        _start_nginx(stack)
+    except (StackError, RuntimeError) as error:
+        print(f"make up failed: {error}", file=sys.stderr)
         down(stack.run_dir)
         return 1
 
+    base = f"http://127.0.0.1:{stack.api_port}"
     print(f"""
 Catalog API is up (development mode).
   API (through nginx)  {base}/v1/items
@@ -257,8 +269,12 @@ def down(run_dir: Path | None = None) -> int:
     if stack.own_postgres:
         stack.postgres().stop()
     stack.save()
-    print("stopped: nginx, API pods" + (", Redis" if stack.own_redis else "")
-          + (", PostgreSQL" if stack.own_postgres else "") + f" (data kept in {run_dir})")
+    print(
+        "stopped: nginx, API pods"
+        + (", Redis" if stack.own_redis else "")
+        + (", PostgreSQL" if stack.own_postgres else "")
+        + f" (data kept in {run_dir})"
+    )
     return 0
 
 

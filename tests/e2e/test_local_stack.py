@@ -1,0 +1,111 @@
+"""`make up` as a newcomer gets it: nginx in front of two API pods, PostgreSQL and Redis, on loopback."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import orjson
+import pytest
+import servers
+
+from tests.conftest import ROOT
+
+pytestmark = pytest.mark.e2e
+STACK = [sys.executable, str(ROOT / "deploy" / "local" / "stack.py")]
+
+
+@pytest.fixture(scope="module")
+def stack() -> Iterator[dict[str, str]]:
+    # Not pytest's tmp_path: it is private to root (0700), and PostgreSQL runs as `postgres`.
+    run_dir = Path(tempfile.mkdtemp(prefix="catalog-stack-"))
+    run_dir.chmod(0o755)
+    env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
+    ports = [servers.free_port() for _ in range(5)]
+    env.update(
+        RUN_DIR=str(run_dir),
+        API_PORT=str(ports[0]),
+        API_POD_PORTS=f"{ports[1]},{ports[2]}",
+        POSTGRES_PORT=str(ports[3]),
+        REDIS_PORT=str(ports[4]),
+        SHUTDOWN_DRAIN_SECONDS="1",
+    )
+    up = subprocess.run([*STACK, "up"], env=env, capture_output=True, text=True, timeout=180, check=False)
+    try:
+        assert up.returncode == 0, up.stdout + up.stderr
+        assert f"http://127.0.0.1:{ports[0]}/v1/items" in up.stdout
+        yield env
+    finally:
+        down = subprocess.run([*STACK, "down"], env=env, capture_output=True, text=True, timeout=120, check=False)
+        shutil.rmtree(run_dir, ignore_errors=True)
+        assert down.returncode == 0, down.stderr
+        still_open = [port for port in ports if servers.port_open(port)]
+        assert not still_open, f"`down` left ports {still_open} listening"
+
+
+def base(env: dict[str, str]) -> str:
+    return f"http://127.0.0.1:{env['API_PORT']}"
+
+
+def test_the_api_answers_through_nginx(stack: dict[str, str]) -> None:
+    with httpx.Client(base_url=base(stack)) as http:
+        assert http.get("/readyz").json()["status"] == "ok"
+        created = http.post(
+            "/v1/items",
+            json={"sku": "up-1", "name": "Up", "category": "c", "price_cents": 1, "stock": 1},
+            headers={"X-Request-ID": "from-the-edge-1"},
+        )
+        assert created.status_code == 201
+        assert created.headers["x-request-id"] == "from-the-edge-1"
+        assert http.get(created.headers["location"]).json()["sku"] == "up-1"
+    run_dir = Path(stack["RUN_DIR"])
+    edge = [orjson.loads(line) for line in (run_dir / "nginx" / "access.log").read_bytes().splitlines()]
+    [edge_line] = [line for line in edge if line["request_id"] == "from-the-edge-1"]
+    assert edge_line["status"] == 201
+    assert edge_line["upstream_header_time"]  # upstream timings are logged
+    app_lines = b"".join((run_dir / f"api-{n}.log").read_bytes() for n in (1, 2))
+    assert b'"request_id":"from-the-edge-1"' in app_lines
+
+
+def test_nginx_answers_its_own_errors_as_problems(stack: dict[str, str]) -> None:
+    with httpx.Client(base_url=base(stack)) as http:
+        response = http.post(
+            "/v1/items", content=b"x" * (2 * 1024 * 1024), headers={"content-type": "application/json"}
+        )
+    assert response.status_code == 413
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.json()["status"] == 413
+    assert response.headers["x-request-id"]
+
+
+def test_stopping_a_pod_loses_no_request(stack: dict[str, str]) -> None:
+    """SIGTERM one pod under steady traffic: nginx moves to the other and every request succeeds."""
+    state = orjson.loads((Path(stack["RUN_DIR"]) / "stack.json").read_bytes())
+    statuses: list[int] = []
+    stop = threading.Event()
+
+    def traffic() -> None:
+        with httpx.Client(base_url=base(stack), timeout=10) as http:
+            while not stop.is_set():
+                statuses.append(http.get("/v1/items", params={"limit": 5}).status_code)
+
+    worker = threading.Thread(target=traffic)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        os.kill(state["pids"]["api-1"], signal.SIGTERM)
+        time.sleep(float(stack["SHUTDOWN_DRAIN_SECONDS"]) + 2)
+    finally:
+        stop.set()
+        worker.join()
+    assert len(statuses) > 50
+    assert set(statuses) == {200}, {status: statuses.count(status) for status in set(statuses)}
