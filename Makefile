@@ -1,0 +1,44 @@
+# The gates, the same ones CI runs (.ci/run calls `make test`).
+#   make up      start the whole system locally (nginx -> 2 API pods, PostgreSQL, Redis) and return
+#   make down    stop it (data stays in .run/; `make clean` removes it)
+#   make test    lint + type check + the whole test suite
+#   make lint    ruff (lint and format check) + mypy --strict
+#   make bench   benchmarks under bench/, results in bench/results/
+.DEFAULT_GOAL := help
+SHELL := /bin/bash
+UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
+
+.PHONY: help install test lint format up down status clean bench
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+install:
+	@bash deploy/local/bootstrap.sh
+
+lint: install
+	$(UV) run ruff check .
+	$(UV) run ruff format --check .
+	$(UV) run mypy
+
+format: install
+	$(UV) run ruff format .
+	$(UV) run ruff check --fix .
+
+test: lint
+	$(UV) run pytest
+
+up: install
+	$(UV) run python deploy/local/stack.py up
+
+down:
+	@python3 deploy/local/stack.py down
+
+status:
+	@python3 deploy/local/stack.py status
+
+clean: down
+	rm -rf .run
+
+bench: install
+	$(UV) run python bench/export_memory.py

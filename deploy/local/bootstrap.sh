@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Installs what `make test` / `make up` need on a fresh Debian machine, or stops
+# with a message naming what is missing and how to get it.
+#   uv (pinned)                  -> on PATH already, or installed into .tools/uv
+#   Python packages              -> `uv sync --frozen` from uv.lock
+#   PostgreSQL, Redis, nginx     -> apt-get when running as root, otherwise a message
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+UV_VERSION=0.13.9
+APT_UPDATED=0
+
+say() { printf 'bootstrap: %s\n' "$*" >&2; }
+
+apt_install() {
+  if [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null 2>&1; then
+    say "missing: $*. Install with: sudo apt-get install -y $*  (then run this again)"
+    exit 1
+  fi
+  if [ "$APT_UPDATED" -eq 0 ]; then
+    say "apt-get update"
+    apt-get update -qq
+    APT_UPDATED=1
+  fi
+  say "apt-get install $*"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# Python >= 3.11 (uv uses the system interpreter; it never downloads one here).
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+  say "missing: Python >= 3.11 as python3 (Debian 12: apt-get install python3)"
+  exit 1
+fi
+
+# uv: prefer one on PATH; otherwise a pinned copy in .tools/uv.
+if command -v uv >/dev/null 2>&1; then
+  UV=$(command -v uv)
+else
+  UV=.tools/uv/bin/uv
+  if [ ! -x "$UV" ]; then
+    if ! python3 -m venv .tools/uv >/dev/null 2>&1; then
+      rm -rf .tools/uv
+      apt_install python3-venv
+      python3 -m venv .tools/uv
+    fi
+    say "installing uv==$UV_VERSION into .tools/uv"
+    .tools/uv/bin/pip install -q "uv==$UV_VERSION"
+  fi
+fi
+
+# System servers the tests and `make up` run as real processes.
+pg_ok() { command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
+missing=()
+pg_ok || missing+=(postgresql)
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+{ command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
+if [ "$(id -u)" -eq 0 ] && ! command -v runuser >/dev/null 2>&1; then missing+=(util-linux); fi
+if [ ${#missing[@]} -gt 0 ]; then
+  apt_install "${missing[@]}"
+fi
+
+"$UV" sync --frozen --quiet
