@@ -174,3 +174,27 @@ def test_worker_exits_when_its_master_is_killed(start_api: Callable[..., ApiProc
     api.process.wait()
     gone, _ = psutil.wait_procs([worker], timeout=5)
     assert gone, "the orphaned worker kept running"
+
+
+async def test_a_client_that_leaves_mid_export_gives_its_connection_back(
+    start_api: Callable[..., ApiProcess], db: asyncpg.Connection
+) -> None:
+    await db.execute(
+        """INSERT INTO items (sku, name, category, price_cents, stock)
+           SELECT 'sku-' || n, 'Item ' || n, 'c', n, 1 FROM generate_series(1, 200000) AS n"""
+    )
+    # A pool of one: the read below can only be served if the abandoned export released it.
+    api = start_api(DB_POOL_MAX_SIZE="1", DB_POOL_MIN_SIZE="1", DB_POOL_ACQUIRE_TIMEOUT_SECONDS="3")
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    writer.write(b"GET /v1/items/export.csv HTTP/1.1\r\nHost: t\r\n\r\n")
+    await writer.drain()
+    assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+    await reader.read(65536)
+    writer.transport.abort()  # hang up mid-stream, without reading the rest
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        response = await http.get("/v1/items/1")
+    assert response.status_code == 200
+    active = await db.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'catalog-api' AND state LIKE 'idle in%'"
+    )
+    assert active == 0, "the export's transaction was left open"

@@ -1,0 +1,91 @@
+"""When things break: an unhandled exception, a saturated pool, a statement timeout."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import asyncpg
+import pytest
+
+from service.app import create_app
+from tests.conftest import Backends, lifespan_client, make_settings
+from tests.integration.test_items import seed
+
+
+async def test_an_unhandled_exception_is_a_bare_500_problem_with_the_request_id(
+    backends: Backends, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = create_app(make_settings(backends))
+
+    async def explode() -> None:
+        raise RuntimeError("secret internals: SELECT * FROM users")
+
+    app.add_api_route("/explode", explode)
+    async with lifespan_client(app) as client:
+        with caplog.at_level(logging.ERROR, logger="service.middleware"):
+            response = await client.get("/explode", headers={"X-Request-ID": "boom-1"})
+    assert response.status_code == 500
+    assert response.headers["content-type"] == "application/problem+json"
+    assert response.headers["x-request-id"] == "boom-1"
+    assert response.json() == {"type": "about:blank", "title": "Internal Server Error", "status": 500}
+    [record] = [r for r in caplog.records if r.getMessage() == "unhandled exception"]
+    assert record.exc_info is not None
+    assert "secret internals" in str(record.exc_info[1])  # in the log, never in the response
+
+
+async def test_a_saturated_pool_answers_503_quickly(backends: Backends, db: asyncpg.Connection) -> None:
+    await seed(db, 3)
+    settings = make_settings(backends, db_pool_max_size=1, db_pool_min_size=1, db_pool_acquire_timeout_seconds=0.3)
+    async with lifespan_client(create_app(settings)) as client:
+        transaction = db.transaction()
+        await transaction.start()
+        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        holder = asyncio.create_task(client.get("/v1/items/1"))  # takes the only connection and waits
+        await asyncio.sleep(0.2)
+        started = asyncio.get_running_loop().time()
+        response = await client.get("/v1/items/2")
+        elapsed = asyncio.get_running_loop().time() - started
+        await transaction.rollback()
+        assert (await holder).status_code == 200
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert response.headers["content-type"] == "application/problem+json"
+    assert elapsed < 1.0
+
+
+async def test_a_statement_over_its_timeout_is_cancelled_and_answered_503(
+    backends: Backends, db: asyncpg.Connection
+) -> None:
+    await seed(db, 1)
+    settings = make_settings(backends, db_statement_timeout_seconds=0.3)
+    async with lifespan_client(create_app(settings)) as client:
+        transaction = db.transaction()
+        await transaction.start()
+        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        try:
+            response = await client.get("/v1/items/1")
+        finally:
+            await transaction.rollback()
+        assert response.status_code == 503
+        assert "retry" in response.json()["detail"].lower()
+        # The pool recovers: the next request is served normally.
+        assert (await client.get("/v1/items/1")).status_code == 200
+
+
+async def test_an_export_over_a_saturated_pool_is_503_not_an_empty_200(
+    backends: Backends, db: asyncpg.Connection
+) -> None:
+    await seed(db, 3)
+    settings = make_settings(backends, db_pool_max_size=1, db_pool_min_size=1, db_pool_acquire_timeout_seconds=0.3)
+    async with lifespan_client(create_app(settings)) as client:
+        transaction = db.transaction()
+        await transaction.start()
+        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        holder = asyncio.create_task(client.get("/v1/items/1"))
+        await asyncio.sleep(0.2)
+        response = await client.get("/v1/items/export.csv")
+        await transaction.rollback()
+        await holder
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
