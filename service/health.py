@@ -12,30 +12,28 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.responses import json_response
 from service.state import PoolDep, RedisDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
 
 
-def _json(status: int, body: dict[str, Any]) -> Response:
-    return Response(
-        orjson.dumps(body), status_code=status, media_type="application/json", headers={"Cache-Control": "no-store"}
-    )
+def _probe(status: int, body: dict[str, Any]) -> Response:
+    return json_response(body, status, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/livez")
 async def livez() -> Response:
-    return _json(200, {"status": "ok"})
+    return _probe(200, {"status": "ok"})
 
 
 @router.get("/startupz")
 async def startupz(request: Request) -> Response:
     started = request.app.state.lifecycle.started
-    return _json(200 if started else 503, {"status": "ok" if started else "starting"})
+    return _probe(200 if started else 503, {"status": "ok" if started else "starting"})
 
 
 async def _check(probe: Any, within_seconds: float) -> str:
@@ -50,7 +48,7 @@ async def _check(probe: Any, within_seconds: float) -> str:
 @router.get("/readyz")
 async def readyz(request: Request, settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> Response:
     if request.app.state.lifecycle.draining:
-        return _json(503, {"status": "draining"})
+        return _probe(503, {"status": "draining"})
     timeout = settings.readiness_timeout_seconds
     postgres, cache = await asyncio.gather(
         _check(pool.fetchval("SELECT 1", timeout=timeout), timeout),
@@ -58,4 +56,4 @@ async def readyz(request: Request, settings: SettingsDep, pool: PoolDep, redis: 
     )
     checks = {"postgres": postgres, "redis": cache}
     ready = all(result == "ok" for result in checks.values())
-    return _json(200 if ready else 503, {"status": "ok" if ready else "unavailable", "checks": checks})
+    return _probe(200 if ready else 503, {"status": "ok" if ready else "unavailable", "checks": checks})

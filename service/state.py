@@ -34,7 +34,8 @@ class State(TypedDict):
 
 
 def _state(request: Request) -> State:
-    return cast(State, request.state._state)
+    # The lifespan's state, copied into each request's scope by the server.
+    return cast(State, request.scope["state"])
 
 
 def get_settings(request: Request) -> Settings:

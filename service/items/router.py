@@ -12,7 +12,6 @@ import io
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
-import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
@@ -21,6 +20,7 @@ from service.errors import BadRequest, NotFound, UnsupportedMediaType
 from service.items import repository
 from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpdate
 from service.pagination import decode_cursor, encode_cursor
+from service.responses import json_response
 from service.state import ConnectionDep, PoolDep, SettingsDep
 
 MAX_BATCH_IDS = 100
@@ -38,10 +38,6 @@ router = APIRouter(prefix="/v1/items", tags=["items"])
 _writes_json = [Depends(require_json_body)]
 
 
-def _json(body: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-    return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
-
-
 def _item(row: repository.Row) -> dict[str, Any]:
     return dict(row.items())
 
@@ -55,7 +51,7 @@ def _item(row: repository.Row) -> dict[str, Any]:
 )
 async def create_item(body: ItemCreate, conn: ConnectionDep) -> Response:
     row = await repository.create(conn, **body.model_dump())
-    return _json(_item(row), status=201, headers={"Location": f"/v1/items/{row['id']}"})
+    return json_response(_item(row), status=201, headers={"Location": f"/v1/items/{row['id']}"})
 
 
 @router.get("", response_model=ItemPage)
@@ -71,7 +67,7 @@ async def list_items(
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(key, rows[-1]["id"]) if more else None
-    return _json({"items": [_item(row) for row in rows], "next_cursor": next_cursor})
+    return json_response({"items": [_item(row) for row in rows], "next_cursor": next_cursor})
 
 
 def _parse_ids(raw: str) -> list[int]:
@@ -94,7 +90,7 @@ async def batch_get_items(
 ) -> Response:
     wanted = _parse_ids(ids)
     found = {row["id"]: row for row in await repository.get_many(conn, wanted)}
-    return _json(
+    return json_response(
         {
             "items": [_item(found[item_id]) for item_id in wanted if item_id in found],
             "missing": [item_id for item_id in wanted if item_id not in found],
@@ -161,7 +157,7 @@ async def get_item(item_id: ItemId, conn: ConnectionDep) -> Response:
     row = await repository.get(conn, item_id)
     if row is None:
         raise NotFound(f"Item {item_id} does not exist.")
-    return _json(_item(row))
+    return json_response(_item(row))
 
 
 @router.patch("/{item_id}", response_model=Item, dependencies=_writes_json)
@@ -169,7 +165,7 @@ async def update_item(item_id: ItemId, body: ItemUpdate, conn: ConnectionDep) ->
     row = await repository.update(conn, item_id, body.model_dump(exclude_unset=True))
     if row is None:
         raise NotFound(f"Item {item_id} does not exist.")
-    return _json(_item(row))
+    return json_response(_item(row))
 
 
 @router.delete("/{item_id}", status_code=204)
