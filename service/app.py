@@ -1,27 +1,42 @@
 """The application factory and its lifespan.
 
 `create_app()` wires settings, middleware, error handlers and routers; the
-lifespan opens the PostgreSQL pool and the Redis client, yields them as the
-typed `State`, and closes them on shutdown (after in-flight requests finish).
+lifespan opens the PostgreSQL pool and the Redis client, builds what depends
+on them (cache, rate limiter, breakers), yields them as the typed `State`,
+and closes them on shutdown (after in-flight requests finish).
 Gunicorn loads it as `service.app:create_app()`; logging is configured by the
 process entry point (service/gunicorn_conf.py), not here.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as redis
 from fastapi import FastAPI
+from prometheus_client import start_http_server
+from starlette.middleware.cors import CORSMiddleware
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from service import health
+from service.auth import KeyRing
+from service.cache import LocalTTLCache, TwoLevelCache
 from service.config import Settings, load_settings
-from service.db import create_pool
+from service.db import UNAVAILABLE_ERRORS, Database, create_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
-from service.middleware import RequestContextMiddleware, RequestLimitsMiddleware
+from service.middleware import (
+    RequestBudgetMiddleware,
+    RequestContextMiddleware,
+    RequestLimitsMiddleware,
+    security_headers,
+)
+from service.ratelimit import RateLimiter, RateLimitMiddleware
+from service.resilience import Bulkhead, CircuitBreaker
 from service.state import Lifecycle, State
 
 logger = logging.getLogger(__name__)
@@ -36,6 +51,10 @@ def create_redis(settings: Settings) -> redis.Redis:
     )
 
 
+def _breaker(name: str, settings: Settings) -> CircuitBreaker:
+    return CircuitBreaker(name, settings.breaker_failure_threshold, settings.breaker_reset_seconds)
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     lifecycle = Lifecycle(
@@ -45,17 +64,40 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        pool = await create_pool(settings)
-        cache = create_redis(settings)
-        try:
+        async with contextlib.AsyncExitStack() as stack:
+            if settings.metrics_port:
+                server, _thread = start_http_server(settings.metrics_port, addr=settings.host)
+                stack.callback(server.shutdown)
+            pool = await create_pool(settings)
+            stack.push_async_callback(pool.close)
+            client = create_redis(settings)
+            stack.push_async_callback(client.aclose)
+            redis_breaker = _breaker("redis", settings)
+            namespace = settings.service_name
+            cache = None
+            if settings.cache_enabled:
+                local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
+                cache = TwoLevelCache(
+                    client, redis_breaker, namespace=namespace, l1=local, l2_ttl_seconds=settings.cache_l2_ttl_seconds
+                )
+                listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
+                stack.push_async_callback(_cancel, listener)
+            state: State = {
+                "settings": settings,
+                "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
+                "redis": client,
+                "keys": KeyRing(settings.api_keys),
+                "cache": cache,
+                "limiter": RateLimiter(client, redis_breaker, namespace) if settings.rate_limit_enabled else None,
+                "exports": Bulkhead("export", settings.export_max_concurrent),
+            }
             lifecycle.started = True
             logger.info("started", extra={"environment": settings.environment.value})
-            yield {"settings": settings, "pool": pool, "redis": cache}
-        finally:
-            lifecycle.started = False
-            await cache.aclose()
-            await pool.close()
-            logger.info("stopped")
+            try:
+                yield state
+            finally:
+                lifecycle.started = False
+        logger.info("stopped")
 
     docs = settings.openapi_enabled
     app = FastAPI(
@@ -67,10 +109,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url=None,
     )
     app.state.lifecycle = lifecycle
-    install_error_handlers(app)
+    install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)
     app.include_router(health.router)
     app.include_router(items_router)
-    # Added last = outermost: the request id exists before limits can refuse a request.
+    # add_middleware() wraps: the last added runs first. Read bottom-up for request order.
+    app.add_middleware(RequestBudgetMiddleware, seconds=settings.request_timeout_seconds)
+    app.add_middleware(
+        RateLimitMiddleware,
+        reads=settings.rate_limit_reads,
+        writes=settings.rate_limit_writes,
+        fail_open=settings.rate_limit_fail_open,
+    )
+    if settings.cors_allow_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_allow_origins,
+            allow_methods=["GET", "POST", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID", "Idempotency-Key"],
+            expose_headers=["Location", "Retry-After", "X-Request-ID", *_RATE_LIMIT_HEADERS],
+            max_age=600,
+        )
     app.add_middleware(
         RequestLimitsMiddleware,
         max_body_bytes=settings.max_body_bytes,
@@ -78,5 +136,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_header_count=settings.max_header_count,
         max_header_bytes=settings.max_header_bytes,
     )
-    app.add_middleware(RequestContextMiddleware)
+    app.add_middleware(RequestContextMiddleware, response_headers=security_headers(settings))
+    # Outermost: the client address every layer (rate limits, logs) sees is the proxy-resolved one.
+    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app
+
+
+_RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

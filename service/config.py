@@ -9,12 +9,23 @@ a broken environment says exactly which variable to fix.
 from __future__ import annotations
 
 import enum
+import re
 from functools import cached_property
 from typing import Annotated, Self
 
-from pydantic import Field, RedisDsn, SecretStr, UrlConstraints, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    RedisDsn,
+    SecretStr,
+    UrlConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import MultiHostUrl
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings.exceptions import SettingsError
 
 # A well-known key is acceptable only in development, where `make up` and the
 # tests run; production must bring its own.
@@ -26,6 +37,57 @@ PostgresUrl = Annotated[
     MultiHostUrl,
     UrlConstraints(allowed_schemes=["postgres", "postgresql"], host_required=True),
 ]
+
+
+# Every scope an API key can carry; a key with an unknown scope is a configuration error.
+SCOPES = frozenset({"items:read", "items:write", "jobs:write"})
+_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
+_PERIODS = {"second": 1, "minute": 60, "hour": 3600}
+
+
+class ApiKeySpec(BaseModel):
+    """One API key as configured: its name, the SHA-256 of the key, and its scopes. Never the key."""
+
+    model_config = {"extra": "forbid", "frozen": True}
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    scopes: frozenset[str]
+
+    @field_validator("scopes")
+    @classmethod
+    def _known_scopes(cls, scopes: frozenset[str]) -> frozenset[str]:
+        unknown = scopes - SCOPES
+        if unknown:
+            raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}")
+        return scopes
+
+
+class Rate(BaseModel):
+    """A rate limit such as "120/minute": `count` requests per `period_seconds`."""
+
+    model_config = {"frozen": True}
+
+    count: int = Field(ge=1)
+    period_seconds: int
+
+    def __str__(self) -> str:
+        return f"{self.count}/{self.period_seconds}s"
+
+
+def _parse_rate(value: object) -> object:
+    if isinstance(value, str):
+        match = _RATE.match(value)
+        if match is None:
+            raise ValueError('expected "<count>/<second|minute|hour>", e.g. "120/minute"')
+        return {"count": int(match[1]), "period_seconds": _PERIODS[match[2]]}
+    return value
+
+
+def _comma_list(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
 
 
 class Environment(enum.StrEnum):
@@ -70,6 +132,40 @@ class Settings(BaseSettings):
     readiness_timeout_seconds: Seconds = 1.0
     docs_enabled: bool | None = None
     secret_key: SecretStr = SecretStr(_DEV_SECRET_KEY)
+    # The whole request, from arrival to the first response byte; exceeding it is a 503.
+    request_timeout_seconds: Seconds = 10.0
+    security_headers: bool = True
+    hsts_max_age_seconds: int = Field(0, ge=0, le=63072000)
+    cors_allow_origins: Annotated[list[str], NoDecode] = []
+    # Peers whose X-Forwarded-For is believed (the ingress controller, nginx); CIDRs allowed.
+    trusted_proxies: Annotated[list[str], NoDecode] = ["127.0.0.1", "::1"]
+
+    # API keys (JSON list of {"name", "sha256", "scopes"}); make one with `python -m service.apikeys`.
+    api_keys: list[ApiKeySpec] = []
+    reads_require_key: bool = False
+
+    # Rate limits, counted in Redis so they hold across pods; per API key, else per client IP.
+    rate_limit_enabled: bool = True
+    rate_limit_reads: Annotated[Rate, NoDecode] = Rate(count=1200, period_seconds=60)
+    rate_limit_writes: Annotated[Rate, NoDecode] = Rate(count=120, period_seconds=60)
+    rate_limit_fail_open: bool = True
+
+    # Item cache: in-process L1 in front of Redis L2.
+    cache_enabled: bool = True
+    cache_l1_ttl_seconds: Seconds = 2.0
+    cache_l1_max_items: int = Field(10000, ge=1, le=10_000_000)
+    cache_l2_ttl_seconds: Seconds = 60.0
+
+    # Circuit breakers: after this many consecutive failures a dependency is not called
+    # for `breaker_reset_seconds`, then one trial call decides.
+    breaker_failure_threshold: int = Field(3, ge=1, le=1000)
+    breaker_reset_seconds: Seconds = 2.0
+
+    # Bulkhead: concurrent CSV exports per pod; more get 503 at once.
+    export_max_concurrent: int = Field(2, ge=1, le=100)
+
+    # Prometheus metrics on their own port, never through the ingress (0 turns them off).
+    metrics_port: int = Field(9464, ge=0, le=65535)
 
     # Server (read by service/gunicorn_conf.py). The chain: the proxy's
     # upstream keep-alive (60 s) < keepalive; drain + in-flight budget <
@@ -84,6 +180,9 @@ class Settings(BaseSettings):
     max_requests: int = Field(20000, ge=0)
     max_requests_jitter: int = Field(2000, ge=0)
 
+    _rates = field_validator("rate_limit_reads", "rate_limit_writes", mode="before")(_parse_rate)
+    _lists = field_validator("cors_allow_origins", "trusted_proxies", mode="before")(_comma_list)
+
     @model_validator(mode="after")
     def _check_invariants(self) -> Self:
         if self.db_pool_min_size > self.db_pool_max_size:
@@ -93,6 +192,14 @@ class Settings(BaseSettings):
                 "GRACEFUL_TIMEOUT_SECONDS must exceed SHUTDOWN_DRAIN_SECONDS by at least 1 s "
                 "so in-flight requests can finish after the drain"
             )
+        if self.request_timeout_seconds <= self.db_statement_timeout_seconds:
+            raise ValueError(
+                "REQUEST_TIMEOUT_SECONDS must exceed DB_STATEMENT_TIMEOUT_SECONDS so a slow query "
+                "is cancelled by PostgreSQL before the request budget runs out"
+            )
+        names = [key.name for key in self.api_keys]
+        if len(set(names)) != len(names):
+            raise ValueError("API_KEYS has two keys with the same name")
         if self.environment is Environment.PRODUCTION:
             secret = self.secret_key.get_secret_value()
             if secret == _DEV_SECRET_KEY or len(secret) < 32:
@@ -125,7 +232,11 @@ def _describe(error: ValidationError) -> str:
             lines.append(f"configuration error: {item['msg'].removeprefix('Value error, ')}")
             continue
         name = str(item["loc"][0]).upper()
-        problem = "is required but not set" if item["type"] == "missing" else f"is invalid: {item['msg']}"
+        problem = (
+            "is required but not set"
+            if item["type"] == "missing"
+            else f"is invalid: {item['msg'].removeprefix('Value error, ')}"
+        )
         lines.append(f"configuration error: {name} {problem}")
     return "\n".join(lines)
 
@@ -136,3 +247,7 @@ def load_settings() -> Settings:
         return Settings()  # type: ignore[call-arg]
     except ValidationError as error:
         raise ConfigurationError(_describe(error)) from None
+    except SettingsError as error:  # a value that should be JSON is not
+        field = re.search(r'field "(\w+)"', str(error))
+        name = field[1].upper() if field else "a setting"
+        raise ConfigurationError(f"configuration error: {name} is invalid: not valid JSON") from None

@@ -1,9 +1,12 @@
-"""PostgreSQL access: the asyncpg pool and its timeouts.
+"""PostgreSQL access: the asyncpg pool, its timeouts, and the breaker in front of it.
 
 Every statement is bounded twice: by the server (`statement_timeout`, so a
 runaway query is cancelled in PostgreSQL too) and by the client
 (`command_timeout`). Acquiring a connection is bounded separately, so a
-saturated pool answers 503 quickly instead of queueing requests forever.
+saturated pool answers 503 quickly instead of queueing requests forever. When
+PostgreSQL is down, the circuit breaker turns requests away at once (503)
+instead of letting each one wait for a connect timeout, and lets one trial
+through every BREAKER_RESET_SECONDS so the pod recovers by itself.
 """
 
 from __future__ import annotations
@@ -15,10 +18,25 @@ import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
 from service.config import Settings
+from service.errors import ServiceUnavailable
+from service.metrics import DEPENDENCY_ERRORS
+from service.resilience import CircuitBreaker
 
 Pool = asyncpg.Pool
 # A plain connection (tests, migrations) or one borrowed from the pool: the repository takes either.
 Connection = asyncpg.Connection | PoolConnectionProxy
+
+# What "the database is unavailable" looks like: refused or lost connections (OSError
+# covers refused, reset, unreachable and TimeoutError), a server shutting down or
+# starting, too many connections, pool-acquire and statement timeouts.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.CannotConnectNowError,
+    asyncpg.AdminShutdownError,
+    asyncpg.TooManyConnectionsError,
+    asyncpg.QueryCanceledError,
+)
 
 
 async def create_pool(settings: Settings) -> Pool:
@@ -41,8 +59,36 @@ async def create_pool(settings: Settings) -> Pool:
     return pool
 
 
-@asynccontextmanager
-async def acquire(pool: Pool, wait_seconds: float) -> AsyncIterator[Connection]:
-    """A connection from the pool, or `TimeoutError` (answered as 503) after `wait_seconds`."""
-    async with pool.acquire(timeout=wait_seconds) as connection:
-        yield connection
+class Database:
+    """The pool plus the policy for borrowing from it."""
+
+    def __init__(self, pool: Pool, breaker: CircuitBreaker, acquire_timeout_seconds: float) -> None:
+        self.pool = pool
+        self.breaker = breaker
+        self.acquire_timeout_seconds = acquire_timeout_seconds
+
+    @asynccontextmanager
+    async def connection(self) -> AsyncIterator[Connection]:
+        """A pooled connection; 503 at once while the breaker is open.
+
+        Failures that mean "PostgreSQL is unavailable" (raised while acquiring or
+        while the caller uses the connection) count against the breaker.
+        """
+        if not self.breaker.allow():
+            raise ServiceUnavailable(
+                "The database is unavailable; retry shortly.",
+                retry_after_seconds=max(1, round(self.breaker.reset_seconds)),
+            )
+        failed = False
+        try:
+            async with self.pool.acquire(timeout=self.acquire_timeout_seconds) as connection:
+                yield connection
+        except UNAVAILABLE_ERRORS as error:
+            failed = True
+            DEPENDENCY_ERRORS.labels("postgres", type(error).__name__).inc()
+            raise
+        finally:
+            if failed:
+                self.breaker.failure()
+            else:
+                self.breaker.success()

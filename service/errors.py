@@ -8,13 +8,11 @@ SQL or driver messages ever reach a client.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections.abc import Mapping, Sequence
 from http import HTTPStatus
 from typing import Any
 
-import asyncpg
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -79,6 +77,19 @@ class InvalidCursor(BadRequest):
     problem_type = "/problems/invalid-cursor"
 
 
+class Unauthorized(ProblemError):
+    status = 401
+    title = "Unauthorized"
+
+    def __init__(self, detail: str | None = None) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(ProblemError):
+    status = 403
+    title = "Forbidden"
+
+
 class NotFound(ProblemError):
     status = 404
     title = "Not Found"
@@ -100,12 +111,18 @@ class UnsupportedMediaType(ProblemError):
     title = "Unsupported Media Type"
 
 
+class TooManyRequests(ProblemError):
+    status = 429
+    title = "Too Many Requests"
+    problem_type = "/problems/rate-limited"
+
+
 class ServiceUnavailable(ProblemError):
-    """A dependency is down, slow or saturated; the client should retry shortly."""
+    """A dependency is down, slow or saturated, or the pod is at capacity; retry shortly."""
 
     status = 503
     title = "Service Unavailable"
-    problem_type = "/problems/dependency-unavailable"
+    problem_type = "/problems/unavailable"
 
     def __init__(self, detail: str | None = None, *, retry_after_seconds: int = 1) -> None:
         super().__init__(detail, headers={"Retry-After": str(retry_after_seconds)})
@@ -159,16 +176,10 @@ async def _handle_database_unavailable(request: Request, exc: Exception) -> Resp
     return ServiceUnavailable("The database is unavailable or too slow; retry shortly.").to_response()
 
 
-def install_error_handlers(app: FastAPI) -> None:
+def install_error_handlers(app: FastAPI, database_unavailable: tuple[type[Exception], ...]) -> None:
+    """Register the handlers; `database_unavailable` are the errors answered as 503."""
     app.add_exception_handler(ProblemError, _handle_problem)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
-    # Pool exhaustion (acquire timeout), statement timeouts and lost connections.
-    for exc_type in (
-        asyncio.TimeoutError,
-        asyncpg.QueryCanceledError,
-        asyncpg.PostgresConnectionError,
-        asyncpg.CannotConnectNowError,
-        ConnectionError,
-    ):
+    for exc_type in database_unavailable:
         app.add_exception_handler(exc_type, _handle_database_unavailable)

@@ -2,8 +2,10 @@
 
 - `/livez`: the event loop answers; no I/O, so a slow database never gets a
   healthy pod restarted.
-- `/readyz`: PostgreSQL and Redis answer within READINESS_TIMEOUT_SECONDS;
-  503 as soon as the pod starts draining so the load balancer stops routing.
+- `/readyz`: PostgreSQL answers within READINESS_TIMEOUT_SECONDS (else 503);
+  Redis is checked too but only reported (`degraded`): without it the pod
+  still serves, from PostgreSQL. 503 as soon as the pod starts draining so
+  the load balancer stops routing to it.
 - `/startupz`: the lifespan has finished (pools open, settings valid).
 """
 
@@ -16,7 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.responses import json_response
-from service.state import PoolDep, RedisDep, SettingsDep
+from service.state import DatabaseDep, RedisDep, SettingsDep
 
 router = APIRouter(include_in_schema=False)
 
@@ -46,14 +48,17 @@ async def _check(probe: Any, within_seconds: float) -> str:
 
 
 @router.get("/readyz")
-async def readyz(request: Request, settings: SettingsDep, pool: PoolDep, redis: RedisDep) -> Response:
+async def readyz(request: Request, settings: SettingsDep, db: DatabaseDep, redis: RedisDep) -> Response:
+    """PostgreSQL is hard (503 without it); Redis is soft (200, reported as degraded)."""
     if request.app.state.lifecycle.draining:
         return _probe(503, {"status": "draining"})
     timeout = settings.readiness_timeout_seconds
+    # The probes bypass the circuit breakers: they are how recovery gets noticed.
     postgres, cache = await asyncio.gather(
-        _check(pool.fetchval("SELECT 1", timeout=timeout), timeout),
+        _check(db.pool.fetchval("SELECT 1", timeout=timeout), timeout),
         _check(redis.ping(), timeout),
     )
     checks = {"postgres": postgres, "redis": cache}
-    ready = all(result == "ok" for result in checks.values())
-    return _probe(200 if ready else 503, {"status": "ok" if ready else "unavailable", "checks": checks})
+    if postgres != "ok":
+        return _probe(503, {"status": "unavailable", "checks": checks})
+    return _probe(200, {"status": "ok" if cache == "ok" else "degraded", "checks": checks})

@@ -4,6 +4,8 @@
   echoes it on the response, binds it to every log line, turns any unhandled
   exception into a logged traceback and a bare 500 problem, and writes one
   access line per request (probes excluded).
+- `RequestBudgetMiddleware`: the whole request must reach its first response
+  byte within REQUEST_TIMEOUT_SECONDS, or it is cancelled and answered 503.
 - `RequestLimitsMiddleware`: refuses over-long request lines (414), too many or
   too large headers (431) and bodies over the limit (413), whatever server or
   HTTP parser runs the app.
@@ -11,6 +13,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import re
 import time
@@ -19,7 +22,8 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, problem_response
+from service.config import Settings
+from service.errors import PayloadTooLarge, ServiceUnavailable, problem_response
 from service.logging import request_id_var
 
 access_logger = logging.getLogger("service.access")
@@ -29,9 +33,25 @@ PROBE_PATHS: Final = frozenset({"/livez", "/readyz", "/startupz"})
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 
 
+def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
+    """Headers for every response of a JSON API that no browser should render or frame."""
+    if not settings.security_headers:
+        return []
+    headers = [
+        (b"x-content-type-options", b"nosniff"),
+        (b"x-frame-options", b"DENY"),
+        (b"referrer-policy", b"no-referrer"),
+        (b"cross-origin-resource-policy", b"same-origin"),
+    ]
+    if settings.hsts_max_age_seconds:
+        headers.append((b"strict-transport-security", f"max-age={settings.hsts_max_age_seconds}".encode()))
+    return headers
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, response_headers: list[tuple[bytes, bytes]] | None = None) -> None:
         self.app = app
+        self.response_headers = response_headers or []
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -40,7 +60,7 @@ class RequestContextMiddleware:
 
         request_id = _incoming_request_id(scope) or uuid.uuid4().hex
         token = request_id_var.set(request_id)
-        header = (b"x-request-id", request_id.encode())
+        added = [(b"x-request-id", request_id.encode()), *self.response_headers]
         status = 0
         started = time.perf_counter()
 
@@ -48,7 +68,7 @@ class RequestContextMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", ()), header]
+                message["headers"] = [*message.get("headers", ()), *added]
             await send(message)
 
         try:
@@ -71,6 +91,7 @@ class RequestContextMiddleware:
                         "status": status,
                         "duration_ms": round((time.perf_counter() - started) * 1000, 3),
                         "client": (scope.get("client") or ("", 0))[0],
+                        "principal": scope.get("principal"),
                     },
                 )
             request_id_var.reset(token)
@@ -152,3 +173,36 @@ class RequestLimitsMiddleware:
             return message
 
         await self.app(scope, limited_receive, guarded_send)
+
+
+class RequestBudgetMiddleware:
+    """Cancel a request that has not started its response within `seconds`; answer 503.
+
+    Once the response has started (a streaming export, say) the budget no longer
+    applies: the per-statement timeouts bound each step of the stream.
+    """
+
+    def __init__(self, app: ASGIApp, seconds: float) -> None:
+        self.app = app
+        self.seconds = seconds
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in PROBE_PATHS:
+            await self.app(scope, receive, send)
+            return
+        budget = asyncio.timeout(self.seconds)
+
+        async def send_and_stop_the_clock(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                budget.reschedule(None)
+            await send(message)
+
+        try:
+            async with budget:
+                await self.app(scope, receive, send_and_stop_the_clock)
+        except TimeoutError:
+            if not budget.expired():
+                raise
+            logger.warning("request budget exceeded", extra={"budget_seconds": self.seconds})
+            exceeded = ServiceUnavailable(f"The request did not complete within {self.seconds:g} s; retry shortly.")
+            await exceeded.to_response()(scope, receive, send)

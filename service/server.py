@@ -58,8 +58,10 @@ class DrainingServer(Server):
 
 
 class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no types
-    # uvloop + httptools; access lines come from our middleware; no `server` header.
+    # uvloop + httptools; access lines come from our middleware; no `server` header;
+    # X-Forwarded-For is resolved in the app (TRUSTED_PROXIES), not by the server.
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
+        "proxy_headers": False,
         "loop": "auto",
         "http": "auto",
         "access_log": False,

@@ -13,8 +13,12 @@ from typing import Annotated, TypedDict, cast
 import redis.asyncio as redis
 from fastapi import Depends, Request
 
+from service.auth import KeyRing
+from service.cache import TwoLevelCache
 from service.config import Settings
-from service.db import Connection, Pool, acquire
+from service.db import Connection, Database
+from service.ratelimit import RateLimiter
+from service.resilience import Bulkhead
 
 
 @dataclass
@@ -29,8 +33,12 @@ class Lifecycle:
 
 class State(TypedDict):
     settings: Settings
-    pool: Pool
+    db: Database
     redis: redis.Redis
+    keys: KeyRing
+    cache: TwoLevelCache | None  # None when CACHE_ENABLED is false
+    limiter: RateLimiter | None  # None when RATE_LIMIT_ENABLED is false
+    exports: Bulkhead
 
 
 def _state(request: Request) -> State:
@@ -42,21 +50,30 @@ def get_settings(request: Request) -> Settings:
     return _state(request)["settings"]
 
 
-def get_pool(request: Request) -> Pool:
-    return _state(request)["pool"]
+def get_database(request: Request) -> Database:
+    return _state(request)["db"]
 
 
 def get_redis(request: Request) -> redis.Redis:
     return _state(request)["redis"]
 
 
+def get_cache(request: Request) -> TwoLevelCache | None:
+    return _state(request)["cache"]
+
+
+def get_exports(request: Request) -> Bulkhead:
+    return _state(request)["exports"]
+
+
 async def get_connection(request: Request) -> AsyncIterator[Connection]:
-    state = _state(request)
-    async with acquire(state["pool"], state["settings"].db_pool_acquire_timeout_seconds) as connection:
+    async with _state(request)["db"].connection() as connection:
         yield connection
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
-PoolDep = Annotated[Pool, Depends(get_pool)]
+DatabaseDep = Annotated[Database, Depends(get_database)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
+CacheDep = Annotated[TwoLevelCache | None, Depends(get_cache)]
+ExportsDep = Annotated[Bulkhead, Depends(get_exports)]
 ConnectionDep = Annotated[Connection, Depends(get_connection)]

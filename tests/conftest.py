@@ -9,12 +9,13 @@ a temporary directory and removes them at the end.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import os
 import shutil
 import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +35,14 @@ sys.path.insert(0, str(ROOT / "deploy" / "local"))
 import servers  # noqa: E402  (stdlib-only helpers shared with `make up`)
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
+# API keys the tests present; only their hashes go into the settings, as in production.
+WRITER_KEY = "cat_test-writer-key"
+READER_KEY = "cat_test-reader-key"
+TEST_API_KEYS = [
+    {"name": "test-writer", "sha256": hashlib.sha256(WRITER_KEY.encode()).hexdigest(), "scopes": ["items:write"]},
+    {"name": "test-reader", "sha256": hashlib.sha256(READER_KEY.encode()).hexdigest(), "scopes": ["items:read"]},
+]
+WRITER = {"Authorization": f"Bearer {WRITER_KEY}"}
 
 
 @dataclass
@@ -71,6 +80,24 @@ def backends() -> Iterator[Backends]:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
+@contextmanager
+def dedicated_backends(*postgres_settings: str) -> Iterator[Backends]:
+    """A PostgreSQL and a Redis for one test alone: it may stop and restart them."""
+    workdir = Path(tempfile.mkdtemp(prefix="catalog-dedicated-"))
+    os.chmod(workdir, 0o755)
+    postgres = servers.Postgres(workdir / "postgres", servers.free_port(), settings=postgres_settings)
+    redis_server = servers.Redis(workdir / "redis", servers.free_port())
+    try:
+        postgres.start()
+        redis_server.start()
+        asyncio.run(migrate(postgres.url()))
+        yield Backends(postgres.url(), redis_server.url(), postgres, redis_server)
+    finally:
+        redis_server.stop()
+        postgres.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
 def make_settings(backends: Backends, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "environment": "development",
@@ -79,6 +106,8 @@ def make_settings(backends: Backends, **overrides: object) -> Settings:
         "secret_key": TEST_SECRET_KEY,
         "db_pool_min_size": 1,
         "db_pool_max_size": 5,
+        "api_keys": TEST_API_KEYS,
+        "metrics_port": 0,  # many apps in one process: no metrics server each
     }
     values.update(overrides)
     return Settings(**values)  # type: ignore[arg-type]
@@ -119,5 +148,7 @@ async def lifespan_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
 
 @pytest.fixture
 async def client(settings: Settings, db: asyncpg.Connection) -> AsyncIterator[httpx.AsyncClient]:
+    """A client that presents the writer's API key on every request."""
     async with lifespan_client(create_app(settings)) as http:
+        http.headers.update(WRITER)
         yield http

@@ -89,6 +89,7 @@ class Postgres:
     directory: Path
     port: int
     durable: bool = False  # tests trade durability for speed; `make up` keeps its data safe
+    settings: tuple[str, ...] = ()  # extra `-c name=value` server settings, e.g. "log_statement=all"
 
     @property
     def datadir(self) -> Path:
@@ -143,6 +144,7 @@ class Postgres:
         options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.directory}", "-c max_connections=200"]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        options += [f"-c {setting}" for setting in self.settings]
         _run(
             _as_postgres_user(
                 [

@@ -11,8 +11,10 @@ works even without the project's virtualenv.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import secrets
 import shutil
 import signal
 import subprocess
@@ -34,6 +36,7 @@ class Stack:
     run_dir: Path
     api_port: int
     pod_ports: list[int]
+    metrics_ports: list[int]
     postgres_port: int
     redis_port: int
     database_url: str = ""
@@ -46,15 +49,19 @@ class Stack:
     def from_environment(cls) -> Stack:
         run_dir = Path(os.environ.get("RUN_DIR", ROOT / ".run")).resolve()
         pods = os.environ.get("API_POD_PORTS", "8001,8002")
+        metrics = os.environ.get("API_POD_METRICS_PORTS", "9464,9465")
         stack = cls(
             run_dir=run_dir,
             api_port=int(os.environ.get("API_PORT", "8000")),
             pod_ports=[int(port) for port in pods.split(",") if port.strip()],
+            metrics_ports=[int(port) for port in metrics.split(",") if port.strip()],
             postgres_port=int(os.environ.get("POSTGRES_PORT", "55432")),
             redis_port=int(os.environ.get("REDIS_PORT", "56379")),
             database_url=os.environ.get("DATABASE_URL", ""),
             redis_url=os.environ.get("REDIS_URL", ""),
         )
+        if len(stack.metrics_ports) != len(stack.pod_ports):
+            raise StackError("API_POD_METRICS_PORTS needs one port per API pod (API_POD_PORTS)")
         stack.own_postgres = not stack.database_url
         stack.own_redis = not stack.redis_url
         return stack
@@ -74,6 +81,7 @@ class Stack:
         except FileNotFoundError:
             return None
         data["run_dir"] = Path(data["run_dir"])
+        data.setdefault("metrics_ports", [])  # written by an older version
         return cls(**data)
 
     def postgres(self) -> servers.Postgres:
@@ -113,15 +121,33 @@ def wait_http(url: str, within_seconds: float, expect: int = 200) -> bool:
     return False
 
 
-def app_environment(stack: Stack, port: int) -> dict[str, str]:
+def development_key(stack: Stack) -> tuple[str, str]:
+    """The development API key (kept in RUN_DIR/api-key across restarts) and its API_KEYS entry."""
+    path = stack.run_dir / "api-key"
+    if not path.exists():
+        path.write_text("cat_" + secrets.token_urlsafe(32) + "\n")
+        path.chmod(0o600)
+    key = path.read_text().strip()
+    entry = {
+        "name": "development",
+        "sha256": hashlib.sha256(key.encode()).hexdigest(),
+        "scopes": ["items:read", "items:write", "jobs:write"],
+    }
+    return key, json.dumps([entry])
+
+
+def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("ENVIRONMENT", "development")
+    if "API_KEYS" not in env:
+        env["API_KEYS"] = development_key(stack)[1]
     env.setdefault("SHUTDOWN_DRAIN_SECONDS", "2")
     env.update(
         DATABASE_URL=stack.database_url,
         REDIS_URL=stack.redis_url,
         HOST="127.0.0.1",
         PORT=str(port),
+        METRICS_PORT=str(metrics_port),
         # nginx sets X-Forwarded-For; trust it from loopback only.
         FORWARDED_ALLOW_IPS="127.0.0.1",
     )
@@ -168,18 +194,18 @@ def _start_backends(stack: Stack) -> None:
             redis.start()
         stack.redis_url = redis.url()
     stack.save()
-    migrate_env = app_environment(stack, stack.pod_ports[0])
+    migrate_env = app_environment(stack, stack.pod_ports[0], stack.metrics_ports[0])
     if subprocess.run([sys.executable, "-m", "service.migrate"], cwd=ROOT, env=migrate_env, check=False).returncode:
         raise StackError("migrations failed; see the lines above")
 
 
 def _start_pods(stack: Stack) -> None:
-    for index, port in enumerate(stack.pod_ports, start=1):
+    for index, (port, metrics_port) in enumerate(zip(stack.pod_ports, stack.metrics_ports, strict=True), start=1):
         with (stack.run_dir / f"api-{index}.log").open("ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
                 cwd=ROOT,
-                env=app_environment(stack, port),
+                env=app_environment(stack, port, metrics_port),
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -213,9 +239,12 @@ def up() -> int:
         print(f"already running (see {previous.state_file}); `make down` first", file=sys.stderr)
         return 1
     nginx_binary()  # fail before starting anything if it is missing
-    busy = [port for port in [stack.api_port, *stack.pod_ports] if servers.port_open(port)]
+    busy = [port for port in [stack.api_port, *stack.pod_ports, *stack.metrics_ports] if servers.port_open(port)]
     if busy:
-        print(f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS to free ones", file=sys.stderr)
+        print(
+            f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS / API_POD_METRICS_PORTS to free ones",
+            file=sys.stderr,
+        )
         return 1
     stack.run_dir.mkdir(parents=True, exist_ok=True)
     try:
@@ -228,15 +257,22 @@ def up() -> int:
         return 1
 
     base = f"http://127.0.0.1:{stack.api_port}"
+    key_line = (
+        f"  API key (writes)     {development_key(stack)[0]}   (also in {stack.run_dir / 'api-key'})"
+        if "API_KEYS" not in os.environ
+        else "  API keys             from your API_KEYS"
+    )
     print(f"""
 Catalog API is up (development mode).
   API (through nginx)  {base}/v1/items
   OpenAPI docs         {base}/docs
   Readiness            {base}/readyz
   API pods             {", ".join(f"http://127.0.0.1:{port}" for port in stack.pod_ports)}
+  Pod metrics          {", ".join(f"http://127.0.0.1:{port}/metrics" for port in stack.metrics_ports)}
   PostgreSQL           {stack.database_url}
   Redis                {stack.redis_url}
   Logs                 {stack.run_dir}/api-*.log, {stack.run_dir}/nginx/access.log
+{key_line}
 Stop everything with `make down`.""")
     return 0
 
@@ -297,6 +333,9 @@ def main(argv: list[str]) -> int:
         return commands[argv[1]]()
     except servers.MissingDependency as missing:
         print(f"missing: {missing}", file=sys.stderr)
+        return 1
+    except StackError as error:
+        print(f"make {argv[1]}: {error}", file=sys.stderr)
         return 1
 
 

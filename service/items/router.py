@@ -12,16 +12,19 @@ import io
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any
 
+import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from starlette.responses import Response, StreamingResponse
 
-from service.db import Pool, acquire
-from service.errors import BadRequest, NotFound, UnsupportedMediaType
+from service.auth import read_access, requires
+from service.db import Database
+from service.errors import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 from service.items import repository
 from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpdate
 from service.pagination import decode_cursor, encode_cursor
+from service.resilience import Bulkhead
 from service.responses import json_response
-from service.state import ConnectionDep, PoolDep, SettingsDep
+from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, SettingsDep
 
 MAX_BATCH_IDS = 100
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
@@ -35,7 +38,10 @@ async def require_json_body(request: Request) -> None:
 
 
 router = APIRouter(prefix="/v1/items", tags=["items"])
-_writes_json = [Depends(require_json_body)]
+_reads = [Depends(read_access)]
+# Authenticate first: a caller without a key learns nothing about the body's problems.
+_writes = [requires("items:write")]
+_writes_json = [*_writes, Depends(require_json_body)]
 
 
 def _item(row: repository.Row) -> dict[str, Any]:
@@ -54,7 +60,7 @@ async def create_item(body: ItemCreate, conn: ConnectionDep) -> Response:
     return json_response(_item(row), status=201, headers={"Location": f"/v1/items/{row['id']}"})
 
 
-@router.get("", response_model=ItemPage)
+@router.get("", response_model=ItemPage, dependencies=_reads)
 async def list_items(
     conn: ConnectionDep,
     settings: SettingsDep,
@@ -83,7 +89,7 @@ def _parse_ids(raw: str) -> list[int]:
     return unique
 
 
-@router.get(":batch", response_model=ItemBatch)
+@router.get(":batch", response_model=ItemBatch, dependencies=_reads)
 async def batch_get_items(
     conn: ConnectionDep,
     ids: Annotated[str, Query(min_length=1, max_length=2200, description="Comma-separated ids, at most 100.")],
@@ -100,13 +106,14 @@ async def batch_get_items(
 
 @router.get(
     "/export.csv",
+    dependencies=_reads,
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "Every item, as CSV."}},
 )
-async def export_items(pool: PoolDep, settings: SettingsDep) -> StreamingResponse:
-    chunks = _export_csv(pool, settings.db_pool_acquire_timeout_seconds)
-    # Start the export before answering, so a saturated pool or a database error
-    # is a 503 problem rather than a 200 with a truncated body.
+async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingResponse:
+    chunks = _export_csv(db, exports)
+    # Start the export before answering, so a full bulkhead, a saturated pool or a
+    # database error is a 503 problem rather than a 200 with a truncated body.
     header = await anext(chunks)
 
     async def body() -> AsyncIterator[bytes]:
@@ -121,19 +128,28 @@ async def export_items(pool: PoolDep, settings: SettingsDep) -> StreamingRespons
     )
 
 
-async def _export_csv(pool: Pool, acquire_timeout: float) -> AsyncIterator[bytes]:
-    """The header line, then one CSV chunk per cursor batch; memory is one batch at most."""
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    async with acquire(pool, acquire_timeout) as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-        # One snapshot for the whole export; a slow reader may idle up to a minute between chunks.
-        await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
-        yield (",".join(repository.COLUMNS) + "\n").encode()
-        async for batch in repository.stream_all(conn):
-            writer.writerows(_csv_rows(batch))
-            yield buffer.getvalue().encode()
-            buffer.seek(0)
-            buffer.truncate()
+async def _export_csv(db: Database, exports: Bulkhead) -> AsyncIterator[bytes]:
+    """The header line, then one CSV chunk per cursor batch; memory is one batch at most.
+
+    At most EXPORT_MAX_CONCURRENT exports run per pod: each holds a connection
+    and a CPU share for as long as its client reads.
+    """
+    if not exports.try_enter():
+        raise ServiceUnavailable("Too many exports are running on this instance; retry shortly.")
+    try:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer, lineterminator="\n")
+        async with db.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
+            # One snapshot for the whole export; a slow reader may idle up to a minute between chunks.
+            await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
+            yield (",".join(repository.COLUMNS) + "\n").encode()
+            async for batch in repository.stream_all(conn):
+                writer.writerows(_csv_rows(batch))
+                yield buffer.getvalue().encode()
+                buffer.seek(0)
+                buffer.truncate()
+    finally:
+        exports.leave()
 
 
 def _csv_rows(batch: Sequence[repository.Row]) -> list[tuple[Any, ...]]:
@@ -152,24 +168,34 @@ def _csv_rows(batch: Sequence[repository.Row]) -> list[tuple[Any, ...]]:
     ]
 
 
-@router.get("/{item_id}", response_model=Item)
-async def get_item(item_id: ItemId, conn: ConnectionDep) -> Response:
-    row = await repository.get(conn, item_id)
-    if row is None:
+@router.get("/{item_id}", response_model=Item, dependencies=_reads)
+async def get_item(item_id: ItemId, db: DatabaseDep, cache: CacheDep) -> Response:
+    # No ConnectionDep here: a cache hit must not borrow a pool connection.
+    async def load() -> bytes | None:
+        async with db.connection() as conn:
+            row = await repository.get(conn, item_id)
+        return None if row is None else orjson.dumps(_item(row))
+
+    body = await cache.get(str(item_id), load) if cache is not None else await load()
+    if body is None:
         raise NotFound(f"Item {item_id} does not exist.")
-    return json_response(_item(row))
+    return Response(body, media_type="application/json")
 
 
 @router.patch("/{item_id}", response_model=Item, dependencies=_writes_json)
-async def update_item(item_id: ItemId, body: ItemUpdate, conn: ConnectionDep) -> Response:
+async def update_item(item_id: ItemId, body: ItemUpdate, conn: ConnectionDep, cache: CacheDep) -> Response:
     row = await repository.update(conn, item_id, body.model_dump(exclude_unset=True))
     if row is None:
         raise NotFound(f"Item {item_id} does not exist.")
+    if cache is not None:
+        await cache.invalidate(str(item_id))  # the UPDATE has committed (autocommit)
     return json_response(_item(row))
 
 
-@router.delete("/{item_id}", status_code=204)
-async def delete_item(item_id: ItemId, conn: ConnectionDep) -> Response:
+@router.delete("/{item_id}", status_code=204, dependencies=_writes)
+async def delete_item(item_id: ItemId, conn: ConnectionDep, cache: CacheDep) -> Response:
     if not await repository.delete(conn, item_id):
         raise NotFound(f"Item {item_id} does not exist.")
+    if cache is not None:
+        await cache.invalidate(str(item_id))
     return Response(status_code=204)

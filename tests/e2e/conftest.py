@@ -16,7 +16,7 @@ import orjson
 import pytest
 import servers  # deploy/local, put on sys.path by tests/conftest.py
 
-from tests.conftest import ROOT, TEST_SECRET_KEY, Backends
+from tests.conftest import ROOT, TEST_API_KEYS, TEST_SECRET_KEY, Backends
 
 pytestmark = pytest.mark.e2e
 
@@ -85,6 +85,8 @@ def api_env(backends: Backends, **overrides: str) -> dict[str, str]:
         "PORT": str(servers.free_port()),
         "DB_POOL_MAX_SIZE": "5",
         "SHUTDOWN_DRAIN_SECONDS": "0",
+        "METRICS_PORT": str(servers.free_port()),
+        "API_KEYS": orjson.dumps(TEST_API_KEYS).decode(),
     }
     env.update(overrides)
     return env

@@ -30,15 +30,18 @@ def stack() -> Iterator[dict[str, str]]:
     run_dir = Path(tempfile.mkdtemp(prefix="catalog-stack-"))
     run_dir.chmod(0o755)
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-    ports = [servers.free_port() for _ in range(5)]
+    ports = [servers.free_port() for _ in range(7)]
     env.update(
         RUN_DIR=str(run_dir),
         API_PORT=str(ports[0]),
         API_POD_PORTS=f"{ports[1]},{ports[2]}",
         POSTGRES_PORT=str(ports[3]),
         REDIS_PORT=str(ports[4]),
+        API_POD_METRICS_PORTS=f"{ports[5]},{ports[6]}",
         SHUTDOWN_DRAIN_SECONDS="1",
+        RATE_LIMIT_READS="100000/minute",  # the pod-stop test sends a steady stream from one address
     )
+    env.pop("API_KEYS", None)
     up = subprocess.run([*STACK, "up"], env=env, capture_output=True, text=True, timeout=180, check=False)
     try:
         assert up.returncode == 0, up.stdout + up.stderr
@@ -57,7 +60,8 @@ def base(env: dict[str, str]) -> str:
 
 
 def test_the_api_answers_through_nginx(stack: dict[str, str]) -> None:
-    with httpx.Client(base_url=base(stack)) as http:
+    key = (Path(stack["RUN_DIR"]) / "api-key").read_text().strip()
+    with httpx.Client(base_url=base(stack), headers={"Authorization": f"Bearer {key}"}) as http:
         assert http.get("/readyz").json()["status"] == "ok"
         created = http.post(
             "/v1/items",
@@ -67,6 +71,7 @@ def test_the_api_answers_through_nginx(stack: dict[str, str]) -> None:
         assert created.status_code == 201
         assert created.headers["x-request-id"] == "from-the-edge-1"
         assert http.get(created.headers["location"]).json()["sku"] == "up-1"
+        assert http.post("/v1/items", json={}, headers={"Authorization": "Bearer wrong"}).status_code == 401
     run_dir = Path(stack["RUN_DIR"])
     edge = [orjson.loads(line) for line in (run_dir / "nginx" / "access.log").read_bytes().splitlines()]
     [edge_line] = [line for line in edge if line["request_id"] == "from-the-edge-1"]

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, Backends
+from tests.conftest import ROOT, WRITER, Backends
 from tests.e2e.conftest import ApiProcess, api_env
 
 pytestmark = pytest.mark.e2e
@@ -41,7 +41,7 @@ async def test_sigterm_drains_finishes_in_flight_and_exits_in_time(
 ) -> None:
     drain, graceful = 2.0, 10
     api = start_api(SHUTDOWN_DRAIN_SECONDS=str(drain), GRACEFUL_TIMEOUT_SECONDS=str(graceful))
-    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+    async with httpx.AsyncClient(base_url=api.url, timeout=30, headers=WRITER) as http:
         item_id = (await http.post("/v1/items", json=ITEM)).json()["id"]
 
         # Make a read slow for real: hold a lock it must wait for.

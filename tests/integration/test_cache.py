@@ -1,0 +1,142 @@
+"""The two-level cache against a real Redis: single flight, invalidation across pods, races, outages."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as redis
+
+from service.cache import LocalTTLCache, TwoLevelCache
+from service.resilience import CircuitBreaker
+from tests.conftest import Backends
+
+
+class Loader:
+    """A stand-in for the database read: counts calls; can be held open to widen races."""
+
+    def __init__(self, value: bytes | None = b'{"v":1}') -> None:
+        self.value = value
+        self.calls = 0
+        self.gate: asyncio.Event | None = None
+
+    async def __call__(self) -> bytes | None:
+        self.calls += 1
+        value = self.value
+        if self.gate is not None:
+            await self.gate.wait()
+        return value
+
+
+@contextlib.asynccontextmanager
+async def pod(url: str, namespace: str = "t", l1_ttl: float = 60.0) -> AsyncIterator[TwoLevelCache]:
+    """One pod's cache: its own Redis client, L1 and invalidation listener."""
+    client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
+    cache = TwoLevelCache(
+        client,
+        CircuitBreaker("redis", 3, 1.0),
+        namespace=namespace,
+        l1=LocalTTLCache(100, l1_ttl),
+        l2_ttl_seconds=60,
+    )
+    listener = asyncio.create_task(cache.listen_for_invalidations(retry_seconds=0.1))
+    await asyncio.sleep(0.1)  # subscribed
+    try:
+        yield cache
+    finally:
+        listener.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await listener
+        await client.aclose()
+
+
+@pytest.fixture
+async def flushed(backends: Backends) -> str:
+    client = redis.Redis.from_url(backends.redis_url)
+    await client.flushdb()
+    await client.aclose()
+    return backends.redis_url
+
+
+async def test_concurrent_misses_load_once(flushed: str) -> None:
+    async with pod(flushed) as cache:
+        loader = Loader()
+        loader.gate = asyncio.Event()
+        readers = [asyncio.create_task(cache.get("item:1", loader)) for _ in range(50)]
+        await asyncio.sleep(0.05)
+        loader.gate.set()
+        assert set(await asyncio.gather(*readers)) == {b'{"v":1}'}
+        assert loader.calls == 1
+
+
+async def test_a_second_pod_reads_from_redis_not_the_database(flushed: str) -> None:
+    async with pod(flushed) as first, pod(flushed) as second:
+        loader = Loader()
+        await first.get("item:1", loader)
+        assert await second.get("item:1", loader) == b'{"v":1}'
+        assert loader.calls == 1
+
+
+async def test_invalidation_reaches_every_pod(flushed: str) -> None:
+    async with pod(flushed) as writer, pod(flushed) as reader:
+        await reader.get("item:1", Loader(b"old"))
+        assert await reader.get("item:1", Loader(b"unused")) == b"old"  # L1 hit
+        await writer.invalidate("item:1")
+        await asyncio.sleep(0.05)  # the message crosses Redis
+        assert await reader.get("item:1", Loader(b"new")) == b"new"
+
+
+async def test_a_slow_reader_cannot_put_back_a_value_older_than_a_write(flushed: str) -> None:
+    async with pod(flushed) as cache:
+        slow = Loader(b"before-the-write")
+        slow.gate = asyncio.Event()
+        reading = asyncio.create_task(cache.get("item:1", slow))
+        await asyncio.sleep(0.05)  # the reader has loaded the old row and is about to fill L2
+        await cache.invalidate("item:1")  # a write committed meanwhile
+        slow.gate.set()
+        assert await reading == b"before-the-write"  # this caller sees what it read...
+        cache.l1.clear()
+        # ...but Redis was not filled with it: the next reader goes to the database.
+        fresh = Loader(b"after-the-write")
+        assert await cache.get("item:1", fresh) == b"after-the-write"
+        assert fresh.calls == 1
+
+
+async def test_not_found_is_not_cached(flushed: str) -> None:
+    async with pod(flushed) as cache:
+        loader = Loader(None)
+        assert await cache.get("item:9", loader) is None
+        assert await cache.get("item:9", loader) is None
+        assert loader.calls == 2
+
+
+async def test_a_loader_error_reaches_every_waiter_and_is_not_cached(flushed: str) -> None:
+    async with pod(flushed) as cache:
+        gate = asyncio.Event()
+
+        async def failing() -> bytes | None:
+            await gate.wait()
+            raise RuntimeError("database said no")
+
+        waiters = [asyncio.create_task(cache.get("item:1", failing)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        gate.set()
+        results = await asyncio.gather(*waiters, return_exceptions=True)
+        assert all(isinstance(result, RuntimeError) for result in results)
+        assert await cache.get("item:1", Loader(b"later")) == b"later"
+
+
+async def test_redis_down_means_reads_go_to_the_database_quickly() -> None:
+    async with pod("redis://127.0.0.1:1/0") as cache:
+        loader = Loader()
+        started = asyncio.get_running_loop().time()
+        for _ in range(20):
+            cache.l1.clear()
+            assert await cache.get("item:1", loader) == b'{"v":1}'
+        await cache.invalidate("item:1")  # does not raise either
+        elapsed = asyncio.get_running_loop().time() - started
+        assert loader.calls == 20
+        assert cache.breaker.is_open  # after 3 failures Redis is not even tried
+        assert elapsed < 1.0

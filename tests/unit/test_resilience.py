@@ -1,0 +1,66 @@
+"""Circuit breaker states and the local TTL cache, on a fake clock."""
+
+from __future__ import annotations
+
+from service.cache import LocalTTLCache
+from service.resilience import Bulkhead, CircuitBreaker
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_breaker_opens_after_consecutive_failures_and_half_opens_after_reset() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("dep", failure_threshold=3, reset_seconds=5, clock=clock)
+    for _ in range(2):
+        assert breaker.allow()
+        breaker.failure()
+    assert not breaker.is_open
+    breaker.success()  # a success resets the count
+    for _ in range(3):
+        breaker.failure()
+    assert breaker.is_open
+    assert not breaker.allow()
+    clock.now += 4.9
+    assert not breaker.allow()
+    clock.now += 0.2
+    assert breaker.allow()  # the one trial call
+    assert not breaker.allow()  # no second one while it is in flight
+    breaker.failure()  # the trial failed: open again, for a full period
+    assert not breaker.allow()
+    clock.now += 5.1
+    assert breaker.allow()
+    breaker.success()
+    assert not breaker.is_open
+    assert breaker.allow()
+    assert breaker.allow()
+
+
+def test_local_cache_expires_and_evicts_least_recently_used() -> None:
+    clock = Clock()
+    cache = LocalTTLCache(max_items=2, ttl_seconds=2, clock=clock)
+    cache.set("a", b"1")
+    cache.set("b", b"2")
+    assert cache.get("a") == b"1"  # a is now the most recently used
+    cache.set("c", b"3")
+    assert cache.get("b") is None
+    assert cache.get("a") == b"1"
+    clock.now += 2.01
+    assert cache.get("a") is None
+    assert len(cache) == 1  # c is still stored until it is read or evicted
+    cache.clear()
+    assert len(cache) == 0
+
+
+def test_bulkhead_refuses_beyond_its_limit_and_frees_on_leave() -> None:
+    bulkhead = Bulkhead("export", 2)
+    assert bulkhead.try_enter()
+    assert bulkhead.try_enter()
+    assert not bulkhead.try_enter()
+    bulkhead.leave()
+    assert bulkhead.try_enter()
