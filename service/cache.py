@@ -30,6 +30,9 @@ from service.resilience import CircuitBreaker
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+# Bound once: `.labels()` on every lookup would cost more than an L1 hit itself.
+_L1_HIT, _L1_MISS = CACHE_REQUESTS.labels("l1", "hit"), CACHE_REQUESTS.labels("l1", "miss")
+_L2_HIT, _L2_MISS = CACHE_REQUESTS.labels("l2", "hit"), CACHE_REQUESTS.labels("l2", "miss")
 
 # Set the value only if the version key still holds what the reader saw before loading.
 _FILL_IF_UNCHANGED = """
@@ -103,9 +106,9 @@ class TwoLevelCache:
         """The cached bytes for `key`, or `load()`'s (None: nothing to cache, e.g. not found)."""
         value = self.l1.get(key)
         if value is not None:
-            CACHE_REQUESTS.labels("l1", "hit").inc()
+            _L1_HIT.inc()
             return value
-        CACHE_REQUESTS.labels("l1", "miss").inc()
+        _L1_MISS.inc()
         pending = self._inflight.get(key)
         if pending is not None:
             return await asyncio.shield(pending)
@@ -131,11 +134,11 @@ class TwoLevelCache:
         if found is not None:
             cached, stored_version = cast(list[bytes | None], found)
             if cached is not None:
-                CACHE_REQUESTS.labels("l2", "hit").inc()
+                _L2_HIT.inc()
                 self.l1.set(key, cached)
                 return cached
             version = stored_version or b""
-        CACHE_REQUESTS.labels("l2", "miss").inc()
+        _L2_MISS.inc()
         value = await load()
         if value is not None:
             if found is not None:  # Redis answered a moment ago: worth filling L2

@@ -177,8 +177,10 @@ class Settings(BaseSettings):
     graceful_timeout_seconds: int = Field(30, ge=1, le=3600)
     worker_timeout_seconds: int = Field(60, ge=1, le=3600)
     shutdown_drain_seconds: float = Field(5.0, ge=0, le=600)
-    max_requests: int = Field(20000, ge=0)
-    max_requests_jitter: int = Field(2000, ge=0)
+    # Recycling guards against slow leaks, but with one worker per pod each recycle is
+    # a pause of about a second for that pod (the new worker boots): keep it rare.
+    max_requests: int = Field(200_000, ge=0)
+    max_requests_jitter: int = Field(20_000, ge=0)
 
     _rates = field_validator("rate_limit_reads", "rate_limit_writes", mode="before")(_parse_rate)
     _lists = field_validator("cors_allow_origins", "trusted_proxies", mode="before")(_comma_list)

@@ -5,7 +5,8 @@ is synchronous, so with Redis storage every request would block the pod's
 only event loop on a network round trip (laurentS/slowapi#3, #130), and its
 ASGI middleware keeps per-request state on the shared middleware instance.
 This is the same fixed-window algorithm as slowapi's default, done with one
-async round trip (a Lua INCR + EXPIRE) on the app's own Redis client.
+async round trip (a Lua INCRBY + EXPIRE) on the app's own Redis client, shared
+by all the requests for one counter that arrive in the same event-loop turn.
 
 If Redis is unavailable the limiter fails open by default
 (RATE_LIMIT_FAIL_OPEN): requests are served unlimited, counted in
@@ -15,6 +16,7 @@ to false to answer 503 instead.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
@@ -34,11 +36,12 @@ from service.resilience import CircuitBreaker
 logger = logging.getLogger(__name__)
 
 _COUNT_IN_WINDOW: Final = """
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
+local count = redis.call('INCRBY', KEYS[1], ARGV[2])
+if count == tonumber(ARGV[2]) then redis.call('EXPIRE', KEYS[1], ARGV[1]) end
 return count
 """
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
+_ALLOWED, _REJECTED, _SKIPPED = (RATE_LIMIT_DECISIONS.labels(d) for d in ("allowed", "rejected", "store_unavailable"))
 
 
 @dataclass(frozen=True)
@@ -56,32 +59,68 @@ class Decision:
         ]
 
 
+class _Batch:
+    """Requests for one counter that arrived in the same event-loop turn: one round trip for all."""
+
+    def __init__(self, future: asyncio.Future[int | None]) -> None:
+        self.future = future
+        self.size = 0
+
+
 class RateLimiter:
     def __init__(self, client: redis.Redis, breaker: CircuitBreaker, namespace: str) -> None:
         self.breaker = breaker
         self.namespace = namespace
         self._count = client.register_script(_COUNT_IN_WINDOW)
         self._last_warning = 0.0
+        self._batches: dict[str, _Batch] = {}
+        self._flushes: set[asyncio.Task[None]] = set()
 
     async def hit(self, identity: str, rate: Rate, now: float | None = None) -> Decision | None:
-        """Count one request; None when the counter store is unavailable."""
+        """Count one request; None when the counter store is unavailable.
+
+        Concurrent requests for the same counter share one INCRBY: each learns its
+        exact position in the window's sequence, so the limit is as exact as with
+        one INCR each, at a fraction of the round trips under load.
+        """
         now = time.time() if now is None else now
         window = int(now // rate.period_seconds)
         key = f"{self.namespace}:rl:{identity}:{rate.period_seconds}:{window}"
-        if not self.breaker.allow():
+        batch = self._batches.get(key)
+        if batch is None:
+            if not self.breaker.allow():
+                return None
+            batch = self._batches[key] = _Batch(asyncio.get_running_loop().create_future())
+            flush = asyncio.create_task(self._flush(key, batch, rate.period_seconds + 1, now))
+            self._flushes.add(flush)
+            flush.add_done_callback(self._flushes.discard)
+        position = batch.size
+        batch.size += 1
+        total = await asyncio.shield(batch.future)
+        if total is None:
             return None
+        count = total - batch.size + position + 1
+        reset = math.ceil((window + 1) * rate.period_seconds - now)
+        return Decision(count <= rate.count, rate.count, max(0, rate.count - count), max(reset, 1))
+
+    async def _flush(self, key: str, batch: _Batch, ttl_seconds: int, now: float) -> None:
+        await asyncio.sleep(0)  # let the requests already scheduled in this turn join the batch
+        del self._batches[key]
         try:
-            count = int(await self._count(keys=[key], args=[rate.period_seconds + 1]))
+            total = int(await self._count(keys=[key], args=[ttl_seconds, batch.size]))
         except (RedisError, OSError) as error:
             self.breaker.failure()
             DEPENDENCY_ERRORS.labels("redis", "rate_limit").inc()
             if now - self._last_warning > 10:  # one line per 10 s, not one per request
                 self._last_warning = now
                 logger.warning("rate limit store unavailable", extra={"error": repr(error)})
-            return None
+            batch.future.set_result(None)
+            return
+        except BaseException:
+            batch.future.set_result(None)
+            raise
         self.breaker.success()
-        reset = math.ceil((window + 1) * rate.period_seconds - now)
-        return Decision(count <= rate.count, rate.count, max(0, rate.count - count), max(reset, 1))
+        batch.future.set_result(total)
 
 
 class RateLimitMiddleware:
@@ -105,7 +144,7 @@ class RateLimitMiddleware:
         safe = scope["method"] in _SAFE_METHODS
         decision = await limiter.hit(f"{_identity(scope)}:{'r' if safe else 'w'}", self.reads if safe else self.writes)
         if decision is None:
-            RATE_LIMIT_DECISIONS.labels("store_unavailable").inc()
+            _SKIPPED.inc()
             if not self.fail_open:
                 await ServiceUnavailable("Rate limiting is unavailable; retry shortly.").to_response()(
                     scope, receive, send
@@ -114,7 +153,7 @@ class RateLimitMiddleware:
             await self.app(scope, receive, send)
             return
         if not decision.allowed:
-            RATE_LIMIT_DECISIONS.labels("rejected").inc()
+            _REJECTED.inc()
             rejection = TooManyRequests(
                 f"Limit of {decision.limit} requests per window reached; retry in {decision.reset_seconds} s.",
                 headers={"Retry-After": str(decision.reset_seconds)},
@@ -122,7 +161,7 @@ class RateLimitMiddleware:
             rejection.raw_headers.extend(decision.headers())
             await rejection(scope, receive, send)
             return
-        RATE_LIMIT_DECISIONS.labels("allowed").inc()
+        _ALLOWED.inc()
         extra = decision.headers()
 
         async def send_with_headers(message: Message) -> None:

@@ -24,7 +24,7 @@ from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpd
 from service.pagination import decode_cursor, encode_cursor
 from service.resilience import Bulkhead
 from service.responses import json_response
-from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, SettingsDep
+from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, ReadStateDep
 
 MAX_BATCH_IDS = 100
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
@@ -48,6 +48,23 @@ def _item(row: repository.Row) -> dict[str, Any]:
     return dict(row.items())
 
 
+# First: the hottest route. FastAPI tries routes in order (at every router level),
+# and the `:int` convertor keeps it from shadowing /export.csv below.
+@router.get("/{item_id:int}", response_model=Item)
+async def get_item(item_id: ItemId, state: ReadStateDep) -> Response:
+    # No ConnectionDep here: a cache hit must not borrow a pool connection.
+    async def load() -> bytes | None:
+        async with state["db"].connection() as conn:
+            row = await repository.get(conn, item_id)
+        return None if row is None else orjson.dumps(_item(row))
+
+    cache = state["cache"]
+    body = await cache.get(str(item_id), load) if cache is not None else await load()
+    if body is None:
+        raise NotFound(f"Item {item_id} does not exist.")
+    return Response(body, media_type="application/json")
+
+
 @router.post(
     "",
     status_code=201,
@@ -60,16 +77,16 @@ async def create_item(body: ItemCreate, conn: ConnectionDep) -> Response:
     return json_response(_item(row), status=201, headers={"Location": f"/v1/items/{row['id']}"})
 
 
-@router.get("", response_model=ItemPage, dependencies=_reads)
+@router.get("", response_model=ItemPage)
 async def list_items(
-    conn: ConnectionDep,
-    settings: SettingsDep,
+    state: ReadStateDep,
     limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
 ) -> Response:
-    key = settings.secret_key.get_secret_value().encode()
+    key = state["settings"].secret_key.get_secret_value().encode()
     after_id = decode_cursor(key, cursor) if cursor else 0
-    rows = await repository.page_after(conn, after_id, limit)
+    async with state["db"].connection() as conn:
+        rows = await repository.page_after(conn, after_id, limit)
     more = len(rows) > limit
     rows = rows[:limit]
     next_cursor = encode_cursor(key, rows[-1]["id"]) if more else None
@@ -168,21 +185,7 @@ def _csv_rows(batch: Sequence[repository.Row]) -> list[tuple[Any, ...]]:
     ]
 
 
-@router.get("/{item_id}", response_model=Item, dependencies=_reads)
-async def get_item(item_id: ItemId, db: DatabaseDep, cache: CacheDep) -> Response:
-    # No ConnectionDep here: a cache hit must not borrow a pool connection.
-    async def load() -> bytes | None:
-        async with db.connection() as conn:
-            row = await repository.get(conn, item_id)
-        return None if row is None else orjson.dumps(_item(row))
-
-    body = await cache.get(str(item_id), load) if cache is not None else await load()
-    if body is None:
-        raise NotFound(f"Item {item_id} does not exist.")
-    return Response(body, media_type="application/json")
-
-
-@router.patch("/{item_id}", response_model=Item, dependencies=_writes_json)
+@router.patch("/{item_id:int}", response_model=Item, dependencies=_writes_json)
 async def update_item(item_id: ItemId, body: ItemUpdate, conn: ConnectionDep, cache: CacheDep) -> Response:
     row = await repository.update(conn, item_id, body.model_dump(exclude_unset=True))
     if row is None:
@@ -192,7 +195,7 @@ async def update_item(item_id: ItemId, body: ItemUpdate, conn: ConnectionDep, ca
     return json_response(_item(row))
 
 
-@router.delete("/{item_id}", status_code=204, dependencies=_writes)
+@router.delete("/{item_id:int}", status_code=204, dependencies=_writes)
 async def delete_item(item_id: ItemId, conn: ConnectionDep, cache: CacheDep) -> Response:
     if not await repository.delete(conn, item_id):
         raise NotFound(f"Item {item_id} does not exist.")

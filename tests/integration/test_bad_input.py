@@ -47,7 +47,7 @@ CASES: dict[str, tuple[Request, int]] = {
     "tampered cursor": (lambda c: c.get("/v1/items", params={"cursor": "AAAAAAAAAAEAAAAAAAAAAAAAAAAAAAAAAAAA"}), 400),
     "garbage cursor": (lambda c: c.get("/v1/items", params={"cursor": "%%%not-base64"}), 400),
     "unknown id": (lambda c: c.get("/v1/items/424242"), 404),
-    "id not a number": (lambda c: c.get("/v1/items/abc"), 422),
+    "id not a number": (lambda c: c.get("/v1/items/abc"), 404),  # no such resource path
     "id zero": (lambda c: c.get("/v1/items/0"), 422),
     "id beyond bigint": (lambda c: c.get(f"/v1/items/{2**63}"), 422),
     "patch unknown id": (lambda c: c.patch("/v1/items/424242", json={"stock": 1}), 404),

@@ -1,0 +1,171 @@
+"""Shared benchmark plumbing: throwaway backends, pinned server processes, wrk runs.
+
+This machine is shared and noisy, so benchmarks compare peers side by side in
+one run and report ratios; absolute numbers are for context only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+import servers  # noqa: E402
+
+SERVER_CPU = "1"  # the server under test gets one core to itself...
+LOAD_CPU = "0"  # ...and the load generator the other (PostgreSQL and Redis float)
+
+
+@dataclass
+class Backends:
+    database_url: str
+    redis_url: str
+
+
+@contextmanager
+def throwaway_backends() -> Iterator[Backends]:
+    workdir = Path(tempfile.mkdtemp(prefix="catalog-bench-"))
+    workdir.chmod(0o755)
+    postgres = servers.Postgres(workdir / "postgres", servers.free_port(), settings=("max_connections=300",))
+    redis = servers.Redis(workdir / "redis", servers.free_port())
+    try:
+        postgres.start()
+        postgres.create_database("bench")
+        redis.start()
+        backends = Backends(postgres.url("bench"), redis.url())
+        subprocess.run(
+            [sys.executable, "-m", "service.migrate"],
+            cwd=ROOT,
+            env={
+                **os.environ,
+                "DATABASE_URL": backends.database_url,
+                "REDIS_URL": backends.redis_url,
+                "ENVIRONMENT": "development",
+            },
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
+        yield backends
+    finally:
+        redis.stop()
+        postgres.stop(mode="immediate")
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def _seed(database_url: str, rows: int) -> None:
+    conn = await asyncpg.connect(database_url)
+    try:
+        await conn.execute("TRUNCATE items RESTART IDENTITY")
+        await conn.execute(
+            """INSERT INTO items (sku, name, category, price_cents, stock)
+               SELECT 'sku-' || n, 'Benchmark item number ' || n, 'category-' || (n % 17), n * 7, n % 1000
+               FROM generate_series(1, $1) AS n""",
+            rows,
+        )
+        await conn.execute("VACUUM ANALYZE items")
+    finally:
+        await conn.close()
+
+
+def seed(database_url: str, rows: int) -> None:
+    asyncio.run(_seed(database_url, rows))
+
+
+@contextmanager
+def server(
+    command: list[str], env: dict[str, str], port: int, *, pin: bool = True
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Start a server (pinned to SERVER_CPU), wait until it answers, stop it afterwards."""
+    log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
+    prefix = ["taskset", "-c", SERVER_CPU] if pin else []
+    process = subprocess.Popen(
+        [*prefix, *command],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/items/1", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"server not ready: {Path(log.name).read_text()[-2000:]}")
+            time.sleep(0.1)
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGINT)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        log.close()
+        os.unlink(log.name)
+
+
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+
+
+@dataclass
+class WrkResult:
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def wrk(
+    url: str, *, seconds: int, connections: int, script: Path | None = None, env: dict[str, str] | None = None
+) -> WrkResult:
+    command = ["taskset", "-c", LOAD_CPU, "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    if script is not None:
+        command += ["-s", str(script)]
+    result = subprocess.run(
+        [*command, url],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, **(env or {})},
+        timeout=seconds + 30,
+    )
+    out = result.stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
+    percentiles = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)$", out, re.M)}
+    bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    errors = int(bad[1]) if bad else 0
+    if socket_errors:
+        errors += sum(int(n) for n in socket_errors.groups())
+    return WrkResult(rps, percentiles["50"], percentiles["99"], errors)
+
+
+def require_tools() -> None:
+    missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
+    if missing:
+        raise SystemExit(f"missing: {', '.join(missing)} (apt-get install wrk util-linux)")
+    if (os.cpu_count() or 1) < 2:
+        raise SystemExit("the benchmarks pin the server and the load generator to different cores: need 2")
