@@ -40,5 +40,10 @@ status:
 clean: down
 	rm -rf .run
 
-bench: install
-	$(UV) run python bench/export_memory.py
+bench:
+	@bash deploy/local/bootstrap.sh bench
+	@# Both run even if the first misses a target; the exit status says whether all were met.
+	@status=0; \
+	$(UV) run python bench/request_path.py || status=1; \
+	$(UV) run python bench/export_memory.py || status=1; \
+	exit $$status

@@ -15,29 +15,15 @@ Writes bench/results/export_memory.{json,md}.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
 
-import asyncpg
 import httpx
 import psutil
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "deploy" / "local"))
-import servers  # noqa: E402
-
-RESULTS = ROOT / "bench" / "results"
+from harness import RESULTS, seed, server, servers, throwaway_backends
 
 
 class RssSampler:
@@ -64,21 +50,6 @@ class RssSampler:
         self._thread.join()
 
 
-async def seed(database_url: str, rows: int) -> None:
-    conn = await asyncpg.connect(database_url)
-    try:
-        await conn.execute("TRUNCATE items RESTART IDENTITY")
-        await conn.execute(
-            """INSERT INTO items (sku, name, category, price_cents, stock)
-               SELECT 'sku-' || n, 'Benchmark item number ' || n, 'category-' || (n % 17), n * 7, n % 1000
-               FROM generate_series(1, $1) AS n""",
-            rows,
-        )
-        await conn.execute("VACUUM ANALYZE items")
-    finally:
-        await conn.close()
-
-
 def export(url: str, worker_pid: int) -> dict[str, float]:
     before = psutil.Process(worker_pid).memory_info().rss
     lines = 0
@@ -99,59 +70,6 @@ def export(url: str, worker_pid: int) -> dict[str, float]:
         "rss_peak_mib": round(sampler.peak / 2**20, 1),
         "rss_growth_mib": round((sampler.peak - before) / 2**20, 1),
     }
-
-
-@contextmanager
-def api_on_throwaway_backends() -> Iterator[tuple[str, str, int]]:
-    """(API URL, database URL, worker pid) for a gunicorn API on fresh PostgreSQL and Redis."""
-    workdir = Path(tempfile.mkdtemp(prefix="catalog-bench-"))
-    workdir.chmod(0o755)
-    postgres = servers.Postgres(workdir / "postgres", servers.free_port())
-    redis = servers.Redis(workdir / "redis", servers.free_port())
-    api: subprocess.Popen[bytes] | None = None
-    try:
-        postgres.start()
-        postgres.create_database("bench")
-        redis.start()
-        port = servers.free_port()
-        env = dict(
-            os.environ,
-            ENVIRONMENT="development",
-            DATABASE_URL=postgres.url("bench"),
-            REDIS_URL=redis.url(),
-            HOST="127.0.0.1",
-            PORT=str(port),
-            LOG_LEVEL="WARNING",
-            SHUTDOWN_DRAIN_SECONDS="0",
-        )
-        subprocess.run(
-            [sys.executable, "-m", "service.migrate"], cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL
-        )
-        api = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
-            cwd=ROOT,
-            env=env,
-            start_new_session=True,
-        )
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline:
-                    raise
-            time.sleep(0.1)
-        [worker] = psutil.Process(api.pid).children()
-        yield url, postgres.url("bench"), worker.pid
-    finally:
-        if api is not None:
-            os.killpg(api.pid, signal.SIGINT)
-            api.wait(timeout=30)
-        redis.stop()
-        postgres.stop(mode="immediate")
-        shutil.rmtree(workdir, ignore_errors=True)
 
 
 def write_results(runs: list[dict[str, float]]) -> bool:
@@ -194,15 +112,32 @@ def main() -> int:
     parser.add_argument("--sizes", default="50000,500000", help="comma-separated table sizes")
     sizes = [int(size) for size in parser.parse_args().sizes.split(",")]
     runs = []
-    with api_on_throwaway_backends() as (url, database_url, worker_pid):
-        for index, rows in enumerate(sizes):
-            asyncio.run(seed(database_url, rows))
-            if index == 0:
-                export(url, worker_pid)  # warm-up: first-use allocations are not the export's cost
-            result = export(url, worker_pid)
-            assert result["rows"] == rows, result
-            runs.append(result)
-            print(json.dumps(result))
+    with throwaway_backends() as backends:
+        seed(backends.database_url, sizes[0])
+        port = servers.free_port()
+        env = {
+            "ENVIRONMENT": "development",
+            "DATABASE_URL": backends.database_url,
+            "REDIS_URL": backends.redis_url,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "WARNING",
+            "METRICS_PORT": "0",
+            "SHUTDOWN_DRAIN_SECONDS": "0",
+        }
+        command = [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"]
+        with server(command, env, port, pin=False) as process:
+            [worker] = psutil.Process(process.pid).children()
+            url = f"http://127.0.0.1:{port}"
+            for index, rows in enumerate(sizes):
+                if index:
+                    seed(backends.database_url, rows)
+                else:
+                    export(url, worker.pid)  # warm-up: first-use allocations are not the export's cost
+                result = export(url, worker.pid)
+                assert result["rows"] == rows, result
+                runs.append(result)
+                print(json.dumps(result))
     return 0 if write_results(runs) else 1
 
 

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Installs what `make test` / `make up` need on a fresh Debian machine, or stops
-# with a message naming what is missing and how to get it.
+# Installs what `make test` / `make up` (and, with the argument `bench`,
+# `make bench`) need on a fresh Debian machine, or stops with a message naming
+# what is missing and how to get it.
 #   uv (pinned)                  -> on PATH already, or installed into .tools/uv
 #   Python packages              -> `uv sync --frozen` from uv.lock
 #   PostgreSQL, Redis, nginx     -> apt-get when running as root, otherwise a message
@@ -55,6 +56,10 @@ pg_ok || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
 if [ "$(id -u)" -eq 0 ] && ! command -v runuser >/dev/null 2>&1; then missing+=(util-linux); fi
+if [ "${1:-}" = bench ]; then
+  command -v wrk >/dev/null 2>&1 || missing+=(wrk)
+  command -v taskset >/dev/null 2>&1 || missing+=(util-linux)
+fi
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
