@@ -288,7 +288,7 @@ def _top_frames(collapsed: str, count: int = 15) -> list[str]:
     total = 0
     for line in Path(collapsed).read_text().splitlines():
         stack, _, samples = line.rpartition(" ")
-        frames = [frame.split(" (")[0] + " " + frame.rsplit("/", 1)[-1].rstrip(")") for frame in stack.split(";")]
+        frames = [_short(frame) for frame in stack.split(";")]
         total += int(samples)
         own[frames[-1]] += int(samples)
         for frame in set(frames):
@@ -300,15 +300,21 @@ def _top_frames(collapsed: str, count: int = 15) -> list[str]:
     table += ["", "| inclusive % | function |", "|---:|---|"]
     table += [
         f"| {100 * n / total:.1f} | `{frame}` |"
-        for frame, n in inclusive.most_common(count * 3)
-        if "service/" in frame
-        or "fastapi" in frame
-        or "starlette" in frame
-        or "asyncpg" in frame
-        or "redis" in frame
-        or "logging" in frame
+        for frame, n in inclusive.most_common()
+        if frame.startswith(("service/", "fastapi/", "starlette/", "asyncpg/", "redis/", "logging/", "uvicorn/"))
     ][: count * 2]
     return table
+
+
+def _short(frame: str) -> str:
+    """`name (/long/path/site-packages/pkg/mod.py:12)` -> `pkg/mod.py:12 name`, the package kept for grouping."""
+    name, _, location = frame.partition(" (")
+    location = location.rstrip(")")
+    for marker in ("site-packages/", "/work/main/", "/lib/python3.11/"):
+        if marker in location:
+            location = location.split(marker, 1)[1]
+            break
+    return f"{location} {name}"
 
 
 def main() -> int:
@@ -316,8 +322,12 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="also record where our worker's time goes (py-spy)")
+    parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     args = parser.parse_args()
     require_tools()
+    if args.profile_only:
+        profile(args.seconds)
+        return 0
     summary = summarise(run(args.rounds, args.seconds), args.rounds, args.seconds)
     write(summary)
     if args.profile or not all(target["met"] for target in summary["targets"]):
