@@ -116,11 +116,8 @@ def main() -> int:
         seed(backends.database_url, sizes[0])
         port = servers.free_port()
         env = {
+            **backends.server_env(port),
             "ENVIRONMENT": "development",
-            "DATABASE_URL": backends.database_url,
-            "REDIS_URL": backends.redis_url,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
             "LOG_LEVEL": "WARNING",
             "METRICS_PORT": "0",
             "SHUTDOWN_DRAIN_SECONDS": "0",

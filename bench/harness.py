@@ -37,6 +37,10 @@ class Backends:
     database_url: str
     redis_url: str
 
+    def server_env(self, port: int) -> dict[str, str]:
+        """What any server under test needs to reach these backends and listen on `port`."""
+        return {"DATABASE_URL": self.database_url, "REDIS_URL": self.redis_url, "HOST": "127.0.0.1", "PORT": str(port)}
+
 
 @contextmanager
 def throwaway_backends() -> Iterator[Backends]:

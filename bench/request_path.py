@@ -140,13 +140,7 @@ def run(rounds: int, seconds: int) -> dict[tuple[str, str], list[WrkResult]]:
         for round_number in range(1, rounds + 1):
             for name, ((command, env), scenarios) in SERVERS.items():
                 port = servers.free_port()
-                full_env = {
-                    **env,
-                    "DATABASE_URL": backends.database_url,
-                    "REDIS_URL": backends.redis_url,
-                    "HOST": "127.0.0.1",
-                    "PORT": str(port),
-                }
+                full_env = {**env, **backends.server_env(port)}
                 full_command = command if "gunicorn" in command else [*command, "--port", str(port)]
                 with server(full_command, full_env, port):
                     for scenario in scenarios:
@@ -241,13 +235,7 @@ def profile(seconds: int) -> None:
         seed(backends.database_url, 10_000)
         (command, env), _ = SERVERS["ours"]
         port = servers.free_port()
-        full_env = {
-            **env,
-            "DATABASE_URL": backends.database_url,
-            "REDIS_URL": backends.redis_url,
-            "HOST": "127.0.0.1",
-            "PORT": str(port),
-        }
+        full_env = {**env, **backends.server_env(port)}
         with server(command, full_env, port) as process:
             [worker] = psutil.Process(process.pid).children()
             for scenario in ("get-cold", "get-hot", "list-100"):

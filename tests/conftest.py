@@ -132,6 +132,35 @@ async def db(backends: Backends) -> AsyncIterator[asyncpg.Connection]:
         await conn.close()
 
 
+class TableLock:
+    """ACCESS EXCLUSIVE on `items`, held from `db` until released: reads of the table wait, for real.
+
+    The way tests make a request slow (or hold a pool connection) without any test hook in the app.
+    """
+
+    def __init__(self, db: asyncpg.Connection) -> None:
+        self.transaction = db.transaction()
+        self.db = db
+        self.held = False
+
+    async def hold(self) -> TableLock:
+        await self.transaction.start()
+        await self.db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        self.held = True
+        return self
+
+    async def __aenter__(self) -> TableLock:
+        return await self.hold()
+
+    async def release(self) -> None:
+        if self.held:
+            self.held = False
+            await self.transaction.rollback()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.release()
+
+
 @asynccontextmanager
 async def lifespan_client(app: FastAPI) -> AsyncIterator[httpx.AsyncClient]:
     """An HTTP client for `app` with its real lifespan running (pool and Redis client open)."""

@@ -16,7 +16,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.conftest import ROOT, WRITER, Backends
+from tests.conftest import ROOT, WRITER, Backends, TableLock
 from tests.e2e.conftest import ApiProcess, api_env
 
 pytestmark = pytest.mark.e2e
@@ -45,9 +45,7 @@ async def test_sigterm_drains_finishes_in_flight_and_exits_in_time(
         item_id = (await http.post("/v1/items", json=ITEM)).json()["id"]
 
         # Make a read slow for real: hold a lock it must wait for.
-        transaction = db.transaction()
-        await transaction.start()
-        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+        lock = await TableLock(db).hold()
         slow = asyncio.create_task(http.get(f"/v1/items/{item_id}", headers={"X-Request-ID": "slow-request-1"}))
         watcher = await asyncpg.connect(api.env["DATABASE_URL"])
         try:
@@ -71,7 +69,7 @@ async def test_sigterm_drains_finishes_in_flight_and_exits_in_time(
             async with httpx.AsyncClient(base_url=api.url, timeout=2) as late:
                 await late.get("/livez")
         assert not slow.done()
-        await transaction.rollback()
+        await lock.release()
         response = await slow
         assert response.status_code == 200
         assert response.json()["id"] == item_id

@@ -9,7 +9,7 @@ import asyncpg
 import pytest
 
 from service.app import create_app
-from tests.conftest import Backends, lifespan_client, make_settings
+from tests.conftest import Backends, TableLock, lifespan_client, make_settings
 from tests.integration.test_items import seed
 
 
@@ -37,16 +37,13 @@ async def test_an_unhandled_exception_is_a_bare_500_problem_with_the_request_id(
 async def test_a_saturated_pool_answers_503_quickly(backends: Backends, db: asyncpg.Connection) -> None:
     await seed(db, 3)
     settings = make_settings(backends, db_pool_max_size=1, db_pool_min_size=1, db_pool_acquire_timeout_seconds=0.3)
-    async with lifespan_client(create_app(settings)) as client:
-        transaction = db.transaction()
-        await transaction.start()
-        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+    async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))  # takes the only connection and waits
         await asyncio.sleep(0.2)
         started = asyncio.get_running_loop().time()
         response = await client.get("/v1/items/2")
         elapsed = asyncio.get_running_loop().time() - started
-        await transaction.rollback()
+        await lock.release()
         assert (await holder).status_code == 200
     assert response.status_code == 503
     assert response.headers["retry-after"] == "1"
@@ -60,13 +57,8 @@ async def test_a_statement_over_its_timeout_is_cancelled_and_answered_503(
     await seed(db, 1)
     settings = make_settings(backends, db_statement_timeout_seconds=0.3)
     async with lifespan_client(create_app(settings)) as client:
-        transaction = db.transaction()
-        await transaction.start()
-        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
-        try:
+        async with TableLock(db):
             response = await client.get("/v1/items/1")
-        finally:
-            await transaction.rollback()
         assert response.status_code == 503
         assert "retry" in response.json()["detail"].lower()
         # The pool recovers: the next request is served normally.
@@ -78,14 +70,11 @@ async def test_an_export_over_a_saturated_pool_is_503_not_an_empty_200(
 ) -> None:
     await seed(db, 3)
     settings = make_settings(backends, db_pool_max_size=1, db_pool_min_size=1, db_pool_acquire_timeout_seconds=0.3)
-    async with lifespan_client(create_app(settings)) as client:
-        transaction = db.transaction()
-        await transaction.start()
-        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+    async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))
         await asyncio.sleep(0.2)
         response = await client.get("/v1/items/export.csv")
-        await transaction.rollback()
+        await lock.release()
         await holder
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"

@@ -10,7 +10,7 @@ import httpx
 import redis.asyncio as redis
 
 from service.app import create_app
-from tests.conftest import Backends, lifespan_client, make_settings
+from tests.conftest import Backends, TableLock, lifespan_client, make_settings
 from tests.integration.test_items import seed
 
 
@@ -25,16 +25,13 @@ async def test_a_request_over_its_budget_is_cut_off_with_503(backends: Backends,
         db_pool_acquire_timeout_seconds=5,  # longer than the budget: the budget must win
         cache_enabled=False,
     )
-    async with lifespan_client(create_app(settings)) as client:
-        transaction = db.transaction()
-        await transaction.start()
-        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+    async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))  # holds the only connection
         await asyncio.sleep(0.1)
         started = time.monotonic()
         response = await client.get("/v1/items/2")  # waits for a connection
         elapsed = time.monotonic() - started
-        await transaction.rollback()
+        await lock.release()
         await holder
     assert response.status_code == 503
     assert "1.2 s" in response.json()["detail"]
@@ -44,16 +41,13 @@ async def test_a_request_over_its_budget_is_cut_off_with_503(backends: Backends,
 async def test_exports_beyond_the_bulkhead_are_refused_at_once(backends: Backends, db: asyncpg.Connection) -> None:
     await seed(db, 10)
     settings = make_settings(backends, export_max_concurrent=1)
-    async with lifespan_client(create_app(settings)) as client:
-        transaction = db.transaction()
-        await transaction.start()
-        await db.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+    async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         running = asyncio.create_task(client.get("/v1/items/export.csv"))  # inside the bulkhead, waiting
         await asyncio.sleep(0.2)
         started = time.monotonic()
         refused = await client.get("/v1/items/export.csv")
         elapsed = time.monotonic() - started
-        await transaction.rollback()
+        await lock.release()
         assert (await running).status_code == 200
         assert (await client.get("/v1/items/export.csv")).status_code == 200  # the slot was given back
     assert refused.status_code == 503
