@@ -104,23 +104,28 @@ class RateLimiter:
         return Decision(count <= rate.count, rate.count, max(0, rate.count - count), max(reset, 1))
 
     async def _flush(self, key: str, batch: _Batch, ttl_seconds: int, now: float) -> None:
-        await asyncio.sleep(0)  # let the requests already scheduled in this turn join the batch
-        del self._batches[key]
+        total: int | None = None
         try:
+            await asyncio.sleep(0)  # let the requests already scheduled in this turn join the batch
+            self._close(key, batch)
             total = int(await self._count(keys=[key], args=[ttl_seconds, batch.size]))
+            self.breaker.success()
         except (RedisError, OSError) as error:
             self.breaker.failure()
             DEPENDENCY_ERRORS.labels("redis", "rate_limit").inc()
             if now - self._last_warning > 10:  # one line per 10 s, not one per request
                 self._last_warning = now
                 logger.warning("rate limit store unavailable", extra={"error": repr(error)})
-            batch.future.set_result(None)
-            return
-        except BaseException:
-            batch.future.set_result(None)
-            raise
-        self.breaker.success()
-        batch.future.set_result(total)
+        finally:
+            # Whatever happened (even cancellation at shutdown), nobody waits forever.
+            self._close(key, batch)
+            if not batch.future.done():
+                batch.future.set_result(total)
+
+    def _close(self, key: str, batch: _Batch) -> None:
+        """Later requests start a new batch (only if this one is still the open one)."""
+        if self._batches.get(key) is batch:
+            del self._batches[key]
 
 
 class RateLimitMiddleware:

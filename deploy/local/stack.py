@@ -148,8 +148,6 @@ def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str
         HOST="127.0.0.1",
         PORT=str(port),
         METRICS_PORT=str(metrics_port),
-        # nginx sets X-Forwarded-For; trust it from loopback only.
-        FORWARDED_ALLOW_IPS="127.0.0.1",
     )
     return env
 
