@@ -30,7 +30,9 @@ from service.config import Settings, load_settings
 from service.db import UNAVAILABLE_ERRORS, Database, create_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
+from service.metrics import HttpMetricsMiddleware
 from service.middleware import (
+    PROBE_PATHS,
     RequestBudgetMiddleware,
     RequestContextMiddleware,
     RequestLimitsMiddleware,
@@ -141,6 +143,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         max_header_count=settings.max_header_count,
         max_header_bytes=settings.max_header_bytes,
     )
+    # Inside the request context (which turns exceptions into 500s) so exceptions are
+    # counted; outside the limits and the rate limiter so their 413/429s are counted too.
+    app.add_middleware(HttpMetricsMiddleware, excluded_paths=PROBE_PATHS)
     app.add_middleware(RequestContextMiddleware, response_headers=security_headers(settings))
     # Outermost: the client address every layer (rate limits, logs) sees is the proxy-resolved one.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)

@@ -1,13 +1,19 @@
 """Prometheus metrics of the request path, served on METRICS_PORT (never through the ingress).
 
 One worker process per pod means one registry per pod: no multiprocess mode.
-Names follow ../shared DESIGN.md; the HTTP histograms arrive with the
-observability work, these are the ones the resilience patterns need now.
+Names, labels and buckets follow ../shared DESIGN.md; the latency buckets come
+from service/slo.toml so every SLO threshold is a bucket boundary.
 """
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge
+import time
+from typing import Final
+
+from prometheus_client import Counter, Gauge, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import slo
 
 CACHE_REQUESTS = Counter("cache_requests_total", "Item cache lookups by layer and result.", ["layer", "result"])
 RATE_LIMIT_DECISIONS = Counter(
@@ -26,3 +32,79 @@ BREAKER_OPEN = Gauge(
 BULKHEAD_REJECTIONS = Counter(
     "bulkhead_rejections_total", "Requests refused at once because a per-pod concurrency limit was full.", ["bulkhead"]
 )
+
+HTTP_DURATION = Histogram(
+    "http_server_request_duration_seconds",
+    "Time from request arrival to the last response byte, by route template, method and exact status.",
+    ["http_route", "http_request_method", "http_response_status_code"],
+    buckets=slo.load().buckets,
+)
+HTTP_ACTIVE = Gauge("http_server_active_requests", "Requests being served now.", ["http_request_method"])
+HTTP_EXCEPTIONS = Counter(
+    "http_server_exceptions_total",
+    "Requests that ended in an unhandled exception (answered 500), by route template and exception type.",
+    ["http_route", "exception_type"],
+)
+
+UNMATCHED: Final = "__unmatched__"
+_KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+CLIENT_CLOSED: Final = 499  # nginx's code: the client went away before the response was complete
+
+
+class HttpMetricsMiddleware:
+    """RED metrics for every request except the probes, as a pure ASGI middleware.
+
+    The route label is the route template FastAPI matched (`/v1/items/{item_id}`),
+    never the raw path, so label cardinality is bounded by the number of routes;
+    requests that match no route are `__unmatched__`. The status is the exact code
+    sent, 500 when the app raised before answering, 499 when the client went away.
+    """
+
+    def __init__(self, app: ASGIApp, excluded_paths: frozenset[str]) -> None:
+        self.app = app
+        self.excluded_paths = excluded_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.excluded_paths:
+            await self.app(scope, receive, send)
+            return
+        method = scope["method"] if scope["method"] in _KNOWN_METHODS else "_OTHER"
+        status = 0
+        finished = disconnected = False
+
+        async def observed_receive() -> Message:
+            nonlocal disconnected
+            message = await receive()
+            if message["type"] == "http.disconnect" and not finished:
+                disconnected = True
+            return message
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status, finished
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                finished = True
+            await send(message)
+
+        active = HTTP_ACTIVE.labels(method)
+        active.inc()
+        started = time.perf_counter()
+        try:
+            await self.app(scope, observed_receive, observed_send)
+        except Exception as error:
+            if not finished:
+                status = 500  # what the client gets (or a cut-off stream) from the layer above
+            HTTP_EXCEPTIONS.labels(_route(scope), type(error).__name__).inc()
+            raise
+        finally:
+            active.dec()
+            if disconnected and not finished:
+                status = CLIENT_CLOSED
+            HTTP_DURATION.labels(_route(scope), method, str(status or 500)).observe(time.perf_counter() - started)
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    template = getattr(route, "path_format", None)
+    return template if isinstance(template, str) else UNMATCHED

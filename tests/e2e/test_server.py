@@ -15,6 +15,7 @@ import asyncpg
 import httpx
 import psutil
 import pytest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from tests.conftest import ROOT, WRITER, Backends, TableLock
 from tests.e2e.conftest import ApiProcess, api_env
@@ -191,8 +192,29 @@ async def test_a_client_that_leaves_mid_export_gives_its_connection_back(
     writer.transport.abort()  # hang up mid-stream, without reading the rest
     async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
         response = await http.get("/v1/items/1")
-    assert response.status_code == 200
-    active = await db.fetchval(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'catalog-api' AND state LIKE 'idle in%'"
-    )
-    assert active == 0, "the export's transaction was left open"
+        assert response.status_code == 200
+        active = await db.fetchval(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'catalog-api' AND state LIKE 'idle in%'"
+        )
+        assert active == 0, "the export's transaction was left open"
+        # The abandoned export is recorded as 499 (client closed), in OpenMetrics when Prometheus
+        # asks for it. The observation lands when the export's task unwinds: poll briefly.
+        metrics_url = f"http://127.0.0.1:{api.env['METRICS_PORT']}/metrics"
+        wanted = {
+            "http_route": "/v1/items/export.csv",
+            "http_request_method": "GET",
+            "http_response_status_code": "499",
+        }
+        for _ in range(50):
+            exposition = await http.get(metrics_url, headers={"Accept": "application/openmetrics-text"})
+            counts = [
+                sample.value
+                for family in text_string_to_metric_families(exposition.text)  # type: ignore[no-untyped-call]
+                for sample in family.samples
+                if sample.name == "http_server_request_duration_seconds_count" and sample.labels == wanted
+            ]
+            if counts:
+                break
+            await asyncio.sleep(0.1)
+        assert exposition.headers["content-type"].startswith("application/openmetrics-text")
+        assert counts == [1.0]
