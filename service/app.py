@@ -30,7 +30,7 @@ from service.config import Settings, load_settings
 from service.db import UNAVAILABLE_ERRORS, Database, create_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
-from service.metrics import HttpMetricsMiddleware
+from service.metrics import HttpMetricsMiddleware, instrument_pool, watch_event_loop
 from service.middleware import (
     PROBE_PATHS,
     RequestBudgetMiddleware,
@@ -73,6 +73,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 stack.callback(server.shutdown)
             pool = await create_pool(settings)
             stack.push_async_callback(pool.close)
+            instrument_pool(pool)
+            lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
+            stack.push_async_callback(_cancel, lag_watch)
             client = create_redis(settings)
             stack.push_async_callback(client.aclose)
             redis_breaker = _breaker("redis", settings)

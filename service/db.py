@@ -12,6 +12,7 @@ through every BREAKER_RESET_SECONDS so the pod recovers by itself.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -20,7 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from service.config import Settings
 from service.errors import ServiceUnavailable
-from service.metrics import DEPENDENCY_ERRORS
+from service.metrics import DB_POOL_ACQUIRE, DEPENDENCY_ERRORS
 from service.resilience import CircuitBreaker
 
 Pool = asyncpg.Pool
@@ -94,8 +95,10 @@ class Database:
         try:
             # asyncio.timeout rather than acquire(timeout=): that one wraps every
             # acquire in asyncio.wait_for, a new task per request.
+            waiting_since = time.perf_counter()
             async with asyncio.timeout(self.acquire_timeout_seconds):
                 connection = await self.pool.acquire()
+            DB_POOL_ACQUIRE.observe(time.perf_counter() - waiting_since)
             try:
                 yield connection
             finally:

@@ -7,9 +7,11 @@ from service/slo.toml so every SLO threshold is a bucket boundary.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Final
 
+import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -108,3 +110,34 @@ def _route(scope: Scope) -> str:
     route = scope.get("route")
     template = getattr(route, "path_format", None)
     return template if isinstance(template, str) else UNMATCHED
+
+
+# Saturation: is the pod's one event loop keeping up, and is the pool big enough?
+EVENT_LOOP_LAG = Histogram(
+    "event_loop_lag_seconds",
+    "How late the event loop ran a timer that should have fired at once: CPU-bound or blocking code shows here.",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+DB_POOL_CONNECTIONS = Gauge("db_pool_connections", "asyncpg pool connections by state.", ["state"])
+DB_POOL_ACQUIRE = Histogram(
+    "db_pool_acquire_seconds",
+    "Time waiting for a pool connection (503 past DB_POOL_ACQUIRE_TIMEOUT_SECONDS).",
+    buckets=(0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+)
+
+
+async def watch_event_loop(interval_seconds: float = 0.25) -> None:
+    """Run for the life of the process: sleep, then record how late the wake-up came."""
+    loop = asyncio.get_running_loop()
+    while True:
+        expected = loop.time() + interval_seconds
+        await asyncio.sleep(interval_seconds)
+        EVENT_LOOP_LAG.observe(max(0.0, loop.time() - expected))
+
+
+def instrument_pool(pool: asyncpg.Pool) -> None:
+    """Pool gauges, read when Prometheus scrapes (from the metrics thread: plain integer reads)."""
+    DB_POOL_CONNECTIONS.labels("max").set_function(pool.get_max_size)
+    DB_POOL_CONNECTIONS.labels("open").set_function(pool.get_size)
+    DB_POOL_CONNECTIONS.labels("idle").set_function(pool.get_idle_size)
+    DB_POOL_CONNECTIONS.labels("in_use").set_function(lambda: pool.get_size() - pool.get_idle_size())
