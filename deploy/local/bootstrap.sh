@@ -4,7 +4,8 @@
 # what is missing and how to get it.
 #   uv (pinned)                  -> on PATH already, or installed into .tools/uv
 #   Python packages              -> `uv sync --frozen` from uv.lock
-#   PostgreSQL, Redis, nginx     -> apt-get when running as root, otherwise a message
+#   PostgreSQL, Redis, nginx,
+#   Prometheus (with promtool)   -> apt-get when running as root, otherwise a message
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -55,6 +56,7 @@ missing=()
 pg_ok || missing+=(postgresql)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
 if [ "$(id -u)" -eq 0 ] && ! command -v runuser >/dev/null 2>&1; then missing+=(util-linux); fi
 if [ "${1:-}" = bench ]; then
   command -v wrk >/dev/null 2>&1 || missing+=(wrk)

@@ -2,6 +2,7 @@
 
     client -> nginx :8000 -> API "pods" :8001, :8002 (gunicorn + 1 uvicorn worker each)
                                 -> PostgreSQL :55432, Redis :56379
+    Prometheus :9090 scrapes the pods' metrics ports :9464, :9465
 
 State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
 started here unless DATABASE_URL / REDIS_URL point at servers you run. Every
@@ -37,6 +38,7 @@ class Stack:
     api_port: int
     pod_ports: list[int]
     metrics_ports: list[int]
+    prometheus_port: int
     postgres_port: int
     redis_port: int
     database_url: str = ""
@@ -55,6 +57,7 @@ class Stack:
             api_port=int(os.environ.get("API_PORT", "8000")),
             pod_ports=[int(port) for port in pods.split(",") if port.strip()],
             metrics_ports=[int(port) for port in metrics.split(",") if port.strip()],
+            prometheus_port=int(os.environ.get("PROMETHEUS_PORT", "9090")),
             postgres_port=int(os.environ.get("POSTGRES_PORT", "55432")),
             redis_port=int(os.environ.get("REDIS_PORT", "56379")),
             database_url=os.environ.get("DATABASE_URL", ""),
@@ -82,6 +85,7 @@ class Stack:
             return None
         data["run_dir"] = Path(data["run_dir"])
         data.setdefault("metrics_ports", [])  # written by an older version
+        data.setdefault("prometheus_port", 9090)
         return cls(**data)
 
     def postgres(self) -> servers.Postgres:
@@ -89,6 +93,13 @@ class Stack:
 
     def redis(self) -> servers.Redis:
         return servers.Redis(self.run_dir / "redis", self.redis_port)
+
+
+def prometheus_binary() -> str:
+    found = shutil.which("prometheus")
+    if found is None:
+        raise servers.MissingDependency("prometheus not found: install it with `apt-get install prometheus`")
+    return found
 
 
 def nginx_binary() -> str:
@@ -230,17 +241,49 @@ def _start_nginx(stack: Stack) -> None:
         raise StackError(f"nginx did not answer /readyz; see {config.parent / 'error.log'}")
 
 
+def _start_prometheus(stack: Stack) -> None:
+    directory = stack.run_dir / "prometheus"
+    (directory / "targets").mkdir(parents=True, exist_ok=True)
+    shutil.copy(ROOT / "monitoring" / "prometheus" / "prometheus.yml", directory / "prometheus.yml")
+    targets = [
+        {"targets": [f"127.0.0.1:{port}"], "labels": {"pod": f"api-{index}"}}
+        for index, port in enumerate(stack.metrics_ports, start=1)
+    ]
+    (directory / "targets" / "api.json").write_text(json.dumps(targets, indent=2) + "\n")
+    with (directory / "prometheus.log").open("ab") as log:
+        process = subprocess.Popen(
+            [
+                prometheus_binary(),
+                f"--config.file={directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={directory / 'data'}",
+                "--storage.tsdb.retention.time=2d",
+                f"--web.listen-address=127.0.0.1:{stack.prometheus_port}",
+                "--enable-feature=exemplar-storage",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack.pids["prometheus"] = process.pid
+    stack.save()
+    if not wait_http(f"http://127.0.0.1:{stack.prometheus_port}/-/ready", 30):
+        raise StackError(f"Prometheus did not become ready; see {directory / 'prometheus.log'}")
+
+
 def up() -> int:
     stack = Stack.from_environment()
     previous = Stack.load(stack.run_dir)
     if previous is not None and any(alive(pid) for pid in previous.pids.values()):
         print(f"already running (see {previous.state_file}); `make down` first", file=sys.stderr)
         return 1
-    nginx_binary()  # fail before starting anything if it is missing
-    busy = [port for port in [stack.api_port, *stack.pod_ports, *stack.metrics_ports] if servers.port_open(port)]
+    nginx_binary()  # fail before starting anything if something is missing
+    prometheus_binary()
+    ports = [stack.api_port, *stack.pod_ports, *stack.metrics_ports, stack.prometheus_port]
+    busy = [port for port in ports if servers.port_open(port)]
     if busy:
         print(
-            f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS / API_POD_METRICS_PORTS to free ones",
+            f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS / API_POD_METRICS_PORTS / "
+            "PROMETHEUS_PORT to free ones",
             file=sys.stderr,
         )
         return 1
@@ -249,6 +292,7 @@ def up() -> int:
         _start_backends(stack)
         _start_pods(stack)
         _start_nginx(stack)
+        _start_prometheus(stack)
     except (StackError, RuntimeError) as error:
         print(f"make up failed: {error}", file=sys.stderr)
         down(stack.run_dir)
@@ -267,6 +311,7 @@ Catalog API is up (development mode).
   Readiness            {base}/readyz
   API pods             {", ".join(f"http://127.0.0.1:{port}" for port in stack.pod_ports)}
   Pod metrics          {", ".join(f"http://127.0.0.1:{port}/metrics" for port in stack.metrics_ports)}
+  Prometheus           http://127.0.0.1:{stack.prometheus_port}
   PostgreSQL           {stack.database_url}
   Redis                {stack.redis_url}
   Logs                 {stack.run_dir}/api-*.log, {stack.run_dir}/nginx/access.log
@@ -293,6 +338,8 @@ def down(run_dir: Path | None = None) -> int:
     if stack is None:
         print(f"nothing to stop ({run_dir / 'stack.json'} not found)")
         return 0
+    if "prometheus" in stack.pids:
+        _stop_pid(stack.pids.pop("prometheus"), signal.SIGTERM, 20)
     if "nginx" in stack.pids:
         _stop_pid(stack.pids.pop("nginx"), signal.SIGQUIT, 10)
     for name in [name for name in stack.pids if name.startswith("api-")]:
@@ -304,7 +351,7 @@ def down(run_dir: Path | None = None) -> int:
         stack.postgres().stop()
     stack.save()
     print(
-        "stopped: nginx, API pods"
+        "stopped: Prometheus, nginx, API pods"
         + (", Redis" if stack.own_redis else "")
         + (", PostgreSQL" if stack.own_postgres else "")
         + f" (data kept in {run_dir})"
@@ -314,12 +361,12 @@ def down(run_dir: Path | None = None) -> int:
 
 def status() -> int:
     stack = Stack.load(Stack.from_environment().run_dir)
-    if stack is None:
+    if stack is None or not stack.pids:
         print("not running")
         return 1
     for name, pid in stack.pids.items():
-        print(f"{name:8} pid {pid:<8} {'running' if alive(pid) else 'stopped'}")
-    return 0 if stack.pids and all(alive(pid) for pid in stack.pids.values()) else 1
+        print(f"{name:11} pid {pid:<8} {'running' if alive(pid) else 'stopped'}")
+    return 0 if all(alive(pid) for pid in stack.pids.values()) else 1
 
 
 def main(argv: list[str]) -> int:

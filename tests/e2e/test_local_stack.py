@@ -30,7 +30,7 @@ def stack() -> Iterator[dict[str, str]]:
     run_dir = Path(tempfile.mkdtemp(prefix="catalog-stack-"))
     run_dir.chmod(0o755)
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-    ports = [servers.free_port() for _ in range(7)]
+    ports = [servers.free_port() for _ in range(8)]
     env.update(
         RUN_DIR=str(run_dir),
         API_PORT=str(ports[0]),
@@ -38,6 +38,7 @@ def stack() -> Iterator[dict[str, str]]:
         POSTGRES_PORT=str(ports[3]),
         REDIS_PORT=str(ports[4]),
         API_POD_METRICS_PORTS=f"{ports[5]},{ports[6]}",
+        PROMETHEUS_PORT=str(ports[7]),
         SHUTDOWN_DRAIN_SECONDS="1",
         RATE_LIMIT_READS="100000/minute",  # the pod-stop test sends a steady stream from one address
     )
@@ -92,6 +93,23 @@ def test_nginx_answers_its_own_errors_as_problems(stack: dict[str, str]) -> None
     assert response.headers["x-request-id"]
 
 
+def test_prometheus_scrapes_both_pods(stack: dict[str, str]) -> None:
+    prometheus = f"http://127.0.0.1:{stack['PROMETHEUS_PORT']}"
+    deadline = time.monotonic() + 30
+    with httpx.Client(base_url=prometheus) as http:
+        while True:
+            targets = http.get("/api/v1/targets").json()["data"]["activeTargets"]
+            healthy = sorted(t["labels"]["pod"] for t in targets if t["health"] == "up")
+            if healthy == ["api-1", "api-2"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.5)
+        assert healthy == ["api-1", "api-2"], targets
+        query = http.get("/api/v1/query", params={"query": 'sum(db_pool_connections{state="max"})'}).json()
+        assert query["status"] == "success"
+        assert float(query["data"]["result"][0]["value"][1]) == 20  # two pods, DB_POOL_MAX_SIZE 10 each
+
+
+# Last: it stops one of the pods the other tests use.
 def test_stopping_a_pod_loses_no_request(stack: dict[str, str]) -> None:
     """SIGTERM one pod under steady traffic: nginx moves to the other and every request succeeds."""
     state = orjson.loads((Path(stack["RUN_DIR"]) / "stack.json").read_bytes())
