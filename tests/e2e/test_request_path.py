@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import subprocess
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -94,3 +95,17 @@ def test_api_keys_never_reach_the_logs(start_api: Callable[..., ApiProcess]) -> 
     assert WRITER_KEY not in log
     assert wrong not in log
     assert '"principal":"test-writer"' in log  # who did it is logged, by name
+
+
+def test_the_metrics_endpoint_passes_promtool(start_api: Callable[..., ApiProcess]) -> None:
+    api = start_api()
+    with httpx.Client(base_url=api.url, headers=WRITER) as http:
+        http.post("/v1/items", json=ITEM)
+        for path in ("/v1/items/1", "/v1/items", "/v1/items:batch?ids=1,2", "/nope", "/v1/items/99"):
+            http.get(path)
+        exposition = http.get(f"http://127.0.0.1:{api.env['METRICS_PORT']}/metrics").text
+    assert "http_server_request_duration_seconds_bucket" in exposition
+    lint = subprocess.run(
+        ["promtool", "check", "metrics"], input=exposition, capture_output=True, text=True, check=False
+    )
+    assert (lint.returncode, lint.stdout, lint.stderr) == (0, "", "")
