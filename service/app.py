@@ -30,6 +30,7 @@ from service.config import Settings, load_settings
 from service.db import UNAVAILABLE_ERRORS, Database, create_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
+from service.jobs.router import router as jobs_router
 from service.metrics import HttpMetricsMiddleware, instrument_pool, watch_event_loop
 from service.middleware import (
     PROBE_PATHS,
@@ -121,6 +122,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.lifecycle = lifecycle
     install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)
     app.include_router(items_router)  # the hot routes are matched first
+    app.include_router(jobs_router)
     app.include_router(health.router)
     # add_middleware() wraps: the last added runs first. Read bottom-up for request order.
     app.add_middleware(RequestBudgetMiddleware, seconds=settings.request_timeout_seconds)

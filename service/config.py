@@ -11,7 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from functools import cached_property
-from typing import Annotated, Self
+from typing import Annotated, Self, TypeVar
 
 from pydantic import (
     BaseModel,
@@ -102,8 +102,8 @@ class LogLevel(enum.StrEnum):
     ERROR = "ERROR"
 
 
-class Settings(BaseSettings):
-    """Configuration of the API process (and, later, the worker)."""
+class CommonSettings(BaseSettings):
+    """What the API and the worker both read: identity, logging, PostgreSQL, the metrics port."""
 
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", frozen=True)
 
@@ -118,6 +118,17 @@ class Settings(BaseSettings):
     db_connect_timeout_seconds: Seconds = 5.0
     db_pool_acquire_timeout_seconds: Seconds = 2.0
     db_statement_timeout_seconds: Seconds = 5.0
+
+    # Prometheus metrics on their own port, never through the ingress (0 turns them off).
+    # The worker serves its probes on this port too.
+    metrics_port: int = Field(9464, ge=0, le=65535)
+
+    # Jobs: attempts allowed per job, stamped on each job when it is enqueued.
+    job_max_attempts: int = Field(5, ge=1, le=100)
+
+
+class Settings(CommonSettings):
+    """Configuration of the API process."""
 
     # Redis: cache and rate limits; never the only copy of anything.
     redis_url: RedisDsn
@@ -163,9 +174,6 @@ class Settings(BaseSettings):
 
     # Bulkhead: concurrent CSV exports per pod; more get 503 at once.
     export_max_concurrent: int = Field(2, ge=1, le=100)
-
-    # Prometheus metrics on their own port, never through the ingress (0 turns them off).
-    metrics_port: int = Field(9464, ge=0, le=65535)
 
     # Server (read by service/gunicorn_conf.py). The chain: the proxy's
     # upstream keep-alive (60 s) < keepalive; drain + in-flight budget <
@@ -222,6 +230,44 @@ class Settings(BaseSettings):
         return max(self.graceful_timeout_seconds - self.shutdown_drain_seconds - 1.0, 1.0)
 
 
+class WorkerSettings(CommonSettings):
+    """Configuration of the worker process (`python -m service.worker`); it needs no Redis."""
+
+    service_name: str = Field("catalog-worker", min_length=1, max_length=63)
+    db_pool_min_size: int = Field(1, ge=0, le=100)
+    db_pool_max_size: int = Field(0, ge=0, le=100)  # 0: the worker's slots plus 3 (claim, heartbeat, upkeep)
+
+    # Child processes running jobs; 0 means one per CPU the pod may use (cgroup quota and affinity).
+    worker_concurrency: int = Field(0, ge=0, le=256)
+    # LISTEN/NOTIFY wakes the worker at once; this poll is the fallback, and how often
+    # expired leases are reclaimed, so a lost job is runnable again within lease + poll.
+    worker_poll_interval_seconds: Seconds = 2.0
+    # A claimed job is leased for this long and the lease is renewed every third of it.
+    job_lease_seconds: Seconds = 30.0
+    # Hard limit for one attempt: past it the child process is killed.
+    job_timeout_seconds: Seconds = 300.0
+    job_retry_base_seconds: Seconds = 2.0
+    job_retry_max_seconds: Seconds = 600.0
+    # Finished jobs (succeeded, dead, cancelled) are deleted this long after they finish.
+    job_retention_hours: float = Field(168.0, gt=0, le=24 * 366)
+    # On SIGTERM: stop claiming, give running jobs this long, then kill and release them.
+    # The pod's terminationGracePeriodSeconds must exceed it.
+    worker_shutdown_grace_seconds: float = Field(60.0, ge=0, le=3600)
+
+    @model_validator(mode="after")
+    def _check_worker_invariants(self) -> Self:
+        if self.job_lease_seconds < 3 * self.worker_poll_interval_seconds / 2:
+            raise ValueError("JOB_LEASE_SECONDS must be at least 1.5 x WORKER_POLL_INTERVAL_SECONDS")
+        if self.job_retry_base_seconds > self.job_retry_max_seconds:
+            raise ValueError("JOB_RETRY_BASE_SECONDS must not exceed JOB_RETRY_MAX_SECONDS")
+        if self.db_pool_max_size and self.db_pool_min_size > self.db_pool_max_size:
+            raise ValueError("DB_POOL_MIN_SIZE must not exceed DB_POOL_MAX_SIZE")
+        return self
+
+
+_S = TypeVar("_S", bound=CommonSettings)
+
+
 class ConfigurationError(SystemExit):
     """Raised (and exits the process) when the environment is invalid."""
 
@@ -244,9 +290,18 @@ def _describe(error: ValidationError) -> str:
 
 
 def load_settings() -> Settings:
-    """Read settings from the environment; exit with a clear message if they are invalid."""
+    """Read the API's settings from the environment; exit with a clear message if they are invalid."""
+    return _load(Settings)
+
+
+def load_worker_settings() -> WorkerSettings:
+    """Read the worker's settings from the environment; exit with a clear message if they are invalid."""
+    return _load(WorkerSettings)
+
+
+def _load(cls: type[_S]) -> _S:
     try:
-        return Settings()  # type: ignore[call-arg]
+        return cls()  # type: ignore[call-arg]
     except ValidationError as error:
         raise ConfigurationError(_describe(error)) from None
     except SettingsError as error:  # a value that should be JSON is not

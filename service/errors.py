@@ -101,6 +101,14 @@ class Conflict(ProblemError):
     problem_type = "/problems/conflict"
 
 
+class IdempotencyKeyReused(ProblemError):
+    """The same Idempotency-Key came with a different request body (draft-ietf-httpapi-idempotency-key-header)."""
+
+    status = 422
+    title = "Idempotency-Key reused"
+    problem_type = "/problems/idempotency-key-reused"
+
+
 class PayloadTooLarge(ProblemError):
     status = 413
     title = "Content Too Large"

@@ -1,0 +1,143 @@
+"""Job endpoints under /v1/jobs: record CPU-heavy work for the worker tier, report on it.
+
+The API never runs a job: it validates the kind and params, inserts the row
+(and wakes a worker), and answers 202 at once. The job carries the request id
+and trace context of the request that created it, so the worker's logs and
+spans join this request's.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from typing import Annotated, Any
+from uuid import UUID
+
+import orjson
+from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.responses import Response
+
+from service.auth import Principal, read_access, require_scope
+from service.errors import Conflict, IdempotencyKeyReused, NotFound
+from service.items.router import require_json_body
+from service.jobs import repository
+from service.jobs.kinds import KINDS, JobKind
+from service.jobs.schemas import Job, JobCreate
+from service.logging import request_id_var
+from service.responses import json_response
+from service.state import ConnectionDep, SettingsDep
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+JobId = Annotated[UUID, Path(description="The job's id.")]
+Writer = Annotated[Principal, Depends(require_scope("jobs:write"))]
+# Printable ASCII without spaces at the ends, as the Idempotency-Key draft expects of a key.
+_IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,198}[\x21-\x7e])?$")
+_TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+
+
+def _invalid(location: list[str | int], message: str, error_type: str) -> RequestValidationError:
+    return RequestValidationError([{"loc": ("body", *location), "msg": message, "type": error_type}])
+
+
+def validate_job(body: JobCreate) -> tuple[JobKind, dict[str, Any]]:
+    """The kind from the registry and the params as its model normalises them; 422 otherwise."""
+    kind = KINDS.get(body.kind)
+    if kind is None:
+        raise _invalid(["kind"], f"unknown job kind; known kinds: {', '.join(sorted(KINDS))}", "unknown_kind")
+    try:
+        params = kind.params.model_validate(body.params)
+    except ValidationError as error:
+        raise RequestValidationError(
+            [{**item, "loc": ("body", "params", *item["loc"])} for item in error.errors(include_url=False)]
+        ) from None
+    return kind, params.model_dump(mode="json")
+
+
+def _job_response(row: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return json_response(repository.job_document(row), status=status, headers=headers)
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=Job,
+    dependencies=[Depends(require_json_body)],
+    responses={422: {"description": "Unknown kind, invalid params, or an Idempotency-Key reused for another body."}},
+)
+async def create_job(
+    *,
+    body: JobCreate,
+    request: Request,
+    principal: Writer,
+    conn: ConnectionDep,
+    settings: SettingsDep,
+    idempotency_key: Annotated[
+        str | None,
+        Header(max_length=200, description="Retrying a POST with the same key returns the same job."),
+    ] = None,
+) -> Response:
+    kind, params = validate_job(body)
+    if idempotency_key is not None and not _IDEMPOTENCY_KEY.match(idempotency_key):
+        raise RequestValidationError(
+            [
+                {
+                    "loc": ("header", "idempotency-key"),
+                    "msg": "must be 1-200 printable ASCII characters",
+                    "type": "value_error",
+                }
+            ]
+        )
+    # What "the same request" means for an idempotent retry: the same kind and normalised params.
+    request_hash = hashlib.sha256(orjson.dumps([kind.name, params], option=orjson.OPT_SORT_KEYS)).hexdigest()
+    traceparent = request.headers.get("traceparent")
+    if traceparent is not None and not _TRACEPARENT.match(traceparent):
+        traceparent = None  # a malformed header starts no trace (W3C Trace Context says: ignore it)
+    row, created = await repository.enqueue(
+        conn,
+        repository.NewJob(
+            kind=kind.name,
+            params=params,
+            max_attempts=settings.job_max_attempts,
+            created_by=principal.name,
+            idempotency_key=idempotency_key,
+            request_hash=request_hash,
+            request_id=request_id_var.get(),
+            traceparent=traceparent,
+            tracestate=request.headers.get("tracestate") if traceparent else None,
+        ),
+    )
+    if not created and row["request_hash"] != request_hash:
+        raise IdempotencyKeyReused("This Idempotency-Key was already used for a different job request.")
+    headers = {"Location": f"/v1/jobs/{row['id']}"}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    job = dict(row.items())
+    job.pop("request_hash")
+    return _job_response(job, status=202, headers=headers)
+
+
+@router.get("/{job_id:uuid}", response_model=Job, dependencies=[Depends(read_access)])
+async def get_job(job_id: JobId, conn: ConnectionDep) -> Response:
+    row = await repository.get(conn, job_id)
+    if row is None:
+        raise NotFound(f"Job {job_id} does not exist.")
+    return _job_response(row)
+
+
+@router.delete(
+    "/{job_id:uuid}",
+    response_model=Job,
+    responses={409: {"description": "The job is running or finished: only waiting jobs can be cancelled."}},
+)
+async def cancel_job(job_id: JobId, _: Writer, conn: ConnectionDep) -> Response:
+    row = await repository.cancel(conn, job_id)
+    if row is not None:
+        return _job_response(row)
+    current = await repository.get(conn, job_id)
+    if current is None:
+        raise NotFound(f"Job {job_id} does not exist.")
+    raise Conflict(
+        f"Job {job_id} is {current['state']}: only queued or failed (waiting to retry) jobs can be cancelled."
+    )
