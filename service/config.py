@@ -291,15 +291,16 @@ def _describe(error: ValidationError) -> str:
 
 def load_settings() -> Settings:
     """Read the API's settings from the environment; exit with a clear message if they are invalid."""
-    return _load(Settings)
+    return load_settings_of(Settings)
 
 
 def load_worker_settings() -> WorkerSettings:
     """Read the worker's settings from the environment; exit with a clear message if they are invalid."""
-    return _load(WorkerSettings)
+    return load_settings_of(WorkerSettings)
 
 
-def _load(cls: type[_S]) -> _S:
+def load_settings_of(cls: type[_S]) -> _S:
+    """Read `cls` from the environment; exit with one line per bad variable."""
     try:
         return cls()  # type: ignore[call-arg]
     except ValidationError as error:

@@ -17,6 +17,9 @@ from typing import Any
 import orjson
 
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+# Set by the worker while it runs a job (with request_id_var restored from the job row),
+# so a job's log lines join those of the request that created it.
+job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
 # Attributes every LogRecord has; anything else was passed through `extra=`.
 _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -35,6 +38,9 @@ class JsonFormatter(logging.Formatter):
         request_id = request_id_var.get()
         if request_id is not None:
             entry["request_id"] = request_id
+        job_id = job_id_var.get()
+        if job_id is not None:
+            entry["job_id"] = job_id
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_") and key != "color_message":
                 entry[key] = value

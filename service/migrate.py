@@ -22,7 +22,7 @@ from importlib import resources
 
 import asyncpg
 
-from service.config import ConfigurationError, load_settings
+from service.config import CommonSettings, ConfigurationError, load_settings_of
 from service.logging import configure_logging
 
 logger = logging.getLogger("service.migrate")
@@ -118,7 +118,7 @@ async def migrate(dsn: str, *, lock_wait_seconds: float = 600.0) -> list[str]:
 
 def main() -> int:
     try:
-        settings = load_settings()
+        settings = load_settings_of(CommonSettings)  # only DATABASE_URL and logging matter here
     except ConfigurationError as error:
         print(error, file=sys.stderr)
         return 2

@@ -39,7 +39,7 @@ TEST_SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
 WRITER_KEY = "cat_test-writer-key"
 READER_KEY = "cat_test-reader-key"
 TEST_API_KEYS = [
-    {"name": "test-writer", "sha256": hashlib.sha256(WRITER_KEY.encode()).hexdigest(), "scopes": ["items:write"]},
+    {"name": "test-writer", "sha256": hashlib.sha256(WRITER_KEY.encode()).hexdigest(), "scopes": ["items:write", "jobs:write"]},
     {"name": "test-reader", "sha256": hashlib.sha256(READER_KEY.encode()).hexdigest(), "scopes": ["items:read"]},
 ]
 WRITER = {"Authorization": f"Bearer {WRITER_KEY}"}
@@ -122,7 +122,7 @@ def settings(backends: Backends) -> Settings:
 async def db(backends: Backends) -> AsyncIterator[asyncpg.Connection]:
     """A direct connection (outside the app) that starts each test from an empty catalog."""
     conn = await asyncpg.connect(backends.database_url)
-    await conn.execute("TRUNCATE items RESTART IDENTITY")
+    await conn.execute("TRUNCATE items, jobs, job_attempts RESTART IDENTITY")
     cache = redis.Redis.from_url(backends.redis_url)
     await cache.flushdb()
     await cache.aclose()

@@ -211,11 +211,19 @@ async def complete(conn: Connection, claim: Claim, worker: str, result: dict[str
 
 
 async def fail(
-    conn: Connection, claim: Claim, worker: str, *, outcome: str, error: str, retry_in_seconds: float | None
+    conn: Connection,
+    claim: Claim,
+    worker: str,
+    *,
+    outcome: str,
+    error: str,
+    detail: str,
+    retry_in_seconds: float | None,
 ) -> str | None:
     """Record a failed attempt: `failed` with the next try at now + retry_in_seconds, or
-    `dead` when retry_in_seconds is None or no attempts are left. Returns the new state,
-    or None when the lease was lost (someone else owns the job now)."""
+    `dead` when retry_in_seconds is None or no attempts are left. The job shows `error`
+    (one line, for the API); the attempt keeps `detail` (the traceback, for operators).
+    Returns the new state, or None when the lease was lost (someone else owns the job now)."""
     return await conn.fetchval(  # type: ignore[no-any-return]
         """
         WITH done AS (
@@ -230,7 +238,7 @@ async def fail(
             RETURNING id, attempts, state
         ), history AS (
             INSERT INTO job_attempts (job_id, attempt, worker, outcome, error, started_at)
-            SELECT id, attempts, $4, $6, $3, $7 FROM done
+            SELECT id, attempts, $4, $6, $8, $7 FROM done
         )
         SELECT state FROM done
         """,
@@ -241,6 +249,7 @@ async def fail(
         retry_in_seconds,
         outcome,
         claim.claimed_at,
+        detail,
     )
 
 

@@ -1,0 +1,306 @@
+"""The worker's loop: claim runnable jobs, run each in a child process, record how it ended.
+
+Three tasks share one event loop and one small asyncpg pool:
+- the claim loop wakes on NOTIFY (or every poll interval, the fallback),
+  claims as many jobs as there are free slots, and starts one task per job;
+- the heartbeat renews the leases of running jobs every third of the lease,
+  and kills the child of any job whose lease was taken over;
+- upkeep, every poll interval, reclaims expired leases of other (dead)
+  workers, samples the queue gauges, and prunes old finished jobs.
+
+A result is stored only while this attempt's lease token holds, so a job that
+ran twice (a frozen worker came back) stores one result. When PostgreSQL is
+unreachable, the loop keeps retrying; running jobs finish and their outcome is
+written once the database answers again, unless the lease ran out first (then
+another worker runs the job again).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TypeVar
+from uuid import UUID
+
+import asyncpg
+
+from service.config import WorkerSettings
+from service.db import UNAVAILABLE_ERRORS
+from service.jobs import repository
+from service.jobs.kinds import KINDS, JobContext
+from service.logging import job_id_var, request_id_var
+from service.worker import metrics
+from service.worker.pool import ChildDied, JobTimedOut, Slot, SlotPool
+
+logger = logging.getLogger("service.worker")
+_T = TypeVar("_T")
+PRUNE_EVERY_SECONDS = 60.0
+# Errors that mean "PostgreSQL is away for now": retried, never fatal. Anything else
+# (a missing table: migrations were not run) crashes the loop, and the process exits 1.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.InterfaceError)
+
+
+def retry_delay(attempt: int, base: float, cap: float) -> float:
+    """Exponential backoff with jitter: half the step is fixed, half random, so retries
+    of jobs that failed together spread out but none retries almost at once."""
+    step = min(cap, base * 2.0 ** (attempt - 1))
+    return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not cryptography
+
+
+@dataclass
+class Running:
+    claim: repository.Claim
+    task: asyncio.Task[None]
+    stop_reason: str | None = None  # "lease lost" or "shutdown" when the worker cancels it
+
+
+@dataclass
+class Worker:
+    settings: WorkerSettings
+    pool: asyncpg.Pool
+    slots: SlotPool
+    name: str
+    running: dict[UUID, Running] = field(default_factory=dict)
+    stopping: bool = False
+    started: bool = False
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _backlog: bool = False
+    _listener: asyncpg.Connection | None = None
+    _last_prune: float = 0.0
+
+    # --- the claim loop ------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Claim and start jobs until `stop()`; return once no new job will be claimed."""
+        settings = self.settings
+        next_upkeep = 0.0
+        while not self.stopping:
+            if time.monotonic() >= next_upkeep:
+                await self._upkeep()
+                next_upkeep = time.monotonic() + settings.worker_poll_interval_seconds
+            free = self.slots.free
+            # Cleared before the claim: a NOTIFY arriving during it makes the loop go round again.
+            self._wake.clear()
+            claimed: list[repository.Claim] = []
+            if free:
+                claimed = await self._db("claim", self._claim, free) or []
+                for claim in claimed:
+                    self._start(claim, self.slots.take())
+            self._backlog = bool(free) and len(claimed) == free
+            if self._backlog and self.slots.free:
+                continue
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(0.0, next_upkeep - time.monotonic())):
+                    await self._wake.wait()
+
+    async def _claim(self, conn: asyncpg.Connection, free: int) -> list[repository.Claim]:
+        return await repository.claim(conn, self.name, free, self.settings.job_lease_seconds)
+
+    def _start(self, claim: repository.Claim, slot: Slot) -> None:
+        metrics.QUEUE_WAIT.labels(claim.kind).observe(max(0.0, (claim.claimed_at - claim.run_at).total_seconds()))
+        task = asyncio.create_task(self._execute(claim, slot), name=f"job-{claim.id}")
+        self.running[claim.id] = Running(claim, task)
+        metrics.RUNNING.set(len(self.running))
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    # --- one job -------------------------------------------------------------------------
+
+    async def _execute(self, claim: repository.Claim, slot: Slot) -> None:
+        request_id_var.set(claim.request_id)
+        job_id_var.set(str(claim.id))
+        kind = KINDS.get(claim.kind)
+        limit_seconds = self.settings.job_timeout_seconds
+        if kind is not None and kind.timeout_seconds is not None:
+            limit_seconds = min(limit_seconds, kind.timeout_seconds)
+        context = JobContext(str(claim.id), claim.attempt, str(self.settings.database_url), claim.request_id)
+        logger.info("job started", extra={"kind": claim.kind, "attempt": claim.attempt})
+        started = time.perf_counter()
+        try:
+            outcome = await self._attempt(claim, slot, context, limit_seconds)
+        except TRANSIENT_ERRORS as error:
+            outcome = None
+            logger.error(
+                "job outcome not recorded: the database stayed unreachable; it runs again once its lease expires",
+                extra={"kind": claim.kind, "error": type(error).__name__},
+            )
+        except asyncio.CancelledError:
+            entry = self.running.get(claim.id)
+            shutting_down = entry is not None and entry.stop_reason == "shutdown"
+            if shutting_down and await self._db("release", repository.release, claim, self.name):
+                metrics.JOBS_RELEASED.labels(claim.kind).inc()
+                logger.info("job released at shutdown", extra={"kind": claim.kind})
+            raise
+        finally:
+            self.slots.give_back(slot)
+            self.running.pop(claim.id, None)
+            metrics.RUNNING.set(len(self.running))
+            if self._backlog:
+                self._wake.set()  # a slot is free and jobs may be waiting
+        elapsed = time.perf_counter() - started
+        if outcome is not None:
+            metrics.JOB_DURATION.labels(claim.kind, outcome).observe(elapsed)
+            metrics.JOBS_PROCESSED.labels(claim.kind, outcome).inc()
+            logger.info("job finished", extra={"kind": claim.kind, "outcome": outcome, "seconds": round(elapsed, 3)})
+
+    async def _attempt(
+        self, claim: repository.Claim, slot: Slot, context: JobContext, limit_seconds: float
+    ) -> str | None:
+        """Run the attempt and record its end; return the outcome, None if the lease was lost."""
+        retry_in: float | None = retry_delay(
+            claim.attempt, self.settings.job_retry_base_seconds, self.settings.job_retry_max_seconds
+        )
+        if claim.kind not in KINDS:
+            status, payload, outcome = "permanent", f"unknown job kind {claim.kind!r}", "failed"
+        else:
+            try:
+                status, payload = await slot.run(claim.kind, claim.params, context, limit_seconds)
+                outcome = "failed"
+            except JobTimedOut as error:
+                metrics.JOB_TIMEOUTS.labels(claim.kind).inc()
+                logger.warning("job timed out", extra={"kind": claim.kind, "child_pid": error.pid})
+                status, payload, outcome = "error", str(error), "timeout"
+            except ChildDied as error:
+                status, payload, outcome = "error", str(error), "failed"
+        if status == "ok":
+            stored = await self._record("complete", repository.complete, claim, self.name, payload)
+            if stored:
+                return "succeeded"
+            self._lost(claim)
+            return None
+        if status == "permanent":
+            retry_in = None  # no attempt can succeed: straight to dead
+        detail = str(payload)
+        summary = detail.strip().splitlines()[-1][:500]  # the exception line, without the traceback
+        logger.warning("job attempt failed", extra={"kind": claim.kind, "error": summary})
+        state = await self._record(
+            "fail",
+            repository.fail,
+            claim,
+            self.name,
+            outcome=outcome,
+            error=summary,
+            detail=detail,
+            retry_in_seconds=retry_in,
+        )
+        if state is None:
+            self._lost(claim)
+        return state
+
+    def _lost(self, claim: repository.Claim) -> None:
+        metrics.LEASES_LOST.labels(claim.kind).inc()
+        logger.warning("job outcome discarded: another worker took the job over", extra={"kind": claim.kind})
+
+    async def _record(self, operation: str, write: Callable[..., Awaitable[_T]], *args: object, **kwargs: object) -> _T:
+        """Write an attempt's outcome, retrying while the database is unreachable and the lease
+        may still hold; past that, another worker re-runs the job, so giving up loses nothing."""
+        deadline = time.monotonic() + self.settings.job_lease_seconds
+        delay = 0.1
+        while True:
+            try:
+                async with self.pool.acquire() as conn:
+                    return await write(conn, *args, **kwargs)
+            except TRANSIENT_ERRORS as error:
+                metrics.DB_ERRORS.labels(operation).inc()
+                if time.monotonic() + delay > deadline:
+                    raise
+                logger.warning("cannot record job outcome yet; retrying", extra={"error": type(error).__name__})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # --- heartbeat, upkeep ---------------------------------------------------------------
+
+    async def heartbeat(self) -> None:
+        interval = self.settings.job_lease_seconds / 3
+        while True:
+            await asyncio.sleep(interval)
+            leases = [(job_id, entry.claim.lease_token) for job_id, entry in self.running.items()]
+            held = await self._db("renew", self._renew, leases)
+            if held is None:
+                continue  # the database is unreachable: keep running; completion decides
+            for job_id, _ in leases:
+                entry = self.running.get(job_id)
+                if job_id not in held and entry is not None and entry.stop_reason is None:
+                    entry.stop_reason = "lease lost"
+                    self._lost(entry.claim)
+                    entry.task.cancel()  # kills the child: its result could not be stored
+
+    async def _renew(self, conn: asyncpg.Connection, leases: list[tuple[UUID, UUID]]) -> set[UUID]:
+        return await repository.renew(conn, leases, self.settings.job_lease_seconds)
+
+    async def _upkeep(self) -> None:
+        await self._ensure_listener()
+        for reclaimed in await self._db("reclaim", repository.reclaim_expired) or []:
+            metrics.LEASES_RECLAIMED.labels(reclaimed.kind).inc()
+            logger.warning(
+                "reclaimed a job from a lost worker", extra={"kind": reclaimed.kind, "state": reclaimed.state}
+            )
+        counts = await self._db("count", repository.counts_by_kind)
+        if counts is not None:
+            seen = {row["kind"]: row for row in counts}
+            for kind in {*KINDS, *seen}:
+                row = seen.get(kind)
+                metrics.QUEUE_DEPTH.labels(kind).set(row["runnable"] if row else 0)
+                metrics.JOBS_DEAD.labels(kind).set(row["dead"] if row else 0)
+        if time.monotonic() - self._last_prune >= PRUNE_EVERY_SECONDS:
+            self._last_prune = time.monotonic()
+            pruned = await self._db("prune", repository.prune, self.settings.job_retention_hours)
+            if pruned:
+                logger.info("pruned finished jobs", extra={"count": pruned})
+
+    async def _ensure_listener(self) -> None:
+        """LISTEN on a dedicated connection; reconnect after PostgreSQL comes back."""
+        if self._listener is not None and not self._listener.is_closed():
+            return
+        try:
+            conn = await asyncpg.connect(
+                str(self.settings.database_url),
+                timeout=self.settings.db_connect_timeout_seconds,
+                server_settings={"application_name": f"{self.settings.service_name}-listen"},
+            )
+            await conn.add_listener(repository.CHANNEL, lambda *_: self._wake.set())
+        except TRANSIENT_ERRORS as error:
+            metrics.DB_ERRORS.labels("listen").inc()
+            logger.warning("cannot LISTEN for new jobs; polling", extra={"error": type(error).__name__})
+            return
+        self._listener = conn
+        self._wake.set()  # jobs may have arrived while nobody listened
+
+    async def _db(self, operation: str, call: Callable[..., Awaitable[_T]], *args: object) -> _T | None:
+        """One queue statement on a pooled connection; None (logged, counted) if the database is unavailable."""
+        try:
+            async with self.pool.acquire(timeout=self.settings.db_pool_acquire_timeout_seconds) as conn:
+                return await call(conn, *args)
+        except TRANSIENT_ERRORS as error:
+            metrics.DB_ERRORS.labels(operation).inc()
+            logger.warning("queue statement failed", extra={"operation": operation, "error": type(error).__name__})
+            return None
+
+    # --- shutdown ------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop claiming (the claim loop returns); running jobs carry on."""
+        self.stopping = True
+        self._wake.set()
+
+    async def drain(self, grace_seconds: float) -> None:
+        """Let running jobs finish within `grace_seconds`; kill and release the rest."""
+        tasks = [entry.task for entry in self.running.values()]
+        if tasks:
+            logger.info("waiting for running jobs", extra={"jobs": len(tasks), "grace_seconds": grace_seconds})
+            await asyncio.wait(tasks, timeout=grace_seconds)
+        leftovers = list(self.running.values())
+        for entry in leftovers:
+            entry.stop_reason = "shutdown"
+            entry.task.cancel()
+        if leftovers:
+            await asyncio.wait([entry.task for entry in leftovers])
+        if self._listener is not None:
+            with contextlib.suppress(*TRANSIENT_ERRORS):
+                await self._listener.close(timeout=2)
