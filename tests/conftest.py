@@ -39,7 +39,11 @@ TEST_SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
 WRITER_KEY = "cat_test-writer-key"
 READER_KEY = "cat_test-reader-key"
 TEST_API_KEYS = [
-    {"name": "test-writer", "sha256": hashlib.sha256(WRITER_KEY.encode()).hexdigest(), "scopes": ["items:write", "jobs:write"]},
+    {
+        "name": "test-writer",
+        "sha256": hashlib.sha256(WRITER_KEY.encode()).hexdigest(),
+        "scopes": ["items:write", "jobs:write"],
+    },
     {"name": "test-reader", "sha256": hashlib.sha256(READER_KEY.encode()).hexdigest(), "scopes": ["items:read"]},
 ]
 WRITER = {"Authorization": f"Bearer {WRITER_KEY}"}

@@ -35,6 +35,7 @@ _COLUMNS: Final = (
 def job_document(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
     """A job row as the API shows it."""
     job = dict(row.items())
+    job["id"] = str(job["id"])  # asyncpg's UUID type is not one orjson knows
     job["params"] = orjson.loads(job["params"])
     job["result"] = orjson.loads(job["result"]) if job["result"] is not None else None
     return job

@@ -105,3 +105,96 @@ def start_api(backends: Backends, tmp_path: Path) -> Iterator[Callable[..., ApiP
     yield start
     for api in started:
         api.stop()
+
+
+class WorkerProcess:
+    """`python -m service.worker` in a subprocess, logging JSON lines to a file."""
+
+    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+        self.env = env
+        self.logfile = logfile
+        self.url = f"http://127.0.0.1:{env['METRICS_PORT']}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> WorkerProcess:
+        with self.logfile.open("ab") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "service.worker"],
+                cwd=ROOT,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        return self
+
+    def wait_ready(self, timeout: float = 30) -> WorkerProcess:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.process is not None
+            if self.process.poll() is not None:
+                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.logfile.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.TransportError:
+                pass
+            time.sleep(0.05)
+        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.logfile.read_text()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
+
+    def logs(self) -> list[dict[str, Any]]:
+        return [orjson.loads(line) for line in self.logfile.read_bytes().splitlines() if line.startswith(b"{")]
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+
+def worker_env(backends: Backends, **overrides: str) -> dict[str, str]:
+    env = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "ENVIRONMENT": "development",
+        "DATABASE_URL": backends.database_url,
+        "METRICS_PORT": str(servers.free_port()),
+        "LOG_LEVEL": "INFO",
+        "WORKER_CONCURRENCY": "2",
+        # Short clocks so the failure drills run in seconds (production defaults: 30 s lease, 2 s poll).
+        "JOB_LEASE_SECONDS": "2",
+        "WORKER_POLL_INTERVAL_SECONDS": "0.5",
+        "JOB_RETRY_BASE_SECONDS": "0.05",
+        "JOB_RETRY_MAX_SECONDS": "0.2",
+        "WORKER_SHUTDOWN_GRACE_SECONDS": "10",
+    }
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def start_worker(backends: Backends, tmp_path: Path) -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def start(**overrides: str) -> WorkerProcess:
+        worker = WorkerProcess(worker_env(backends, **overrides), tmp_path / f"worker-{len(started)}.log").start()
+        started.append(worker)
+        return worker.wait_ready()
+
+    yield start
+    for worker in started:
+        worker.stop()
