@@ -2,7 +2,8 @@
 
     client -> nginx :8000 -> API "pods" :8001, :8002 (gunicorn + 1 uvicorn worker each)
                                 -> PostgreSQL :55432, Redis :56379
-    Prometheus :9090 scrapes the pods' metrics ports :9464, :9465
+    job worker (python -m service.worker) -> PostgreSQL; probes and metrics on :9466
+    Prometheus :9090 scrapes the pods' metrics ports :9464, :9465 and the worker's :9466
 
 State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
 started here unless DATABASE_URL / REDIS_URL point at servers you run. Every
@@ -39,6 +40,7 @@ class Stack:
     pod_ports: list[int]
     metrics_ports: list[int]
     prometheus_port: int
+    worker_metrics_port: int
     postgres_port: int
     redis_port: int
     database_url: str = ""
@@ -58,6 +60,7 @@ class Stack:
             pod_ports=[int(port) for port in pods.split(",") if port.strip()],
             metrics_ports=[int(port) for port in metrics.split(",") if port.strip()],
             prometheus_port=int(os.environ.get("PROMETHEUS_PORT", "9090")),
+            worker_metrics_port=int(os.environ.get("WORKER_METRICS_PORT", "9466")),
             postgres_port=int(os.environ.get("POSTGRES_PORT", "55432")),
             redis_port=int(os.environ.get("REDIS_PORT", "56379")),
             database_url=os.environ.get("DATABASE_URL", ""),
@@ -86,6 +89,7 @@ class Stack:
         data["run_dir"] = Path(data["run_dir"])
         data.setdefault("metrics_ports", [])  # written by an older version
         data.setdefault("prometheus_port", 9090)
+        data.setdefault("worker_metrics_port", 9466)
         return cls(**data)
 
     def postgres(self) -> servers.Postgres:
@@ -226,6 +230,30 @@ def _start_pods(stack: Stack) -> None:
             raise StackError(f"api-{index} did not become ready; see {stack.run_dir / f'api-{index}.log'}")
 
 
+def worker_environment(stack: Stack) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("ENVIRONMENT", "development")
+    env.setdefault("WORKER_SHUTDOWN_GRACE_SECONDS", "10")
+    env.update(DATABASE_URL=stack.database_url, METRICS_PORT=str(stack.worker_metrics_port))
+    return env
+
+
+def _start_worker(stack: Stack) -> None:
+    with (stack.run_dir / "worker.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service.worker"],
+            cwd=ROOT,
+            env=worker_environment(stack),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack.pids["worker"] = process.pid
+    stack.save()
+    if not wait_http(f"http://127.0.0.1:{stack.worker_metrics_port}/readyz", 30):
+        raise StackError(f"the worker did not become ready; see {stack.run_dir / 'worker.log'}")
+
+
 def _start_nginx(stack: Stack) -> None:
     nginx = nginx_binary()
     config = render_nginx(stack)
@@ -250,6 +278,8 @@ def _start_prometheus(stack: Stack) -> None:
         for index, port in enumerate(stack.metrics_ports, start=1)
     ]
     (directory / "targets" / "api.json").write_text(json.dumps(targets, indent=2) + "\n")
+    worker = [{"targets": [f"127.0.0.1:{stack.worker_metrics_port}"], "labels": {"pod": "worker-1"}}]
+    (directory / "targets" / "worker.json").write_text(json.dumps(worker, indent=2) + "\n")
     with (directory / "prometheus.log").open("ab") as log:
         process = subprocess.Popen(
             [
@@ -278,12 +308,12 @@ def up() -> int:
         return 1
     nginx_binary()  # fail before starting anything if something is missing
     prometheus_binary()
-    ports = [stack.api_port, *stack.pod_ports, *stack.metrics_ports, stack.prometheus_port]
+    ports = [stack.api_port, *stack.pod_ports, *stack.metrics_ports, stack.prometheus_port, stack.worker_metrics_port]
     busy = [port for port in ports if servers.port_open(port)]
     if busy:
         print(
             f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS / API_POD_METRICS_PORTS / "
-            "PROMETHEUS_PORT to free ones",
+            "PROMETHEUS_PORT / WORKER_METRICS_PORT to free ones",
             file=sys.stderr,
         )
         return 1
@@ -291,6 +321,7 @@ def up() -> int:
     try:
         _start_backends(stack)
         _start_pods(stack)
+        _start_worker(stack)
         _start_nginx(stack)
         _start_prometheus(stack)
     except (StackError, RuntimeError) as error:
@@ -311,10 +342,11 @@ Catalog API is up (development mode).
   Readiness            {base}/readyz
   API pods             {", ".join(f"http://127.0.0.1:{port}" for port in stack.pod_ports)}
   Pod metrics          {", ".join(f"http://127.0.0.1:{port}/metrics" for port in stack.metrics_ports)}
+  Job worker           http://127.0.0.1:{stack.worker_metrics_port}/metrics (POST {base}/v1/jobs)
   Prometheus           http://127.0.0.1:{stack.prometheus_port}
   PostgreSQL           {stack.database_url}
   Redis                {stack.redis_url}
-  Logs                 {stack.run_dir}/api-*.log, {stack.run_dir}/nginx/access.log
+  Logs                 {stack.run_dir}/api-*.log, worker.log, nginx/access.log
 {key_line}
 Stop everything with `make down`.""")
     return 0
@@ -342,6 +374,9 @@ def down(run_dir: Path | None = None) -> int:
         _stop_pid(stack.pids.pop("prometheus"), signal.SIGTERM, 20)
     if "nginx" in stack.pids:
         _stop_pid(stack.pids.pop("nginx"), signal.SIGQUIT, 10)
+    if "worker" in stack.pids:
+        # SIGTERM: running jobs get WORKER_SHUTDOWN_GRACE_SECONDS, then are released.
+        _stop_pid(stack.pids.pop("worker"), signal.SIGTERM, 30)
     for name in [name for name in stack.pids if name.startswith("api-")]:
         # SIGTERM: the graceful path a pod takes (drain, finish in-flight, close pools).
         _stop_pid(stack.pids.pop(name), signal.SIGTERM, 40)
@@ -351,7 +386,7 @@ def down(run_dir: Path | None = None) -> int:
         stack.postgres().stop()
     stack.save()
     print(
-        "stopped: Prometheus, nginx, API pods"
+        "stopped: Prometheus, nginx, worker, API pods"
         + (", Redis" if stack.own_redis else "")
         + (", PostgreSQL" if stack.own_postgres else "")
         + f" (data kept in {run_dir})"

@@ -30,7 +30,7 @@ def stack() -> Iterator[dict[str, str]]:
     run_dir = Path(tempfile.mkdtemp(prefix="catalog-stack-"))
     run_dir.chmod(0o755)
     env = {key: value for key, value in os.environ.items() if key not in {"DATABASE_URL", "REDIS_URL"}}
-    ports = [servers.free_port() for _ in range(8)]
+    ports = [servers.free_port() for _ in range(9)]
     env.update(
         RUN_DIR=str(run_dir),
         API_PORT=str(ports[0]),
@@ -39,6 +39,7 @@ def stack() -> Iterator[dict[str, str]]:
         REDIS_PORT=str(ports[4]),
         API_POD_METRICS_PORTS=f"{ports[5]},{ports[6]}",
         PROMETHEUS_PORT=str(ports[7]),
+        WORKER_METRICS_PORT=str(ports[8]),
         SHUTDOWN_DRAIN_SECONDS="1",
         RATE_LIMIT_READS="100000/minute",  # the pod-stop test sends a steady stream from one address
     )
@@ -107,6 +108,24 @@ def test_prometheus_scrapes_both_pods(stack: dict[str, str]) -> None:
         query = http.get("/api/v1/query", params={"query": 'sum(db_pool_connections{state="max"})'}).json()
         assert query["status"] == "success"
         assert float(query["data"]["result"][0]["value"][1]) == 20  # two pods, DB_POOL_MAX_SIZE 10 each
+
+
+def test_a_job_posted_through_nginx_is_run_by_the_worker_under_the_same_request_id(stack: dict[str, str]) -> None:
+    key = (Path(stack["RUN_DIR"]) / "api-key").read_text().strip()
+    with httpx.Client(base_url=base(stack), headers={"Authorization": f"Bearer {key}"}) as http:
+        created = http.post(
+            "/v1/jobs", json={"kind": "catalog.report", "params": {}}, headers={"X-Request-ID": "job-from-the-edge"}
+        )
+        assert created.status_code == 202, created.text
+        deadline = time.monotonic() + 30
+        while (job := http.get(created.headers["location"]).json())["state"] != "succeeded":
+            assert time.monotonic() < deadline, job
+            time.sleep(0.1)
+    assert job["result"]["items"] >= 1  # the item the first test created, at least
+    worker_lines = [orjson.loads(line) for line in (Path(stack["RUN_DIR"]) / "worker.log").read_bytes().splitlines()]
+    finished = [line for line in worker_lines if line["msg"] == "job finished" and line.get("job_id") == job["id"]]
+    assert finished[0]["request_id"] == "job-from-the-edge"
+    assert httpx.get(f"http://127.0.0.1:{stack['WORKER_METRICS_PORT']}/readyz").status_code == 200
 
 
 # Last: it stops one of the pods the other tests use.
