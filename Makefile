@@ -46,4 +46,5 @@ bench:
 	@status=0; \
 	$(UV) run python bench/request_path.py || status=1; \
 	$(UV) run python bench/export_memory.py || status=1; \
+	$(UV) run python bench/jobs.py || status=1; \
 	exit $$status

@@ -26,6 +26,7 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
+sys.path.insert(1, str(ROOT))  # the service package, for benchmarks run as scripts
 import servers as servers  # noqa: E402, PLC0414  (re-exported for the benchmarks)
 
 SERVER_CPU = "1"  # the server under test gets one core to itself...
@@ -158,12 +159,14 @@ def wrk(
     )
     out = result.stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out)[1])  # type: ignore[index]
-    percentiles = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)$", out, re.M)}
+    percentiles = {p: float(v) * _UNITS[u] for p, v, u in re.findall(r"^\s+(\d+)%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)}
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
     errors = int(bad[1]) if bad else 0
     if socket_errors:
         errors += sum(int(n) for n in socket_errors.groups())
+    if "99" not in percentiles:
+        raise RuntimeError(f"unexpected wrk output:\n{out}")
     return WrkResult(rps, percentiles["50"], percentiles["99"], errors)
 
 

@@ -7,8 +7,8 @@ so each slot owns one child; a job that overruns gets its child SIGKILLed and
 the slot starts a fresh one. The children come from a fork server that has
 imported the job kinds already, so a replacement starts in milliseconds.
 
-Children ignore SIGINT and SIGTERM (the worker decides when they stop) and
-die with their parent (`PR_SET_PDEATHSIG`), so a SIGKILLed worker leaves no
+Children run at a lower CPU priority than the worker itself (nice +10), ignore
+SIGINT and SIGTERM (the worker decides when they stop) and die with their parent (`PR_SET_PDEATHSIG`), so a SIGKILLed worker leaves no
 orphan burning CPU.
 """
 
@@ -19,6 +19,7 @@ import ctypes
 import logging
 import multiprocessing
 import multiprocessing.connection
+import os
 import signal
 import sys
 import traceback
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 Status = Literal["ok", "error", "permanent"]
 _PR_SET_PDEATHSIG = 1
+CHILD_NICENESS = 10
 
 
 class JobTimedOut(Exception):
@@ -67,6 +69,9 @@ def _child_main(conn: multiprocessing.connection.Connection, log_level: str) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    # Jobs may use every CPU the pod has; the worker's own loop (lease heartbeats, probes,
+    # recording outcomes) must still get its turn, or busy children would cost it its leases.
+    os.nice(CHILD_NICENESS)
     configure_logging(log_level)
     while True:
         try:
