@@ -144,7 +144,8 @@ def test_missing_database_url_stops_startup_with_one_line(backends: Backends) ->
 
 
 @pytest.mark.parametrize(
-    "command", [["-m", "gunicorn", "-c", "python:service.gunicorn_conf"], ["-m", "service.migrate"]]
+    "command",
+    [["-m", "gunicorn", "-c", "python:service.gunicorn_conf"], ["-m", "service.migrate"], ["-m", "service.worker"]],
 )
 def test_malformed_database_url_stops_startup_with_one_line(backends: Backends, command: list[str]) -> None:
     env = api_env(backends, DATABASE_URL="postgres//forgot-the-colon")

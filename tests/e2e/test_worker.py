@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import shutil
 import signal
+import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -246,3 +248,46 @@ async def test_a_frozen_worker_that_comes_back_cannot_store_a_second_result(
 
 async def _logged(worker: WorkerProcess, message: str) -> bool:
     return any(entry["msg"] == message for entry in worker.logs())
+
+
+async def test_worker_metrics_are_clean_openmetrics_and_count_outcomes(
+    start_worker: Callable[..., WorkerProcess], db: asyncpg.Connection, tmp_path: Any
+) -> None:
+    worker = start_worker()
+    for params in ({"milliseconds": 1}, {"milliseconds": 1, "fail_attempts": 9}):
+        await enqueue(db, "cpu.burn", params, max_attempts=1)
+    await wait_until(lambda: _all_finished(db), 10, "both jobs to finish")
+    await asyncio.sleep(POLL * 2)  # the next upkeep samples the dead count
+    async with httpx.AsyncClient() as http:
+        openmetrics = await http.get(f"{worker.url}/metrics", headers={"Accept": "application/openmetrics-text"})
+        text = (await http.get(f"{worker.url}/metrics")).text
+    assert openmetrics.headers["content-type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.rstrip().endswith("# EOF")
+    assert 'jobs_processed_total{kind="cpu.burn",outcome="succeeded"} 1.0' in text
+    assert 'jobs_processed_total{kind="cpu.burn",outcome="dead"} 1.0' in text
+    assert 'jobs_dead{kind="cpu.burn"} 1.0' in text
+    assert 'job_queue_depth{kind="catalog.report"} 0.0' in text  # every kind has its series from the start
+    assert "worker_slots 2.0" in text
+    promtool = shutil.which("promtool")
+    assert promtool is not None, "promtool comes with Debian's prometheus package (make install installs it)"
+    check = await asyncio.to_thread(
+        subprocess.run, [promtool, "check", "metrics"], input=text, capture_output=True, text=True, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+async def test_old_finished_jobs_are_pruned_and_waiting_ones_kept(db: asyncpg.Connection) -> None:
+    old = [await enqueue(db, "cpu.burn", {"milliseconds": 1}) for _ in range(4)]
+    for job_id, state in zip(old, ["succeeded", "dead", "cancelled", "queued"], strict=True):
+        await db.execute(
+            """UPDATE jobs SET state = $2, created_at = now() - interval '8 days',
+                   finished_at = CASE WHEN $2 = 'queued' THEN NULL ELSE now() - interval '8 days' END
+               WHERE id = $1""",
+            job_id,
+            state,
+        )
+    recent = await enqueue(db, "cpu.burn", {"milliseconds": 1})
+    await db.execute("UPDATE jobs SET state = 'succeeded', finished_at = now() WHERE id = $1", recent)
+    assert await repository.prune(db, retention_hours=168) == 3
+    left = {row["id"] for row in await db.fetch("SELECT id FROM jobs")}
+    assert left == {old[3], recent}
