@@ -25,7 +25,7 @@ from typing import TypeVar, cast
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from service.metrics import CACHE_REQUESTS, DEPENDENCY_ERRORS
+from service.metrics import CACHE_REQUESTS, DEPENDENCY_CALL_DURATION, DEPENDENCY_ERRORS
 from service.resilience import CircuitBreaker
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,7 @@ T = TypeVar("T")
 # Bound once: `.labels()` on every lookup would cost more than an L1 hit itself.
 _L1_HIT, _L1_MISS = CACHE_REQUESTS.labels("l1", "hit"), CACHE_REQUESTS.labels("l1", "miss")
 _L2_HIT, _L2_MISS = CACHE_REQUESTS.labels("l2", "hit"), CACHE_REQUESTS.labels("l2", "miss")
+_REDIS_CALLS = {op: DEPENDENCY_CALL_DURATION.labels("redis", f"cache_{op}") for op in ("get", "fill", "invalidate")}
 
 # Set the value only if the version key still holds what the reader saw before loading.
 _FILL_IF_UNCHANGED = """
@@ -166,13 +167,16 @@ class TwoLevelCache:
     async def _redis(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
         if not self.breaker.allow():
             return None
+        started = time.perf_counter()
         try:
             result = await call()
         except (RedisError, OSError) as error:
+            _REDIS_CALLS[operation].observe(time.perf_counter() - started)
             self.breaker.failure()
             DEPENDENCY_ERRORS.labels("redis", f"cache_{operation}").inc()
             logger.warning("cache bypassed: redis unavailable", extra={"operation": operation, "error": repr(error)})
             return None
+        _REDIS_CALLS[operation].observe(time.perf_counter() - started)
         self.breaker.success()
         return result
 

@@ -21,7 +21,7 @@ from asyncpg.pool import PoolConnectionProxy
 
 from service.config import Settings
 from service.errors import ServiceUnavailable
-from service.metrics import DB_POOL_ACQUIRE, DEPENDENCY_ERRORS
+from service.metrics import DB_POOL_ACQUIRE, DEPENDENCY_ERRORS, instrument_connection
 from service.resilience import CircuitBreaker
 
 Pool = asyncpg.Pool
@@ -62,6 +62,7 @@ async def create_pool(settings: Settings) -> Pool:
         # LISTEN, session advisory locks or cursors outside a transaction), so only
         # the built-in part stays: an open transaction is still rolled back.
         reset=_keep_session,
+        init=instrument_connection,
     )
     assert pool is not None
     return pool

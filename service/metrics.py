@@ -126,6 +126,27 @@ DB_POOL_ACQUIRE = Histogram(
 )
 
 
+DEPENDENCY_CALL_DURATION = Histogram(
+    "dependency_call_duration_seconds",
+    "Calls to PostgreSQL (per statement, by SQL verb) and Redis (by operation), successful or not.",
+    ["dependency", "operation"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+_SQL_VERBS: Final = frozenset({"select", "insert", "update", "delete", "with", "begin", "commit", "rollback", "set"})
+_POSTGRES_CALLS = {verb: DEPENDENCY_CALL_DURATION.labels("postgres", verb) for verb in (*_SQL_VERBS, "other")}
+
+
+def _record_query(query: asyncpg.connection.LoggedQuery) -> None:
+    words = query.query.lstrip()[:10].split(None, 1)
+    verb = words[0].lower() if words else "other"
+    _POSTGRES_CALLS[verb if verb in _SQL_VERBS else "other"].observe(query.elapsed)
+
+
+async def instrument_connection(conn: asyncpg.Connection) -> None:
+    """asyncpg pool `init`: time every statement on this connection (asyncpg's query logger)."""
+    conn.add_query_logger(_record_query)
+
+
 async def watch_event_loop(interval_seconds: float = 0.25) -> None:
     """Run for the life of the process: sleep, then record how late the wake-up came."""
     loop = asyncio.get_running_loop()

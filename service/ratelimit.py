@@ -30,7 +30,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.auth import KeyRing, bearer_token
 from service.config import Rate
 from service.errors import ServiceUnavailable, TooManyRequests
-from service.metrics import DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS
+from service.metrics import DEPENDENCY_CALL_DURATION, DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS
 from service.resilience import CircuitBreaker
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,7 @@ return count
 """
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _ALLOWED, _REJECTED, _SKIPPED = (RATE_LIMIT_DECISIONS.labels(d) for d in ("allowed", "rejected", "store_unavailable"))
+_REDIS_CALL = DEPENDENCY_CALL_DURATION.labels("redis", "rate_limit")
 
 
 @dataclass(frozen=True)
@@ -108,7 +109,11 @@ class RateLimiter:
         try:
             await asyncio.sleep(0)  # let the requests already scheduled in this turn join the batch
             self._close(key, batch)
-            total = int(await self._count(keys=[key], args=[ttl_seconds, batch.size]))
+            started = time.perf_counter()
+            try:
+                total = int(await self._count(keys=[key], args=[ttl_seconds, batch.size]))
+            finally:
+                _REDIS_CALL.observe(time.perf_counter() - started)
             self.breaker.success()
         except (RedisError, OSError) as error:
             self.breaker.failure()

@@ -24,6 +24,7 @@ import asyncpg
 
 from service.config import WorkerSettings, load_worker_settings
 from service.logging import configure_logging
+from service.metrics import instrument_connection, instrument_pool, watch_event_loop
 from service.worker import metrics
 from service.worker.http import ProbeServer
 from service.worker.pool import slot_pool
@@ -60,6 +61,7 @@ async def _create_pool(settings: WorkerSettings, slots: int) -> asyncpg.Pool:
         max_size=settings.db_pool_max_size or slots + 3,
         timeout=settings.db_connect_timeout_seconds,
         command_timeout=settings.db_statement_timeout_seconds + 1.0,
+        init=instrument_connection,
         server_settings={
             "application_name": settings.service_name,
             "statement_timeout": str(int(settings.db_statement_timeout_seconds * 1000)),
@@ -106,6 +108,10 @@ async def run(settings: WorkerSettings) -> None:
     async with contextlib.AsyncExitStack() as stack:
         pool = await _create_pool(settings, slots)
         stack.push_async_callback(pool.close)
+        instrument_pool(pool)
+        # The loop renews leases and answers probes: lag here costs leases (children run at nice +10).
+        lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
+        stack.callback(lag_watch.cancel)
         job_slots = stack.enter_context(slot_pool(slots, settings.log_level.value))
         worker = Worker(settings, pool, job_slots, name)
 

@@ -8,8 +8,8 @@ the slot starts a fresh one. The children come from a fork server that has
 imported the job kinds already, so a replacement starts in milliseconds.
 
 Children run at a lower CPU priority than the worker itself (nice +10), ignore
-SIGINT and SIGTERM (the worker decides when they stop) and die with their parent (`PR_SET_PDEATHSIG`), so a SIGKILLed worker leaves no
-orphan burning CPU.
+SIGINT and SIGTERM (the worker decides when they stop) and die with their
+parent (`PR_SET_PDEATHSIG`), so a SIGKILLed worker leaves no orphan burning CPU.
 """
 
 from __future__ import annotations

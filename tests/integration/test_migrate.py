@@ -60,15 +60,15 @@ async def test_an_edited_migration_is_refused(empty_schema: str) -> None:
 async def test_a_failing_migration_leaves_nothing_half_applied(
     empty_schema: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    broken = migrations.Migration(2, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")
     real = migrations.discover()
+    broken = migrations.Migration(real[-1].version + 1, "broken", "CREATE TABLE half_done (id int); SELECT 1/0;")
     monkeypatch.setattr(migrations, "discover", lambda: [*real, broken])
     with pytest.raises(asyncpg.DivisionByZeroError):
         await migrations.migrate(empty_schema)
     conn = await asyncpg.connect(empty_schema)
     try:
         assert await conn.fetchval("SELECT to_regclass('half_done')") is None
-        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == 1
+        assert await conn.fetchval("SELECT max(version) FROM schema_migrations") == real[-1].version
         # The lock was released: the next migrator is not stuck behind the failed one.
         assert await conn.fetchval("SELECT pg_try_advisory_lock($1)", migrations.ADVISORY_LOCK_KEY)
         await conn.execute("SELECT pg_advisory_unlock($1)", migrations.ADVISORY_LOCK_KEY)

@@ -43,3 +43,27 @@ async def test_pool_gauges_and_acquire_wait(backends: Backends, db: asyncpg.Conn
             await lock.release()
             await waiting
         assert sample("db_pool_connections", {"state": "in_use"}) == 0
+
+
+async def test_postgres_and_redis_call_latency_is_recorded_per_operation(
+    backends: Backends, db: asyncpg.Connection
+) -> None:
+    def calls(dependency: str, operation: str) -> float:
+        return sample("dependency_call_duration_seconds_count", {"dependency": dependency, "operation": operation})
+
+    async with lifespan_client(create_app(make_settings(backends))) as client:
+        await asyncio.sleep(0.1)  # the pool's first connections were opened (and instrumented)
+        selects, inserts = calls("postgres", "select"), calls("postgres", "insert")
+        cache_gets, limits = calls("redis", "cache_get"), calls("redis", "rate_limit")
+        await client.get("/v1/items/1")  # cache miss: a Redis read, then PostgreSQL
+        await client.get("/v1/items/2")
+        await db.execute("SELECT 1")  # not through the app's pool: not counted
+        await asyncio.sleep(0.05)  # asyncpg reports each statement on the next loop turn
+        assert calls("postgres", "select") - selects == 2
+        assert calls("postgres", "insert") - inserts == 0
+        assert calls("redis", "cache_get") - cache_gets == 2
+        assert calls("redis", "rate_limit") - limits >= 1
+    slow = sample("dependency_call_duration_seconds_count", {"dependency": "postgres", "operation": "select"}) - sample(
+        "dependency_call_duration_seconds_bucket", {"dependency": "postgres", "operation": "select", "le": "5.0"}
+    )
+    assert slow == 0  # loopback statements take well under 5 s: the observations are seconds, not ms
