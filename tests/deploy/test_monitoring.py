@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitoring import generate, rules
+from monitoring import dashboards, generate, queries, rules
 from service import slo
 from tests.conftest import ROOT
 
@@ -158,3 +158,108 @@ def test_the_test_profile_changes_only_durations() -> None:
     windows = re.findall(r"\[(\w+)\]", "\n".join(r.expr for r in rules.all_recordings(mon, rules.TEST)))
     assert windows
     assert all(rules.duration_to_seconds(w) <= 120 for w in windows)
+
+
+def _dashboards() -> dict[str, dict[str, Any]]:
+    boards = {path.name: json.loads(path.read_text()) for path in sorted(DASHBOARDS.glob("*.json"))}
+    assert set(boards) == {"catalog-slo.json", "catalog-red.json", "catalog-saturation.json", "catalog-worker.json"}
+    return boards
+
+
+def _walk(node: Any) -> Any:
+    yield node
+    if isinstance(node, dict):
+        for value in node.values():
+            yield from _walk(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _walk(value)
+
+
+def _panel(board: dict[str, Any], title: str) -> dict[str, Any]:
+    matches: list[dict[str, Any]] = [panel for panel in board["panels"] if panel["title"] == title]
+    assert len(matches) == 1, f"{board['uid']}: no single panel titled {title!r}"
+    return matches[0]
+
+
+def _steps(panel: dict[str, Any]) -> list[float | None]:
+    return [step["value"] for step in panel["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+
+
+def test_dashboards_are_valid_with_unique_ids_and_a_pinned_schema() -> None:
+    uids = set()
+    for name, board in _dashboards().items():
+        assert board["schemaVersion"] == dashboards.SCHEMA_VERSION, name
+        uids.add(board["uid"])
+        ids = [panel["id"] for panel in queries._panels(board["panels"])]
+        assert len(ids) == len(set(ids)), f"{name}: duplicate panel ids"
+        titles = [panel["title"] for panel in board["panels"]]
+        assert len(titles) == len(set(titles)), f"{name}: duplicate panel titles"
+        for panel in board["panels"]:
+            box = panel["gridPos"]
+            assert box["x"] + box["w"] <= 24, f"{name}: {panel['title']} is wider than the grid"
+    assert len(uids) == 4
+
+
+def test_no_panel_hard_codes_a_datasource() -> None:
+    for name, board in _dashboards().items():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        assert variables["datasource"]["type"] == "datasource"
+        assert variables["datasource"]["query"] == "prometheus"
+        for node in _walk(board):
+            if isinstance(node, dict) and "datasource" in node and isinstance(node["datasource"], dict):
+                assert node["datasource"] == {"type": "prometheus", "uid": "${datasource}"}, f"{name}: {node}"
+        for panel in board["panels"]:
+            if panel["type"] != "row":
+                assert panel["datasource"] == dashboards.DATASOURCE, f"{name}: {panel['title']}"
+                assert panel["targets"], f"{name}: {panel['title']} has no query"
+                for target in panel["targets"]:
+                    assert target["datasource"] == dashboards.DATASOURCE
+
+
+def test_dashboard_thresholds_and_jobs_are_the_slo_file_numbers() -> None:
+    mon = slo.load_monitoring()
+    boards = _dashboards()
+    overview = boards["catalog-slo.json"]
+    assert _steps(_panel(overview, "P50 latency")) == [None, mon.slo.p50_target, mon.slo.p50_alert]
+    assert _steps(_panel(overview, "P99 latency")) == [None, mon.slo.p99_target, mon.slo.p99_alert]
+    assert _steps(_panel(overview, "Error ratio (5xx)")) == [None, mon.slo.error_target, mon.slo.error_alert]
+    burn = _steps(_panel(overview, "Error budget burn rate"))
+    assert burn == [None, *sorted(rate.factor for rate in mon.burn_rates)]
+    throughput = _panel(overview, "Throughput")["targets"]
+    assert any(t["expr"].startswith(f"{1 - mon.slo.throughput_drop_alert:g} * ") for t in throughput)
+    assert any("offset 1w" in t["expr"] for t in throughput)
+    worker = boards["catalog-worker.json"]
+    assert _steps(_panel(worker, "Queue wait (P50, P90, P99)")) == [None, mon.queue_wait_alert_seconds]
+    for board in boards.values():
+        variables = {v["name"]: v for v in board["templating"]["list"]}
+        for name, job in (("job", mon.api_job), ("worker_job", mon.worker_job)):
+            if name in variables:
+                assert variables[name]["current"]["value"] == job
+        assert all('"$job"' in expr or '"$worker_job"' in expr for _, expr in queries.panel_queries() if "job=" in expr)
+
+
+def test_latency_panels_show_exemplars() -> None:
+    boards = _dashboards()
+    red = boards["catalog-red.json"]
+    for title in ("Latency by route (P50, P90, P99)", "Latency distribution"):
+        assert all(target.get("exemplar") for target in _panel(red, title)["targets"]), title
+    assert _panel(red, "Latency distribution")["type"] == "heatmap"
+    assert any(v["name"] == "route" for v in red["templating"]["list"])
+
+
+def test_every_dashboard_query_parses_once_its_variables_are_substituted(tmp_path: Path) -> None:
+    expressions = queries.panel_queries() + queries.variable_queries()
+    assert len(expressions) > 50
+    rules_file: dict[str, Any] = {"groups": [{"name": "panels", "rules": []}]}
+    for index, (where, expr) in enumerate(queries.panel_queries()):
+        concrete = queries.substitute(expr)
+        assert "$" not in concrete, where
+        rules_file["groups"][0]["rules"].append({"record": f"panel:query:{index}", "expr": concrete})
+    path = tmp_path / "panels.yaml"
+    path.write_text(json.dumps(rules_file))  # JSON is YAML; promtool parses every expression
+    result = _run("check", "rules", str(path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    with pytest.raises(KeyError, match="unknown"):
+        queries.substitute('up{job="$unknown"}')
+    assert queries.substitute("rate(x[$__rate_interval])", {"__rate_interval": "2m"}) == "rate(x[2m])"
