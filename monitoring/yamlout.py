@@ -2,8 +2,9 @@
 
 Only what the generated files use: mappings (key order kept), sequences,
 strings, numbers and booleans. Multi-line strings become `|-` blocks so PromQL
-stays readable; anything that could be misread is written JSON-quoted (a JSON
-string is a valid YAML double-quoted scalar). tests/deploy/test_monitoring.py
+stays readable; anything else that could be misread is single-quoted, or
+JSON-quoted when it holds control characters (a JSON string is a valid YAML
+double-quoted scalar). tests/deploy/test_monitoring.py
 reads every output back with a real YAML parser and compares.
 """
 
@@ -36,6 +37,8 @@ def _scalar(value: Yaml) -> str:
     assert isinstance(value, str)
     if _PLAIN.match(value) and value.lower() not in _RESERVED and not value.endswith(" ") and ": " not in value:
         return value
+    if value.isprintable():  # single quotes keep PromQL's double quotes unescaped
+        return "'" + value.replace("'", "''") + "'"
     return json.dumps(value, ensure_ascii=False)
 
 
