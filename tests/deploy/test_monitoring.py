@@ -260,3 +260,19 @@ def test_every_dashboard_query_parses_once_its_variables_are_substituted(tmp_pat
     with pytest.raises(KeyError, match="unknown"):
         queries.substitute('up{job="$unknown"}')
     assert queries.substitute("rate(x[$__rate_interval])", {"__rate_interval": "2m"}) == "rate(x[2m])"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('long = "1h"\nshort = "5m"', 'long = "5m"\nshort = "1h"'), "short window must be shorter"),
+        (('severity = "critical"', 'severity = "page"'), "severity one of"),
+        (('short = "5m"\nlong = "30m"', 'short = "30m"\nlong = "30m"'), "short window must be shorter than long"),
+        (('slo_window = "30d"', 'slo_window = "a month"'), "is not a duration"),
+    ],
+)
+def test_inconsistent_monitoring_settings_are_refused(change: tuple[str, str], message: str) -> None:
+    text = (ROOT / "service" / "slo.toml").read_text()
+    assert change[0] in text
+    with pytest.raises(ValueError, match=message):
+        slo.parse_monitoring(text.replace(*change, 1))
