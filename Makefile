@@ -4,11 +4,12 @@
 #   make test    lint + type check + the whole test suite
 #   make lint    ruff (lint and format check) + mypy --strict
 #   make bench   benchmarks under bench/, results in bench/results/
+#   make monitoring  regenerate Prometheus rules, their promtool tests and the Grafana dashboards from service/slo.toml
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install test lint format up down status clean bench
+.PHONY: help install test lint format up down status clean bench monitoring
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -48,3 +49,6 @@ bench:
 	$(UV) run python bench/export_memory.py || status=1; \
 	$(UV) run python bench/jobs.py || status=1; \
 	exit $$status
+
+monitoring: install
+	$(UV) run python monitoring/generate.py

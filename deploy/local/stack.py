@@ -273,6 +273,8 @@ def _start_prometheus(stack: Stack) -> None:
     directory = stack.run_dir / "prometheus"
     (directory / "targets").mkdir(parents=True, exist_ok=True)
     shutil.copy(ROOT / "monitoring" / "prometheus" / "prometheus.yml", directory / "prometheus.yml")
+    shutil.rmtree(directory / "rules", ignore_errors=True)  # a rule file deleted from the repo goes too
+    shutil.copytree(ROOT / "monitoring" / "prometheus" / "rules", directory / "rules")
     targets = [
         {"targets": [f"127.0.0.1:{port}"], "labels": {"pod": f"api-{index}"}}
         for index, port in enumerate(stack.metrics_ports, start=1)
