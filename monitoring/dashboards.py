@@ -20,7 +20,7 @@ from typing import Any
 
 from service.slo import Monitoring
 
-from .rules import errors_ratio, format_duration, le, requests_rate, slower_ratio
+from .rules import errors_rate, errors_ratio, format_duration, le, requests_rate, slower_ratio
 
 SCHEMA_VERSION = 39  # Grafana 10.4
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
@@ -269,10 +269,8 @@ def slo_overview(mon: Monitoring) -> Json:
     # The window's 5xx ratio from the 5m recording rules, weighted by traffic: cheap to
     # refresh (one series per job) where rate(...[30d]) over the raw histogram is not.
     # It covers as much of the window as the recording rules have history for.
-    ratio5m, rate5m = f"{errors_ratio(short)}{{{API}}}", f"{requests_rate(short)}{{{API}}}"
-    budget_ratio = (
-        f"sum_over_time(({ratio5m} * {rate5m})[{window}:{short}]) / sum_over_time({rate5m}[{window}:{short}])"
-    )
+    errors5m, rate5m = f"{errors_rate(short)}{{{API}}}", f"{requests_rate(short)}{{{API}}}"
+    budget_ratio = f"sum_over_time({errors5m}[{window}]) / sum_over_time({rate5m}[{window}])"
     board.stat(
         f"Error budget left ({window})",
         f"1 - ({budget_ratio}) / {slo.error_target}",

@@ -175,6 +175,10 @@ def errors_ratio(window: str) -> str:
     return f"job:http_server_requests_errors:ratio_rate{window}"
 
 
+def errors_rate(window: str) -> str:
+    return f"job:http_server_requests_errors:rate{window}"
+
+
 def slower_ratio(window: str) -> str:
     return f"job_le:http_server_requests_slower:ratio_rate{window}"
 
@@ -205,6 +209,10 @@ def api_recording_rules(mon: Monitoring, profile: Profile) -> list[Recording]:
         # `or 0 * total`: the ratio is 0, not missing, while no 5xx has happened yet.
         errors = f'sum by (job) (rate({DURATION}_count{{{job}, http_response_status_code=~"5.."}}[{w}]))'
         rules.append(Recording(errors_ratio(name), f"(\n  {errors}\n  or 0 * {total}\n)\n/\n{total}"))
+        if window == mon.short:
+            # The 5xx rate itself, for the error budget over the SLO window: summing it and the
+            # request rate over time weights every evaluation by its traffic, with no subquery.
+            rules.append(Recording(errors_rate(name), f"{errors}\nor 0 * {total}"))
     for window in sorted({mon.short, mon.long}):
         name, w = format_duration(window), profile.d(window)
         for bound in (mon.slo.p50_alert, mon.slo.p99_alert):
