@@ -73,6 +73,7 @@ class Bulkhead:
         self.name = name
         self.limit = limit
         self.in_use = 0
+        BULKHEAD_REJECTIONS.labels(name)  # the series exists (at 0) before the first rejection
 
     def try_enter(self) -> bool:
         if self.in_use >= self.limit:
