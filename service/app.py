@@ -23,7 +23,7 @@ from prometheus_client import start_http_server
 from starlette.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
-from service import health
+from service import health, tracing
 from service.auth import KeyRing
 from service.cache import LocalTTLCache, TwoLevelCache
 from service.config import Settings, load_settings
@@ -69,6 +69,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[State]:
         async with contextlib.AsyncExitStack() as stack:
+            if tracing.configure(settings.service_name):  # here, in the worker process: never before a fork
+                stack.callback(tracing.shutdown)
             if settings.metrics_port:
                 server, _thread = start_http_server(settings.metrics_port, addr=settings.host)
                 stack.callback(server.shutdown)
@@ -118,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url=None,
+        telemetry=tracing.telemetry_options(PROBE_PATHS),  # type: ignore[arg-type]
     )
     app.state.lifecycle = lifecycle
     install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)

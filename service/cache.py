@@ -25,6 +25,7 @@ from typing import TypeVar, cast
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
+from service import tracing
 from service.metrics import CACHE_REQUESTS, DEPENDENCY_CALL_DURATION, DEPENDENCY_ERRORS
 from service.resilience import CircuitBreaker
 
@@ -33,6 +34,7 @@ T = TypeVar("T")
 # Bound once: `.labels()` on every lookup would cost more than an L1 hit itself.
 _L1_HIT, _L1_MISS = CACHE_REQUESTS.labels("l1", "hit"), CACHE_REQUESTS.labels("l1", "miss")
 _L2_HIT, _L2_MISS = CACHE_REQUESTS.labels("l2", "hit"), CACHE_REQUESTS.labels("l2", "miss")
+_REDIS_SPAN = {"db.system.name": "redis"}
 _REDIS_CALLS = {op: DEPENDENCY_CALL_DURATION.labels("redis", f"cache_{op}") for op in ("get", "fill", "invalidate")}
 
 # Set the value only if the version key still holds what the reader saw before loading.
@@ -172,11 +174,18 @@ class TwoLevelCache:
             result = await call()
         except (RedisError, OSError) as error:
             _REDIS_CALLS[operation].observe(time.perf_counter() - started)
+            if tracing.enabled and tracing.recording_parent():
+                tracing.record_client_span(
+                    f"redis cache_{operation}", time.perf_counter() - started, _REDIS_SPAN, error
+                )
             self.breaker.failure()
             DEPENDENCY_ERRORS.labels("redis", f"cache_{operation}").inc()
             logger.warning("cache bypassed: redis unavailable", extra={"operation": operation, "error": repr(error)})
             return None
-        _REDIS_CALLS[operation].observe(time.perf_counter() - started)
+        elapsed = time.perf_counter() - started
+        _REDIS_CALLS[operation].observe(elapsed)
+        if tracing.enabled and tracing.recording_parent():
+            tracing.record_client_span(f"redis cache_{operation}", elapsed, _REDIS_SPAN)
         self.breaker.success()
         return result
 

@@ -16,6 +16,8 @@ from typing import Any
 
 import orjson
 
+from service import tracing
+
 request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 # Set by the worker while it runs a job (with request_id_var restored from the job row),
 # so a job's log lines join those of the request that created it.
@@ -41,6 +43,10 @@ class JsonFormatter(logging.Formatter):
         job_id = job_id_var.get()
         if job_id is not None:
             entry["job_id"] = job_id
+        if tracing.enabled:
+            ids = tracing.current_trace_ids()
+            if ids is not None:
+                entry["trace_id"], entry["span_id"] = ids
         for key, value in vars(record).items():
             if key not in _STANDARD_ATTRS and not key.startswith("_") and key != "color_message":
                 entry[key] = value

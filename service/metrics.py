@@ -15,7 +15,7 @@ import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import slo
+from service import slo, tracing
 
 CACHE_REQUESTS = Counter("cache_requests_total", "Item cache lookups by layer and result.", ["layer", "result"])
 RATE_LIMIT_DECISIONS = Counter(
@@ -101,9 +101,14 @@ class HttpMetricsMiddleware:
             raise
         finally:
             active.dec()
+            elapsed = time.perf_counter() - started
             if disconnected and not finished:
                 status = CLIENT_CLOSED
-            HTTP_DURATION.labels(_route(scope), method, str(status or 500)).observe(time.perf_counter() - started)
+            exemplar = None
+            if tracing.enabled:  # FastAPI's server span is current here: its trace id marks the sample
+                sampled = tracing.trace_id()
+                exemplar = {"trace_id": sampled} if sampled else None
+            HTTP_DURATION.labels(_route(scope), method, str(status or 500)).observe(elapsed, exemplar)
 
 
 def _route(scope: Scope) -> str:
@@ -139,7 +144,15 @@ _POSTGRES_CALLS = {verb: DEPENDENCY_CALL_DURATION.labels("postgres", verb) for v
 def _record_query(query: asyncpg.connection.LoggedQuery) -> None:
     words = query.query.lstrip()[:10].split(None, 1)
     verb = words[0].lower() if words else "other"
-    _POSTGRES_CALLS[verb if verb in _SQL_VERBS else "other"].observe(query.elapsed)
+    verb = verb if verb in _SQL_VERBS else "other"
+    _POSTGRES_CALLS[verb].observe(query.elapsed)
+    if tracing.enabled and tracing.recording_parent():  # asyncpg calls us in the statement's context
+        tracing.record_client_span(
+            f"postgres {verb.upper()}",
+            query.elapsed,
+            {"db.system.name": "postgresql", "db.operation.name": verb.upper(), "db.query.text": query.query[:2000]},
+            query.exception,
+        )
 
 
 async def instrument_connection(conn: asyncpg.Connection) -> None:

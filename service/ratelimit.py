@@ -27,6 +27,7 @@ import redis.asyncio as redis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.auth import KeyRing, bearer_token
 from service.config import Rate
 from service.errors import ServiceUnavailable, TooManyRequests
@@ -113,7 +114,10 @@ class RateLimiter:
             try:
                 total = int(await self._count(keys=[key], args=[ttl_seconds, batch.size]))
             finally:
-                _REDIS_CALL.observe(time.perf_counter() - started)
+                elapsed = time.perf_counter() - started
+                _REDIS_CALL.observe(elapsed)
+                if tracing.enabled and tracing.recording_parent():
+                    tracing.record_client_span("redis rate_limit", elapsed, {"db.system.name": "redis"})
             self.breaker.success()
         except (RedisError, OSError) as error:
             self.breaker.failure()

@@ -19,6 +19,7 @@ from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
 from starlette.responses import Response
 
+from service import tracing
 from service.auth import Principal, read_access, require_scope
 from service.errors import Conflict, IdempotencyKeyReused, NotFound
 from service.items.router import require_json_body
@@ -91,9 +92,12 @@ async def create_job(
         )
     # What "the same request" means for an idempotent retry: the same kind and normalised params.
     request_hash = hashlib.sha256(orjson.dumps([kind.name, params], option=orjson.OPT_SORT_KEYS)).hexdigest()
-    traceparent = request.headers.get("traceparent")
-    if traceparent is not None and not _TRACEPARENT.match(traceparent):
-        traceparent = None  # a malformed header starts no trace (W3C Trace Context says: ignore it)
+    # The job continues this request's trace: our span when tracing is on, else the caller's.
+    trace_headers = tracing.inject_current() if tracing.enabled else {}
+    if not trace_headers and _TRACEPARENT.match(request.headers.get("traceparent", "")):
+        # (a malformed header starts no trace: W3C Trace Context says to ignore it)
+        trace_headers = {key: request.headers[key] for key in ("traceparent", "tracestate") if key in request.headers}
+    traceparent = trace_headers.get("traceparent")
     row, created = await repository.enqueue(
         conn,
         repository.NewJob(
@@ -105,7 +109,7 @@ async def create_job(
             request_hash=request_hash,
             request_id=request_id_var.get(),
             traceparent=traceparent,
-            tracestate=request.headers.get("tracestate") if traceparent else None,
+            tracestate=trace_headers.get("tracestate"),
         ),
     )
     if not created and row["request_hash"] != request_hash:

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import asyncpg
 
+from service import tracing
 from service.config import WorkerSettings, load_worker_settings
 from service.logging import configure_logging
 from service.metrics import instrument_connection, instrument_pool, watch_event_loop
@@ -154,7 +155,12 @@ async def run(settings: WorkerSettings) -> None:
 def main() -> None:
     settings = load_worker_settings()
     configure_logging(settings.log_level.value)
-    asyncio.run(run(settings))
+    traced = tracing.configure(settings.service_name)
+    try:
+        asyncio.run(run(settings))
+    finally:
+        if traced:
+            tracing.shutdown()  # flush the last spans
 
 
 if __name__ == "__main__":

@@ -29,6 +29,7 @@ from uuid import UUID
 
 import asyncpg
 
+from service import tracing
 from service.config import WorkerSettings
 from service.db import UNAVAILABLE_ERRORS
 from service.jobs import repository
@@ -43,6 +44,13 @@ PRUNE_EVERY_SECONDS = 60.0
 # Errors that mean "PostgreSQL is away for now": retried, never fatal. Anything else
 # (a missing table: migrations were not run) crashes the loop, and the process exits 1.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (*UNAVAILABLE_ERRORS, asyncpg.InterfaceError)
+
+
+def _trace_headers(claim: repository.Claim) -> dict[str, str]:
+    headers = {"traceparent": claim.traceparent} if claim.traceparent else {}
+    if claim.traceparent and claim.tracestate:
+        headers["tracestate"] = claim.tracestate
+    return headers
 
 
 def retry_delay(attempt: int, base: float, cap: float) -> float:
@@ -115,6 +123,17 @@ class Worker:
     async def _execute(self, claim: repository.Claim, slot: Slot) -> None:
         request_id_var.set(claim.request_id)
         job_id_var.set(str(claim.id))
+        if not tracing.enabled:
+            await self._execute_attempt(claim, slot)
+            return
+        span, token = tracing.start_job_span(claim.kind, str(claim.id), claim.attempt, _trace_headers(claim))
+        outcome: str | None = None
+        try:
+            outcome = await self._execute_attempt(claim, slot)
+        finally:
+            tracing.end_job_span(span, token, outcome)
+
+    async def _execute_attempt(self, claim: repository.Claim, slot: Slot) -> str | None:
         kind = KINDS.get(claim.kind)
         limit_seconds = self.settings.job_timeout_seconds
         if kind is not None and kind.timeout_seconds is not None:
@@ -148,6 +167,7 @@ class Worker:
             metrics.JOB_DURATION.labels(claim.kind, outcome).observe(elapsed)
             metrics.JOBS_PROCESSED.labels(claim.kind, outcome).inc()
             logger.info("job finished", extra={"kind": claim.kind, "outcome": outcome, "seconds": round(elapsed, 3)})
+        return outcome
 
     async def _attempt(
         self, claim: repository.Claim, slot: Slot, context: JobContext, limit_seconds: float

@@ -1,0 +1,178 @@
+"""Traces over OTLP/HTTP: the API request and the job it enqueued are one trace.
+
+The receiver is a fake (a collector is outside our system): a small HTTP
+server that decodes the OTLP protobuf requests the real SDK exporter sends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import asyncpg
+import httpx
+import pytest
+from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+    ExportTraceServiceRequest,
+    ExportTraceServiceResponse,
+)
+
+from tests.conftest import WRITER
+from tests.e2e.conftest import ApiProcess, WorkerProcess
+
+pytestmark = pytest.mark.e2e
+CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    service: str
+    name: str
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    attributes: dict[str, object]
+
+
+class OtlpReceiver:
+    def __init__(self) -> None:
+        self.spans: list[ReceivedSpan] = []
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                request = ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                for resource_spans in request.resource_spans:
+                    service = next(
+                        a.value.string_value for a in resource_spans.resource.attributes if a.key == "service.name"
+                    )
+                    for scope_spans in resource_spans.scope_spans:
+                        for span in scope_spans.spans:
+                            attributes = {a.key: _value(a.value) for a in span.attributes}
+                            receiver.spans.append(
+                                ReceivedSpan(
+                                    service,
+                                    span.name,
+                                    span.trace_id.hex(),
+                                    span.span_id.hex(),
+                                    span.parent_span_id.hex(),
+                                    attributes,
+                                )
+                            )
+                reply = ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(reply)))
+                self.end_headers()
+                self.wfile.write(reply)
+
+            def log_message(self, *_: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def named(self, name: str) -> list[ReceivedSpan]:
+        return [span for span in self.spans if span.name == name]
+
+
+def _value(value: object) -> object:
+    kind = value.WhichOneof("value")  # type: ignore[attr-defined]
+    return getattr(value, kind) if kind else None
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    otlp = OtlpReceiver()
+    thread = threading.Thread(target=otlp.server.serve_forever, daemon=True)
+    thread.start()
+    yield otlp
+    otlp.server.shutdown()
+    otlp.server.server_close()
+
+
+def wait_for(check: Callable[[], bool], within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+async def test_the_request_span_and_the_job_span_are_one_trace(
+    start_api: Callable[..., ApiProcess],
+    start_worker: Callable[..., WorkerProcess],
+    receiver: OtlpReceiver,
+    db: asyncpg.Connection,
+) -> None:
+    otel = {"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_BSP_SCHEDULE_DELAY": "100"}
+    api = start_api(**otel)
+    worker = start_worker(**otel)
+    caller = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+    async with httpx.AsyncClient(base_url=api.url, headers=WRITER) as http:
+        created = await http.post(
+            "/v1/jobs",
+            json={"kind": "cpu.burn", "params": {"milliseconds": 5}},
+            headers={"traceparent": caller, "X-Request-ID": "traced-1"},
+        )
+        assert created.status_code == 202
+        job_id = created.json()["id"]
+        wait_for(lambda: bool(receiver.named("job cpu.burn") and receiver.named("POST /v1/jobs")), 20, "both spans")
+        metrics = await http.get(
+            f"http://127.0.0.1:{api.env['METRICS_PORT']}/metrics", headers={"Accept": "application/openmetrics-text"}
+        )
+
+    [request] = receiver.named("POST /v1/jobs")
+    [job] = receiver.named("job cpu.burn")
+    assert request.service == "catalog-api"
+    assert job.service == "catalog-worker"
+    # The API continued the caller's trace; the job continued the API's request span.
+    assert request.trace_id == job.trace_id == CALLER_TRACE
+    assert request.parent_span_id == "00f067aa0ba902b7"
+    assert job.parent_span_id == request.span_id
+    assert request.attributes["http.route"] == "/v1/jobs"
+    assert request.attributes["http.response.status_code"] == 202
+    assert job.attributes["job.id"] == job_id
+    assert job.attributes["job.outcome"] == "succeeded"
+    # PostgreSQL statements are child spans, on both sides.
+    children = {span.name for span in receiver.spans if span.parent_span_id == request.span_id}
+    assert "postgres INSERT" in children
+    worker_children = {span.name for span in receiver.spans if span.parent_span_id == job.span_id}
+    assert "postgres WITH" in worker_children  # the token-guarded completion
+
+    # The trace id is on the log lines of both sides, and an exemplar on the latency histogram.
+    api_lines = [line for line in api.logs() if line.get("request_id") == "traced-1"]
+    assert api_lines
+    assert {line["trace_id"] for line in api_lines} == {CALLER_TRACE}
+    finished = [line for line in worker.logs() if line["msg"] == "job finished"]
+    assert finished[0]["trace_id"] == CALLER_TRACE
+    assert finished[0]["request_id"] == "traced-1"
+    exemplars = re.findall(
+        r'^http_server_request_duration_seconds_bucket\{[^}]*http_route="/v1/jobs"[^}]*\} \S+ # \{trace_id="(\w+)"\}',
+        metrics.text,
+        re.M,
+    )
+    assert CALLER_TRACE in exemplars
+
+
+async def test_without_an_endpoint_nothing_is_exported_and_logs_carry_no_trace_id(
+    start_api: Callable[..., ApiProcess], receiver: OtlpReceiver, db: asyncpg.Connection
+) -> None:
+    api = start_api()
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        response = await http.get("/v1/items/1", headers={"traceparent": f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"})
+        assert response.status_code == 404
+    await asyncio.sleep(0.5)
+    assert receiver.spans == []
+    assert all("trace_id" not in line for line in api.logs())
+
+
+def test_an_unsupported_otlp_protocol_stops_startup_with_one_line(start_api: Callable[..., ApiProcess]) -> None:
+    with pytest.raises(RuntimeError, match="OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported"):
+        start_api(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
