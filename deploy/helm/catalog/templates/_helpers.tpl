@@ -165,3 +165,15 @@ release: {{ .Values.monitoring.release | quote }}
 {{ toYaml . }}
 {{- end }}
 {{- end }}
+
+{{/*
+checkov findings this chart declines, each with its reason (checkov reads
+checkov.io/skipN annotations). tests/deploy/test_chart_checkov.py fails on any
+other finding.
+*/}}
+{{- define "catalog.checkovSkips" -}}
+checkov.io/skip1: CKV_K8S_11=No CPU limit by default on purpose - CFS quotas throttle the single event loop and turn bursts into tail latency; the CPU request reserves capacity (see values.yaml api.resources)
+checkov.io/skip2: CKV_K8S_15=Tags are fixed (moving tags are refused by the chart) or digests, so IfNotPresent cannot run stale code and avoids a registry dependency on every restart
+checkov.io/skip3: CKV_K8S_35=The service reads settings from environment variables only (service/config.py); the Secret is injected with envFrom and never logged
+checkov.io/skip4: CKV_K8S_43=image.digest pins by digest when set; otherwise a fixed tag is required and moving tags are refused
+{{- end }}
