@@ -6,7 +6,7 @@
 #   make bench   benchmarks under bench/, results in bench/results/
 #   make tools   helm (v4, or a v3.14+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
-#   make chart   lint and render the Helm chart (deploy/helm/catalog) with every ci/ scenario
+#   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
@@ -43,7 +43,7 @@ chart-sync:
 	@echo "chart-sync: $$(ls $(CHART)/files/prometheus/rules | wc -l) rule file(s), $$(ls $(CHART)/files/grafana/dashboards | wc -l) dashboard(s)"
 
 chart: tools
-	$(UV) run pytest tests/deploy -q -k chart
+	$(UV) run pytest tests/deploy -q
 
 test: lint tools
 	$(UV) run pytest

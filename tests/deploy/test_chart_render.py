@@ -15,10 +15,13 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from tests.conftest import ROOT
 from tests.deploy.chart import CHART, KUBERNETES_VERSIONS, SCENARIOS, Manifest, helm, render
 
 SCENARIO_IDS = [path.name for path in SCENARIOS]
 CRD_SCHEMA_DIR = Path(os.environ.get("CRD_SCHEMA_DIR", "/work/shared/schemas/crds"))
+# The values the README's kind walkthrough installs with.
+KIND_VALUES = ROOT / "deploy" / "kind" / "catalog-values.yaml"
 CORE_GROUPS = ("v1", "apps/", "batch/", "policy/", "autoscaling/", "networking.k8s.io/")
 
 
@@ -41,6 +44,7 @@ def test_lint_strict_with_scenario(scenario: Path) -> None:
 def _all_renders() -> list[tuple[str, tuple[Manifest, ...]]]:
     renders = [("defaults", render().objects)]
     renders += [(path.name, render([path]).objects) for path in SCENARIOS]
+    renders.append((KIND_VALUES.name, render([KIND_VALUES]).objects))
     return renders
 
 
