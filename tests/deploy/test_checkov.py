@@ -22,7 +22,8 @@ from tests.conftest import ROOT
 from tests.deploy.chart import SCENARIOS, template
 
 CHECKOV = "checkov==3.3.30"
-UV = shutil.which("uv") or str(ROOT / ".tools" / "uv" / "bin" / "uv")
+# `uv run` exports UV; otherwise the uv on PATH or the one make install put in .tools.
+UV = os.environ.get("UV") or shutil.which("uv") or str(ROOT / ".tools" / "uv" / "bin" / "uv")
 ALLOWED_CHART_SKIPS = {"CKV_K8S_11", "CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_43"}
 
 

@@ -130,7 +130,7 @@ seccompProfile:
 {{- end }}
 {{- end }}
 
-{{/* Highest replica count a component can reach: (dict "ctx" $ "component" "api"). */}}
+{{/* Highest replica count each component can reach (autoscaling maximum, else the fixed count). */}}
 {{- define "catalog.apiMaxReplicas" -}}
 {{- if .Values.api.autoscaling.enabled }}{{ .Values.api.autoscaling.maxReplicas }}{{ else }}{{ .Values.api.replicas }}{{ end }}
 {{- end }}
