@@ -115,3 +115,15 @@ def test_repository_dashboards_render_one_configmap_each() -> None:
     for board in boards:
         [(file_name, text)] = board["data"].items()
         assert json.loads(text) == json.loads((CHART / "files" / "grafana" / "dashboards" / file_name).read_text())
+
+
+def test_a_broken_rule_file_is_refused_by_name(tmp_path: Path) -> None:
+    chart = tmp_path / "catalog"
+    shutil.copytree(CHART, chart)
+    (chart / "files" / "prometheus" / "rules" / "broken.yaml").write_text("groups: [\n  - name: x\n")
+    result = helm(
+        "template", RELEASE, str(chart), "--api-versions", "monitoring.coreos.com/v1",
+        "--set", "monitoring.rules.enabled=true",
+    )  # fmt: skip
+    assert result.returncode != 0
+    assert "files/prometheus/rules/broken.yaml is not valid YAML" in result.stderr
