@@ -4,7 +4,7 @@
 #   make test    lint + type check + the whole test suite
 #   make lint    ruff (lint and format check) + mypy --strict
 #   make bench   benchmarks under bench/, results in bench/results/
-#   make tools   helm (v4, or a v3.14+/v4 already on PATH) into .tools/bin for the chart tests
+#   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
 #   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
 .DEFAULT_GOAL := help

