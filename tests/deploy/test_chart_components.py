@@ -206,3 +206,46 @@ def test_minimal_scenario_has_fixed_replicas_and_no_worker() -> None:
     assert {obj["metadata"]["name"] for obj in rendered.all("Deployment")} == {name("api")}
     assert "NetworkPolicy" not in rendered.kinds()
     assert "Job" not in rendered.kinds()
+
+
+def _references(pod: Manifest) -> set[tuple[str, str]]:
+    refs: set[tuple[str, str]] = set()
+    if "serviceAccountName" in pod:
+        refs.add(("ServiceAccount", pod["serviceAccountName"]))
+    for c in pod["containers"] + pod.get("initContainers", []):
+        for source in c.get("envFrom", []):
+            if "secretRef" in source:
+                refs.add(("Secret", source["secretRef"]["name"]))
+            if "configMapRef" in source:
+                refs.add(("ConfigMap", source["configMapRef"]["name"]))
+        for variable in c.get("env", []):
+            for kind, key in (("Secret", "secretKeyRef"), ("ConfigMap", "configMapKeyRef")):
+                if key in variable.get("valueFrom", {}):
+                    refs.add((kind, variable["valueFrom"][key]["name"]))
+    for volume in pod.get("volumes", []):
+        if "secret" in volume:
+            refs.add(("Secret", volume["secret"]["secretName"]))
+        if "configMap" in volume:
+            refs.add(("ConfigMap", volume["configMap"]["name"]))
+    return refs
+
+
+def test_hooks_only_reference_what_exists_before_the_release() -> None:
+    """A pre-install hook runs before the release's own objects exist: it may use
+    hook objects with a lower weight, or objects the user brings, nothing else."""
+    for values in ([], *[[path] for path in sorted(CI.glob("*-values.yaml"))]):
+        rendered = render(values)
+        release_objects = {
+            (obj["kind"], obj["metadata"]["name"])
+            for obj in rendered.objects
+            if "helm.sh/hook" not in obj["metadata"].get("annotations", {})
+        }
+        for job in rendered.all("Job"):
+            weight = int(job["metadata"]["annotations"].get("helm.sh/hook-weight", "0"))
+            for ref in _references(pod_spec(job)):
+                assert ref not in release_objects, f"{job['metadata']['name']} needs {ref}, created after the hook"
+                hooks = [o for o in rendered.all(ref[0]) if o["metadata"]["name"] == ref[1]]
+                for hook in hooks:
+                    assert int(hook["metadata"]["annotations"]["helm.sh/hook-weight"]) < weight, ref
+    brought = render(set_values={"serviceAccount.create": False, "serviceAccount.name": "mine"})
+    assert pod_spec(brought.get("Job", name("migrations")))["serviceAccountName"] == "mine"
