@@ -138,6 +138,9 @@ def test_httproute_timeouts_follow_the_chain() -> None:
     assert int(rule["timeouts"]["request"].rstrip("s")) >= 30
     assert route["spec"]["parentRefs"][0]["name"] == "public"
     assert "Ingress" not in rendered.kinds()
+    without = render(set_values={"httpRoute.enabled": True})
+    [plain_rule] = without.get("HTTPRoute", name("api"))["spec"]["rules"]
+    assert "timeouts" not in plain_rule, "off by default: NGINX Gateway Fabric does not implement them"
 
 
 def _ports(rule: Manifest) -> set[object]:
