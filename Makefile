@@ -5,11 +5,14 @@
 #   make lint    ruff (lint and format check) + mypy --strict
 #   make bench   benchmarks under bench/, results in bench/results/
 #   make monitoring  regenerate Prometheus rules, their promtool tests and the Grafana dashboards from service/slo.toml
+#   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
+#   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
+#   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install test lint format up down status clean bench monitoring
+.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -26,7 +29,24 @@ format: install
 	$(UV) run ruff format .
 	$(UV) run ruff check --fix .
 
-test: lint
+tools: install
+	@bash deploy/local/tools.sh >/dev/null
+
+# Helm reads nothing outside the chart directory, so the generated rule files and
+# dashboards are copied in; tests/deploy/test_chart_monitoring.py fails on drift.
+CHART := deploy/helm/catalog
+chart-sync:
+	@rm -rf $(CHART)/files/prometheus/rules $(CHART)/files/grafana/dashboards
+	@mkdir -p $(CHART)/files/prometheus/rules $(CHART)/files/grafana/dashboards
+	@for f in monitoring/prometheus/rules/*.yaml; do [ -e "$$f" ] && cp "$$f" $(CHART)/files/prometheus/rules/; done; true
+	@for f in monitoring/grafana/dashboards/*.json; do [ -e "$$f" ] && cp "$$f" $(CHART)/files/grafana/dashboards/; done; true
+	@touch $(CHART)/files/prometheus/rules/.keep $(CHART)/files/grafana/dashboards/.keep
+	@echo "chart-sync: $$(ls $(CHART)/files/prometheus/rules | wc -l) rule file(s), $$(ls $(CHART)/files/grafana/dashboards | wc -l) dashboard(s)"
+
+chart: tools
+	$(UV) run pytest tests/deploy -q
+
+test: lint tools
 	$(UV) run pytest
 
 up: install

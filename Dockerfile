@@ -1,0 +1,48 @@
+# One image for the API (gunicorn, the default command), the worker
+# (`python -m service.worker`) and migrations (`python -m service.migrate`);
+# the Helm chart picks the command per Deployment/Job.
+#
+#   docker build -t catalog:dev .
+#
+# Both stages use the same pinned base (change both lines together) so the
+# virtualenv's interpreter path (/usr/local/bin/python3) is valid in the final stage.
+
+# uv, pinned to the version deploy/local/bootstrap.sh installs.
+FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+
+FROM python:3.12.11-slim-bookworm AS build
+COPY --from=uv /uv /usr/local/bin/uv
+# Compile bytecode at build time (the runtime filesystem is read-only);
+# copy rather than hardlink out of uv's cache; never fetch another Python.
+ENV UV_COMPILE_BYTECODE=1 \
+    UV_LINK_MODE=copy \
+    UV_PYTHON_DOWNLOADS=never \
+    UV_PROJECT_ENVIRONMENT=/app/.venv
+WORKDIR /app
+# Dependencies first: this layer is reused until pyproject.toml or uv.lock change.
+COPY pyproject.toml uv.lock ./
+RUN --mount=type=cache,target=/root/.cache/uv \
+    uv sync --frozen --no-dev --no-install-project
+COPY service ./service
+RUN python -m compileall -q service
+
+FROM python:3.12.11-slim-bookworm
+# No .pyc writes at runtime (they were compiled above), and logs leave unbuffered.
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
+    PATH=/app/.venv/bin:$PATH
+# A fixed uid/gid so the pod's runAsUser and file ownership agree everywhere.
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app
+WORKDIR /app
+# Code and packages stay owned by root: the app cannot modify itself.
+COPY --from=build /app/.venv /app/.venv
+COPY --from=build /app/service /app/service
+USER 10001:10001
+EXPOSE 8000 9464
+# Kubernetes probes the three health endpoints itself, and the worker has no
+# port 8000, so an image-level check would be wrong for one of the two.
+# checkov:skip=CKV_DOCKER_2: Kubernetes probes (startup/readiness/liveness) replace HEALTHCHECK, which Kubernetes ignores
+# Exec form: gunicorn is PID 1 and receives SIGTERM itself.
+CMD ["gunicorn", "-c", "python:service.gunicorn_conf"]

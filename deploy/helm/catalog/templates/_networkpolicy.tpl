@@ -1,0 +1,27 @@
+{{/* Egress rules shared by the NetworkPolicies: (dict "ctx" $ "redis" true|false). */}}
+{{- define "catalog.egressRules" -}}
+{{- $np := .ctx.Values.networkPolicy -}}
+- to:
+    {{- toYaml $np.dnsPeers | nindent 4 }}
+  ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+- ports:
+    - port: {{ .ctx.Values.database.port }}
+      protocol: TCP
+  {{- with $np.databasePeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- if .redis }}
+- ports:
+    - port: {{ .ctx.Values.redis.port }}
+      protocol: TCP
+  {{- with $np.redisPeers }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+{{- end }}
+{{- end }}
