@@ -48,10 +48,14 @@ def test_worker_has_its_own_resources_longer_grace_and_pdb() -> None:
 
 def test_worker_concurrency_follows_the_cpu_request() -> None:
     assert env(worker(), "worker")["WORKER_CONCURRENCY"] == "1"
+    budget = {"database.connectionBudget": 200}  # more slots per worker pod: more connections
     for cpu, expected in (("2500m", "3"), ("3", "3"), ("250m", "1")):
-        rendered = render(set_values={"worker.resources.requests.cpu": cpu})
-        assert env(rendered.get("Deployment", name("worker")), "worker")["WORKER_CONCURRENCY"] == expected, cpu
-    explicit = render(set_values={"worker.concurrency": 5})
+        rendered = render(set_values={"worker.resources.requests.cpu": cpu, **budget})
+        worker_env = env(rendered.get("Deployment", name("worker")), "worker")
+        assert worker_env["WORKER_CONCURRENCY"] == expected, cpu
+        # Its own pool: a connection per slot + 3, not the API's DB_POOL_MAX_SIZE from the ConfigMap.
+        assert worker_env["DB_POOL_MAX_SIZE"] == str(int(expected) + 3), cpu
+    explicit = render(set_values={"worker.concurrency": 5, **budget})
     assert env(explicit.get("Deployment", name("worker")), "worker")["WORKER_CONCURRENCY"] == "5"
 
 

@@ -54,21 +54,21 @@ GUARDS: dict[str, tuple[Values, list[str], Values]] = {
         ["settings.keepaliveSeconds (60)", "proxy.upstreamKeepaliveTimeoutSeconds (60)"],
         {"settings.keepaliveSeconds": 61},
     ),
-    # Defaults: api (6 max + 1 surge) x 10 + worker (4 max + 1 surge) x 3 + 1 migration = 86.
+    # Defaults: api (6 max + 1 surge) x 10 + worker (4 max + 1 surge) x (1 slot + 4) + 1 migration = 96.
     "connections above the database budget": (
-        {"database.connectionBudget": 85},
-        ["database.connectionBudget (85)", "settings.dbPoolMaxSize (10)", "= 86"],
-        {"database.connectionBudget": 86},
+        {"database.connectionBudget": 95},
+        ["database.connectionBudget (95)", "settings.dbPoolMaxSize (10)", "= 96"],
+        {"database.connectionBudget": 96},
     ),
     "connections with a bigger pool": (
         {"settings.dbPoolMaxSize": 20},
-        ["database.connectionBudget (100)", "settings.dbPoolMaxSize (20)", "= 156"],
-        {"settings.dbPoolMaxSize": 12},
+        ["database.connectionBudget (100)", "settings.dbPoolMaxSize (20)", "= 166"],
+        {"settings.dbPoolMaxSize": 10},
     ),
     "connections when KEDA may add many workers": (
         {"worker.keda.enabled": True, "worker.keda.maxReplicas": 30},
-        ["worker max replicas + surge (31)", "worker.databaseConnectionsPerPod (3)"],
-        {"worker.keda.enabled": True, "worker.keda.maxReplicas": 8},
+        ["worker max replicas + surge (31)", "connections per worker pod (5: WORKER_CONCURRENCY + 4)"],
+        {"worker.keda.enabled": True, "worker.keda.maxReplicas": 4},
     ),
     "ingress and route together": (
         {"ingress.enabled": True, "httpRoute.enabled": True},

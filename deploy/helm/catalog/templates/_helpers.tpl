@@ -81,6 +81,8 @@ SHUTDOWN_DRAIN_SECONDS: {{ .Values.settings.shutdownDrainSeconds | toString | qu
 GRACEFUL_TIMEOUT_SECONDS: {{ .Values.settings.gracefulTimeoutSeconds | toString | quote }}
 MAX_BODY_BYTES: {{ .Values.settings.maxBodyBytes | int64 | toString | quote }}
 TRUSTED_PROXIES: {{ .Values.settings.trustedProxies | quote }}
+{{- /* The API stamps it on each job it enqueues; the worker enforces what the job carries. */}}
+JOB_MAX_ATTEMPTS: {{ .Values.worker.jobMaxAttempts | toString | quote }}
 {{- range $name, $value := .Values.settings.extraEnv }}
 {{ $name }}: {{ $value | toString | quote }}
 {{- end }}
@@ -88,7 +90,7 @@ TRUSTED_PROXIES: {{ .Values.settings.trustedProxies | quote }}
 
 {{/* Rolls the pods when settings or secrets given as values change. */}}
 {{- define "catalog.configChecksum" -}}
-{{- list .Values.settings .Values.secrets | toJson | sha256sum }}
+{{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts | toJson | sha256sum }}
 {{- end }}
 
 {{/* Pod-level security context: Pod Security Standard "restricted". */}}
