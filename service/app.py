@@ -120,7 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url=None,
-        telemetry=tracing.telemetry_options(PROBE_PATHS),  # type: ignore[arg-type]
+        telemetry=tracing.FASTAPI_TELEMETRY_OFF,  # type: ignore[arg-type]  # our middleware traces
     )
     app.state.lifecycle = lifecycle
     install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)

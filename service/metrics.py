@@ -97,7 +97,7 @@ class HttpMetricsMiddleware:
         except Exception as error:
             if not finished:
                 status = 500  # what the client gets (or a cut-off stream) from the layer above
-            HTTP_EXCEPTIONS.labels(_route(scope), type(error).__name__).inc()
+            HTTP_EXCEPTIONS.labels(route_template(scope), type(error).__name__).inc()
             raise
         finally:
             active.dec()
@@ -105,13 +105,13 @@ class HttpMetricsMiddleware:
             if disconnected and not finished:
                 status = CLIENT_CLOSED
             exemplar = None
-            if tracing.enabled:  # FastAPI's server span is current here: its trace id marks the sample
+            if tracing.enabled:  # the request's span (RequestContextMiddleware) is current here
                 sampled = tracing.trace_id()
-                exemplar = {"trace_id": sampled} if sampled else None
-            HTTP_DURATION.labels(_route(scope), method, str(status or 500)).observe(elapsed, exemplar)
+                exemplar = {"trace_id": sampled} if sampled else None  # links this sample to its trace
+            HTTP_DURATION.labels(route_template(scope), method, str(status or 500)).observe(elapsed, exemplar)
 
 
-def _route(scope: Scope) -> str:
+def route_template(scope: Scope) -> str:
     route = scope.get("route")
     template = getattr(route, "path_format", None)
     return template if isinstance(template, str) else UNMATCHED

@@ -22,9 +22,11 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import tracing
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceUnavailable, problem_response
 from service.logging import request_id_var
+from service.metrics import route_template
 
 access_logger = logging.getLogger("service.access")
 logger = logging.getLogger(__name__)
@@ -63,6 +65,10 @@ class RequestContextMiddleware:
         added = [(b"x-request-id", request_id.encode()), *self.response_headers]
         status = 0
         started = time.perf_counter()
+        # The request's span: opened here so every layer and the access line below are inside it.
+        span = span_token = None
+        if tracing.enabled and scope["path"] not in PROBE_PATHS:
+            span, span_token = tracing.start_request_span(scope["headers"], scope["method"])
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -94,6 +100,8 @@ class RequestContextMiddleware:
                         "principal": scope.get("principal"),
                     },
                 )
+            if span is not None:
+                tracing.end_request_span(span, span_token, route_template(scope), status or 500, scope["path"])
             request_id_var.reset(token)
 
 

@@ -9,8 +9,8 @@ resource attributes, batch sizes and exporter headers/timeouts are the SDK's
 own `OTEL_*` variables (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
 `OTEL_TRACES_SAMPLER_ARG=0.1`, `OTEL_RESOURCE_ATTRIBUTES`, ...).
 
-Spans: one per HTTP request (FastAPI's own, from its native OpenTelemetry
-support: see `telemetry_options`; probes excluded), one per PostgreSQL
+Spans: one per HTTP request (opened by service.middleware's RequestContext,
+probes excluded; unsampled requests cost little), one per PostgreSQL
 statement (from asyncpg's query logger, with the real start and end), one
 per Redis call, and one per job attempt in the worker, continuing the trace
 of the request that enqueued the job (its `traceparent` is stored on the job
@@ -37,24 +37,14 @@ TRACER: Final = trace.get_tracer("catalog-service")
 enabled = False
 _provider: object | None = None
 _TRUE = frozenset({"true", "1", "yes", "on"})
+_TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
-def telemetry_options(excluded_paths: frozenset[str]) -> dict[str, object]:
-    """FastAPI's native telemetry: its server span per request, nothing else.
-
-    It is active only while an SDK provider is installed (`configure`). Our
-    Prometheus middleware does the metrics and our formatter the logs; per-step
-    spans (dependencies, endpoint) are left off to keep traces and their cost
-    to what an operator reads: the request, its queries and Redis calls.
-    """
-    return {
-        "tracing": True,
-        "metrics": False,
-        "logs": False,
-        "operation_spans": False,
-        "auto_configure": False,
-        "exclude": lambda scope: scope.get("path") in excluded_paths,
-    }
+# FastAPI's native OpenTelemetry support stays off: its per-request wrapper cost about a
+# quarter of our throughput even at 1 % sampling (bench/results/observability_overhead.md);
+# our request middleware opens the server span instead, for a fraction of that.
+FASTAPI_TELEMETRY_OFF: Final = {"tracing": False, "metrics": False, "logs": False, "operation_spans": False}
 
 
 def configure(service_name: str) -> bool:
@@ -141,6 +131,30 @@ def inject_current() -> dict[str, str]:
 
 def extract(headers: Mapping[str, str]) -> Context:
     return propagate.extract(headers)
+
+
+def start_request_span(headers: list[tuple[bytes, bytes]], method: str) -> tuple[Span, object]:
+    """The server span of one request, continuing the caller's `traceparent`; made current."""
+    carrier = {name.decode(): value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS}
+    span = TRACER.start_span(method, context=propagate.extract(carrier) if carrier else None, kind=SpanKind.SERVER)
+    return span, otel_context.attach(trace.set_span_in_context(span))
+
+
+def end_request_span(span: Span, token: object, route: str, status: int, path: str) -> None:
+    if span.is_recording():
+        span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
+        span.set_attributes(
+            {
+                "http.request.method": span.name.split(" ", 1)[0],  # type: ignore[attr-defined]
+                "http.route": route,
+                "url.path": path,
+                "http.response.status_code": status,
+            }
+        )
+        if status >= 500:
+            span.set_status(Status(StatusCode.ERROR))
+    span.end()
+    otel_context.detach(token)  # type: ignore[arg-type]
 
 
 def start_job_span(kind: str, job_id: str, attempt: int, headers: Mapping[str, str]) -> tuple[Span, object]:

@@ -176,6 +176,19 @@ def test_network_policy_egress_is_dns_postgres_and_redis_only() -> None:
     assert [_ports(rule) for rule in worker_policy["spec"]["ingress"]] == [{"metrics"}]
 
 
+def test_extra_egress_reaches_a_collector_from_the_api_and_the_worker() -> None:
+    collector = {"to": [{"podSelector": {"matchLabels": {"app": "otel-collector"}}}], "ports": [{"port": 4318}]}
+    rendered = render(
+        set_values={
+            "networkPolicy.extraEgress[0].to[0].podSelector.matchLabels.app": "otel-collector",
+            "networkPolicy.extraEgress[0].ports[0].port": 4318,
+        }
+    )
+    for component in ("api", "worker"):
+        egress = rendered.get("NetworkPolicy", name(component))["spec"]["egress"]
+        assert egress[-1] == collector, component
+
+
 def test_monitoring_objects_need_values_and_crds() -> None:
     monitoring_kinds = {"ServiceMonitor", "PodMonitor"}
     assert not monitoring_kinds & defaults().kinds(), "off by default"

@@ -94,17 +94,22 @@ def test_nginx_answers_its_own_errors_as_problems(stack: dict[str, str]) -> None
     assert response.headers["x-request-id"]
 
 
-def test_prometheus_scrapes_both_pods(stack: dict[str, str]) -> None:
+def test_prometheus_scrapes_both_pods_and_the_worker_and_loads_the_rules(stack: dict[str, str]) -> None:
     prometheus = f"http://127.0.0.1:{stack['PROMETHEUS_PORT']}"
     deadline = time.monotonic() + 30
     with httpx.Client(base_url=prometheus) as http:
         while True:
             targets = http.get("/api/v1/targets").json()["data"]["activeTargets"]
             healthy = sorted(t["labels"]["pod"] for t in targets if t["health"] == "up")
-            if healthy == ["api-1", "api-2"] or time.monotonic() > deadline:
+            if healthy == ["api-1", "api-2", "worker-1"] or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
-        assert healthy == ["api-1", "api-2"], targets
+        assert healthy == ["api-1", "api-2", "worker-1"], targets
+        jobs = {t["labels"]["pod"]: t["labels"]["job"] for t in targets}
+        assert jobs == {"api-1": "catalog-api", "api-2": "catalog-api", "worker-1": "catalog-worker"}
+        groups = http.get("/api/v1/rules").json()["data"]["groups"]
+        alerts = {rule["name"] for group in groups for rule in group["rules"] if rule["type"] == "alerting"}
+        assert {"CatalogApiErrorRateHigh", "CatalogWorkerJobsDead", "CatalogApiDown"} <= alerts
         query = http.get("/api/v1/query", params={"query": 'sum(db_pool_connections{state="max"})'}).json()
         assert query["status"] == "success"
         assert float(query["data"]["result"][0]["value"][1]) == 20  # two pods, DB_POOL_MAX_SIZE 10 each

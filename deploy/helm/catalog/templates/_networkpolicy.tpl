@@ -24,4 +24,7 @@
     {{- toYaml . | nindent 4 }}
   {{- end }}
 {{- end }}
+{{- with $np.extraEgress }}
+{{ toYaml . }}
+{{- end }}
 {{- end }}
