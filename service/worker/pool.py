@@ -144,10 +144,16 @@ class Slot:
             if not readable.done():
                 readable.set_result(None)
 
-        loop.add_reader(conn.fileno(), on_readable)
+        fd = conn.fileno()
+        loop.add_reader(fd, on_readable)
         try:
-            async with asyncio.timeout(limit_seconds):
-                await readable
+            try:
+                async with asyncio.timeout(limit_seconds):
+                    await readable
+            finally:
+                # Before the pipe can be closed: the next child's pipe may get the same fd
+                # number, and a stale registration would swallow its readiness.
+                loop.remove_reader(fd)
         except TimeoutError:
             pid = self.pid
             self.stop()
@@ -155,9 +161,6 @@ class Slot:
         except asyncio.CancelledError:
             self.stop()  # nobody wants the result any more: free the CPU now
             raise
-        finally:
-            if not conn.closed:
-                loop.remove_reader(conn.fileno())
         try:
             status, payload = conn.recv()
         except (EOFError, OSError):

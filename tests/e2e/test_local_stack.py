@@ -110,7 +110,9 @@ def test_prometheus_scrapes_both_pods_and_the_worker_and_loads_the_rules(stack: 
         groups = http.get("/api/v1/rules").json()["data"]["groups"]
         alerts = {rule["name"] for group in groups for rule in group["rules"] if rule["type"] == "alerting"}
         assert {"CatalogApiErrorRateHigh", "CatalogWorkerJobsDead", "CatalogApiDown"} <= alerts
-        query = http.get("/api/v1/query", params={"query": 'sum(db_pool_connections{state="max"})'}).json()
+        query = http.get(
+            "/api/v1/query", params={"query": 'sum(db_pool_connections{job="catalog-api", state="max"})'}
+        ).json()
         assert query["status"] == "success"
         assert float(query["data"]["result"][0]["value"][1]) == 20  # two pods, DB_POOL_MAX_SIZE 10 each
 
