@@ -9,7 +9,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import httpx
 import orjson
@@ -21,20 +21,27 @@ from tests.conftest import ROOT, TEST_API_KEYS, TEST_SECRET_KEY, Backends
 pytestmark = pytest.mark.e2e
 
 
-class ApiProcess:
-    """`gunicorn -c python:service.gunicorn_conf` in a subprocess, logging JSON lines to a file."""
+class ServiceProcess:
+    """One of our processes in a subprocess of its own session, logging JSON lines to a file."""
 
-    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+    command: tuple[str, ...] = ()
+    name = "process"
+
+    def __init__(self, env: dict[str, str], logfile: Path, url: str) -> None:
         self.env = env
         self.logfile = logfile
-        self.port = int(env["PORT"])
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = url
         self.process: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> ApiProcess:
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def start(self) -> Self:
         with self.logfile.open("ab") as log:
             self.process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
+                [sys.executable, *self.command],
                 cwd=ROOT,
                 env=self.env,
                 stdout=log,
@@ -43,23 +50,27 @@ class ApiProcess:
             )
         return self
 
-    def wait_ready(self, timeout: float = 30) -> None:
+    def wait_ready(self, timeout: float = 30) -> Self:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited with {self.process.returncode}:\n{self.logfile.read_text()}")
+                raise RuntimeError(f"{self.name} exited with {self.process.returncode}:\n{self.logfile.read_text()}")
             try:
                 if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return
+                    return self
             except httpx.TransportError:
                 pass
-            time.sleep(0.1)
-        raise TimeoutError(f"not ready after {timeout} s:\n{self.logfile.read_text()}")
+            time.sleep(0.05)
+        raise TimeoutError(f"{self.name} not ready after {timeout} s:\n{self.logfile.read_text()}")
 
     def signal(self, sig: signal.Signals) -> None:
         assert self.process is not None
         self.process.send_signal(sig)
+
+    def wait(self, timeout: float) -> int:
+        assert self.process is not None
+        return self.process.wait(timeout=timeout)
 
     def logs(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.logfile.read_bytes().splitlines() if line.startswith(b"{")]
@@ -70,8 +81,19 @@ class ApiProcess:
             try:
                 self.process.wait(timeout=15)
             except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)  # the master and its worker
+                os.killpg(self.process.pid, signal.SIGKILL)  # the process and its children
                 self.process.wait()
+
+
+class ApiProcess(ServiceProcess):
+    """`gunicorn -c python:service.gunicorn_conf`, started the way a pod starts it."""
+
+    command = ("-m", "gunicorn", "-c", "python:service.gunicorn_conf")
+    name = "gunicorn"
+
+    def __init__(self, env: dict[str, str], logfile: Path) -> None:
+        super().__init__(env, logfile, f"http://127.0.0.1:{env['PORT']}")
+        self.port = int(env["PORT"])
 
 
 def api_env(backends: Backends, **overrides: str) -> dict[str, str]:
@@ -107,64 +129,14 @@ def start_api(backends: Backends, tmp_path: Path) -> Iterator[Callable[..., ApiP
         api.stop()
 
 
-class WorkerProcess:
-    """`python -m service.worker` in a subprocess, logging JSON lines to a file."""
+class WorkerProcess(ServiceProcess):
+    """`python -m service.worker`; its probes and metrics share METRICS_PORT."""
+
+    command = ("-m", "service.worker")
+    name = "worker"
 
     def __init__(self, env: dict[str, str], logfile: Path) -> None:
-        self.env = env
-        self.logfile = logfile
-        self.url = f"http://127.0.0.1:{env['METRICS_PORT']}"
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> WorkerProcess:
-        with self.logfile.open("ab") as log:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "service.worker"],
-                cwd=ROOT,
-                env=self.env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        return self
-
-    def wait_ready(self, timeout: float = 30) -> WorkerProcess:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.process is not None
-            if self.process.poll() is not None:
-                raise RuntimeError(f"worker exited with {self.process.returncode}:\n{self.logfile.read_text()}")
-            try:
-                if httpx.get(f"{self.url}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            time.sleep(0.05)
-        raise TimeoutError(f"worker not ready after {timeout} s:\n{self.logfile.read_text()}")
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-
-    def wait(self, timeout: float) -> int:
-        assert self.process is not None
-        return self.process.wait(timeout=timeout)
-
-    def logs(self) -> list[dict[str, Any]]:
-        return [orjson.loads(line) for line in self.logfile.read_bytes().splitlines() if line.startswith(b"{")]
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        super().__init__(env, logfile, f"http://127.0.0.1:{env['METRICS_PORT']}")
 
 
 def worker_env(backends: Backends, **overrides: str) -> dict[str, str]:
