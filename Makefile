@@ -1,5 +1,5 @@
 # The gates, the same ones CI runs (.ci/run calls `make test`).
-#   make up      start the whole system locally (nginx -> 2 API pods, PostgreSQL, Redis, Prometheus) and return
+#   make up      start the whole system locally (nginx -> 2 API pods, a job worker, PostgreSQL, Redis, Prometheus)
 #   make down    stop it (data stays in .run/; `make clean` removes it)
 #   make test    lint + type check + the whole test suite
 #   make lint    ruff (lint and format check) + mypy --strict
