@@ -27,7 +27,6 @@ from typing import Final
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from service.config import ConfigurationError
@@ -127,10 +126,6 @@ def inject_current() -> dict[str, str]:
     carrier: dict[str, str] = {}
     propagate.inject(carrier)
     return carrier
-
-
-def extract(headers: Mapping[str, str]) -> Context:
-    return propagate.extract(headers)
 
 
 def start_request_span(headers: list[tuple[bytes, bytes]], method: str) -> tuple[Span, object]:

@@ -1,8 +1,8 @@
 """The worker's one HTTP port: probes and metrics, never reachable through the ingress.
 
 - `/livez`: the event loop answers and the claim loop has not crashed;
-- `/readyz`: PostgreSQL answers within READINESS_TIMEOUT... of the worker
-  (DB_CONNECT_TIMEOUT_SECONDS), 503 once shutdown began;
+- `/readyz`: PostgreSQL answers within DB_CONNECT_TIMEOUT_SECONDS; 503 once
+  shutdown began;
 - `/startupz`: the worker finished starting (pools open, children forked);
 - `/metrics`: Prometheus exposition, OpenMetrics when the scraper asks for it.
 
