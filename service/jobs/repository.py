@@ -172,8 +172,6 @@ async def claim(conn: Connection, worker: str, limit: int, lease_seconds: float)
 
 async def renew(conn: Connection, leases: list[tuple[UUID, UUID]], lease_seconds: float) -> set[UUID]:
     """Extend the leases still held; return the ids of the jobs whose lease held."""
-    if not leases:
-        return set()
     rows = await conn.fetch(
         """
         UPDATE jobs AS j SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)

@@ -241,6 +241,8 @@ class Worker:
         while True:
             await asyncio.sleep(interval)
             leases = [(job_id, entry.claim.lease_token) for job_id, entry in self.running.items()]
+            if not leases:
+                continue  # idle: no connection borrowed, no statement sent
             held = await self._db("renew", self._renew, leases)
             if held is None:
                 continue  # the database is unreachable: keep running; completion decides
