@@ -24,6 +24,7 @@ import asyncpg
 import orjson
 
 from service.db import Connection
+from service.jobs.schemas import AttemptOutcome, JobState
 
 CHANNEL: Final = "jobs"  # LISTEN/NOTIFY channel: a wake-up, never the only copy of anything
 _COLUMNS: Final = (
@@ -214,16 +215,16 @@ async def fail(
     claim: Claim,
     worker: str,
     *,
-    outcome: str,
+    outcome: AttemptOutcome,
     error: str,
     detail: str,
     retry_in_seconds: float | None,
-) -> str | None:
+) -> JobState | None:
     """Record a failed attempt: `failed` with the next try at now + retry_in_seconds, or
     `dead` when retry_in_seconds is None or no attempts are left. The job shows `error`
     (one line, for the API); the attempt keeps `detail` (the traceback, for operators).
     Returns the new state, or None when the lease was lost (someone else owns the job now)."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
+    state = await conn.fetchval(
         """
         WITH done AS (
             UPDATE jobs
@@ -250,6 +251,7 @@ async def fail(
         claim.claimed_at,
         detail,
     )
+    return JobState(state) if state is not None else None
 
 
 async def release(conn: Connection, claim: Claim, worker: str) -> bool:
@@ -279,7 +281,7 @@ async def release(conn: Connection, claim: Claim, worker: str) -> bool:
 @dataclass(frozen=True)
 class Reclaimed:
     kind: str
-    state: str  # failed (runnable again) or dead (attempts spent)
+    state: JobState  # failed (runnable again) or dead (attempts spent)
 
 
 async def reclaim_expired(conn: Connection) -> list[Reclaimed]:
@@ -310,7 +312,7 @@ async def reclaim_expired(conn: Connection) -> list[Reclaimed]:
     )
     if rows:
         await conn.execute("SELECT pg_notify($1, 'reclaimed')", CHANNEL)
-    return [Reclaimed(row["kind"], row["state"]) for row in rows]
+    return [Reclaimed(row["kind"], JobState(row["state"])) for row in rows]
 
 
 async def prune(conn: Connection, retention_hours: float, batch: int = 1000) -> int:
