@@ -11,6 +11,12 @@ The queue's guarantees live here, in SQL:
   result: a job that ran twice stores one (also enforced by a unique index);
 - the reaper turns expired leases back into runnable jobs, or `dead` ones once
   their attempts are spent.
+
+Why not pgqueuer, which has LISTEN/NOTIFY, retries, a held/dead state and
+heartbeat re-pick: its jobs are async functions in the worker's event loop (no
+child process a timeout can kill), a re-pick after a lost heartbeat does not
+count an attempt, and completion is not tied to the lease holder, which are
+the three guarantees above and in service/worker/.
 """
 
 from __future__ import annotations
