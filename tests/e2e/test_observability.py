@@ -32,8 +32,10 @@ import pytest
 import servers
 
 from monitoring import queries
-from tests.conftest import ROOT, WRITER, Backends, TableLock
-from tests.e2e.conftest import ApiProcess, WorkerProcess
+from tests.fixtures.backends import Backends, TableLock
+from tests.fixtures.keys import WRITER
+from tests.fixtures.paths import ROOT
+from tests.fixtures.processes import ApiProcess, WorkerProcess
 
 pytestmark = pytest.mark.e2e
 ITEMS = 300

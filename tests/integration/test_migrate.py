@@ -11,7 +11,7 @@ import asyncpg
 import pytest
 
 from service import migrate as migrations
-from tests.conftest import Backends
+from tests.fixtures.backends import Backends
 
 
 @pytest.fixture
