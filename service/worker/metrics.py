@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics (names from ../shared DESIGN.md), served on its METRICS_PORT.
+"""The worker's Prometheus metrics (names: docs/architecture.md, "Metrics"), served on its METRICS_PORT.
 
 The gauges sampled from the jobs table (depth, dead) read the same on every
 worker: aggregate them with `max`, not `sum`. Counters and histograms are per
