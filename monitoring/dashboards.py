@@ -76,6 +76,29 @@ class Board:
             self._newline()
         return panel
 
+    def _panel(
+        self,
+        kind: str,
+        title: str,
+        *,
+        description: str,
+        targets: list[Json],
+        defaults: Json,
+        options: Json,
+        size: tuple[int, int],
+    ) -> Json:
+        """One panel of `kind`: the fields every panel has, in Grafana's order."""
+        panel = {
+            "type": kind,
+            "title": title,
+            "description": description,
+            "datasource": DATASOURCE,
+            "targets": _ref_ids(targets),
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": options,
+        }
+        return self._add(panel, *size)
+
     def timeseries(
         self,
         title: str,
@@ -97,21 +120,18 @@ class Board:
         defaults: Json = {"unit": unit, "custom": custom, "thresholds": steps or thresholds()}
         if minimum is not None:
             defaults["min"] = minimum
-        return self._add(
-            {
-                "type": "timeseries",
-                "title": title,
-                "description": description,
-                "datasource": DATASOURCE,
-                "targets": _ref_ids(targets),
-                "fieldConfig": {"defaults": defaults, "overrides": []},
-                "options": {
-                    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                    "tooltip": {"mode": "multi", "sort": "desc"},
-                },
-            },
-            width,
-            height,
+        options = {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+        return self._panel(
+            "timeseries",
+            title,
+            description=description,
+            targets=targets,
+            defaults=defaults,
+            options=options,
+            size=(width, height),
         )
 
     def stat(
@@ -129,50 +149,43 @@ class Board:
         defaults: Json = {"unit": unit, "thresholds": steps or thresholds(), "color": {"mode": "thresholds"}}
         if decimals is not None:
             defaults["decimals"] = decimals
-        return self._add(
-            {
-                "type": "stat",
-                "title": title,
-                "description": description,
-                "datasource": DATASOURCE,
-                "targets": _ref_ids([target(expr, fmt="time_series")]),
-                "fieldConfig": {"defaults": defaults, "overrides": []},
-                "options": {
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "colorMode": "value",
-                    "graphMode": "area",
-                    "textMode": "auto",
-                },
-            },
-            width,
-            height,
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+        }
+        return self._panel(
+            "stat",
+            title,
+            description=description,
+            targets=[target(expr)],
+            defaults=defaults,
+            options=options,
+            size=(width, height),
         )
 
     def heatmap(self, title: str, expr: str, *, description: str = "", width: int = 12, height: int = 8) -> Json:
-        return self._add(
-            {
-                "type": "heatmap",
-                "title": title,
-                "description": description,
-                "datasource": DATASOURCE,
-                "targets": _ref_ids([target(expr, "{{le}}", exemplar=True, fmt="heatmap")]),
-                "fieldConfig": {
-                    "defaults": {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False}}},
-                    "overrides": [],
-                },
-                "options": {
-                    "calculate": False,
-                    "yAxis": {"unit": "s"},
-                    "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
-                    "cellGap": 1,
-                    "exemplars": {"color": "rgba(255,0,255,0.7)"},
-                    "tooltip": {"mode": "single", "yHistogram": True},
-                    "legend": {"show": True},
-                    "rowsFrame": {"layout": "auto"},
-                },
-            },
-            width,
-            height,
+        defaults = {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False}}}
+        options = {
+            "calculate": False,
+            "yAxis": {"unit": "s"},
+            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+            "cellGap": 1,
+            "exemplars": {"color": "rgba(255,0,255,0.7)"},
+            "tooltip": {"mode": "single", "yHistogram": True},
+            "legend": {"show": True},
+            "rowsFrame": {"layout": "auto"},
+        }
+        targets = [target(expr, "{{le}}", exemplar=True, fmt="heatmap")]
+        return self._panel(
+            "heatmap",
+            title,
+            description=description,
+            targets=targets,
+            defaults=defaults,
+            options=options,
+            size=(width, height),
         )
 
     def to_json(self) -> Json:
