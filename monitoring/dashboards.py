@@ -18,15 +18,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from service.slo import Monitoring
+from service.slo import Monitoring, format_duration
 
-from .rules import errors_rate, errors_ratio, format_duration, le, requests_rate, slower_ratio
+from .promql import POOL_ACQUIRE_QUANTILES, panel_queries
 
 SCHEMA_VERSION = 39  # Grafana 10.4
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-RATE = "$__rate_interval"
-API = 'job="$job"'
-WORKER = 'job="$worker_job"'
 
 Json = dict[str, Any]
 
@@ -79,6 +76,29 @@ class Board:
             self._newline()
         return panel
 
+    def _panel(
+        self,
+        kind: str,
+        title: str,
+        *,
+        description: str,
+        targets: list[Json],
+        defaults: Json,
+        options: Json,
+        size: tuple[int, int],
+    ) -> Json:
+        """One panel of `kind`: the fields every panel has, in Grafana's order."""
+        panel = {
+            "type": kind,
+            "title": title,
+            "description": description,
+            "datasource": DATASOURCE,
+            "targets": _ref_ids(targets),
+            "fieldConfig": {"defaults": defaults, "overrides": []},
+            "options": options,
+        }
+        return self._add(panel, *size)
+
     def timeseries(
         self,
         title: str,
@@ -100,21 +120,18 @@ class Board:
         defaults: Json = {"unit": unit, "custom": custom, "thresholds": steps or thresholds()}
         if minimum is not None:
             defaults["min"] = minimum
-        return self._add(
-            {
-                "type": "timeseries",
-                "title": title,
-                "description": description,
-                "datasource": DATASOURCE,
-                "targets": _ref_ids(targets),
-                "fieldConfig": {"defaults": defaults, "overrides": []},
-                "options": {
-                    "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
-                    "tooltip": {"mode": "multi", "sort": "desc"},
-                },
-            },
-            width,
-            height,
+        options = {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+        return self._panel(
+            "timeseries",
+            title,
+            description=description,
+            targets=targets,
+            defaults=defaults,
+            options=options,
+            size=(width, height),
         )
 
     def stat(
@@ -132,50 +149,43 @@ class Board:
         defaults: Json = {"unit": unit, "thresholds": steps or thresholds(), "color": {"mode": "thresholds"}}
         if decimals is not None:
             defaults["decimals"] = decimals
-        return self._add(
-            {
-                "type": "stat",
-                "title": title,
-                "description": description,
-                "datasource": DATASOURCE,
-                "targets": _ref_ids([target(expr, fmt="time_series")]),
-                "fieldConfig": {"defaults": defaults, "overrides": []},
-                "options": {
-                    "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
-                    "colorMode": "value",
-                    "graphMode": "area",
-                    "textMode": "auto",
-                },
-            },
-            width,
-            height,
+        options = {
+            "reduceOptions": {"calcs": ["lastNotNull"], "fields": "", "values": False},
+            "colorMode": "value",
+            "graphMode": "area",
+            "textMode": "auto",
+        }
+        return self._panel(
+            "stat",
+            title,
+            description=description,
+            targets=[target(expr)],
+            defaults=defaults,
+            options=options,
+            size=(width, height),
         )
 
     def heatmap(self, title: str, expr: str, *, description: str = "", width: int = 12, height: int = 8) -> Json:
-        return self._add(
-            {
-                "type": "heatmap",
-                "title": title,
-                "description": description,
-                "datasource": DATASOURCE,
-                "targets": _ref_ids([target(expr, "{{le}}", exemplar=True, fmt="heatmap")]),
-                "fieldConfig": {
-                    "defaults": {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False}}},
-                    "overrides": [],
-                },
-                "options": {
-                    "calculate": False,
-                    "yAxis": {"unit": "s"},
-                    "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
-                    "cellGap": 1,
-                    "exemplars": {"color": "rgba(255,0,255,0.7)"},
-                    "tooltip": {"mode": "single", "yHistogram": True},
-                    "legend": {"show": True},
-                    "rowsFrame": {"layout": "auto"},
-                },
-            },
-            width,
-            height,
+        defaults = {"custom": {"hideFrom": {"legend": False, "tooltip": False, "viz": False}}}
+        options = {
+            "calculate": False,
+            "yAxis": {"unit": "s"},
+            "color": {"mode": "scheme", "scheme": "Oranges", "steps": 64},
+            "cellGap": 1,
+            "exemplars": {"color": "rgba(255,0,255,0.7)"},
+            "tooltip": {"mode": "single", "yHistogram": True},
+            "legend": {"show": True},
+            "rowsFrame": {"layout": "auto"},
+        }
+        targets = [target(expr, "{{le}}", exemplar=True, fmt="heatmap")]
+        return self._panel(
+            "heatmap",
+            title,
+            description=description,
+            targets=targets,
+            defaults=defaults,
+            options=options,
+            size=(width, height),
         )
 
     def to_json(self) -> Json:
@@ -251,29 +261,49 @@ def _query(name: str, label: str, query: str) -> Json:
     }
 
 
-def _quantile(q: float, metric: str, selector: str, by: str = "") -> str:
-    labels = f"{by}, le" if by else "le"
-    return f"histogram_quantile({q}, sum by ({labels}) (rate({metric}_bucket{{{selector}}}[{RATE}])))"
+def _percentiles(quantiles: tuple[float, ...]) -> str:
+    return ", ".join(f"P{q * 100:g}" for q in quantiles)
+
+
+def _burn_steps(mon: Monitoring) -> Json:
+    return thresholds(
+        *((rate.factor, "orange" if rate.severity == "warning" else "red") for rate in reversed(mon.burn_rates))
+    )
+
+
+def _up_steps() -> Json:
+    return {"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]}
+
+
+def _factors(mon: Monitoring, severity: str) -> str:
+    return " / ".join(f"{rate.factor:g}" for rate in mon.burn_rates if rate.severity == severity)
+
+
+# --- catalog-slo ---------------------------------------------------------------------------
 
 
 def slo_overview(mon: Monitoring) -> Json:
-    slo = mon.slo
-    short = format_duration(mon.short)
-    window = format_duration(mon.slo_window)
     board = Board(
         "catalog-slo",
         "Catalog / SLO overview",
         "The baselines from service/slo.toml (generated by monitoring/generate.py): orange lines are targets, red lines alert thresholds.",
         [_datasource_variable(), _custom("job", "API job", mon.api_job)],
     )
-    # The window's 5xx ratio from the 5m recording rules, weighted by traffic: cheap to
-    # refresh (one series per job) where rate(...[30d]) over the raw histogram is not.
-    # It covers as much of the window as the recording rules have history for.
-    errors5m, rate5m = f"{errors_rate(short)}{{{API}}}", f"{requests_rate(short)}{{{API}}}"
-    budget_ratio = f"sum_over_time({errors5m}[{window}]) / sum_over_time({rate5m}[{window}])"
+    queries = panel_queries(mon)
+    _slo_stats(board, mon, queries)
+    _slo_latency(board, mon, queries)
+    _slo_errors(board, mon, queries)
+    return board.to_json()
+
+
+def _slo_stats(board: Board, mon: Monitoring, q: dict[str, str]) -> None:
+    slo, window = mon.slo, format_duration(mon.slo_window)
+    # The window's 5xx ratio from the short-window recording rules, weighted by traffic: cheap
+    # to refresh (one series per job) where rate(...[30d]) over the raw histogram is not. It
+    # covers as much of the window as the recording rules have history for.
     board.stat(
         f"Error budget left ({window})",
-        f"1 - ({budget_ratio}) / {slo.error_target}",
+        q["budget_left"],
         unit="percentunit",
         description=f"Share of the {window} error budget ({slo.error_target:.1%} of requests may fail) not yet spent.",
         steps={
@@ -281,14 +311,14 @@ def slo_overview(mon: Monitoring) -> Json:
             "steps": [
                 {"color": "red", "value": None},
                 {"color": "orange", "value": 0},
-                {"color": "green", "value": 0.25},
+                {"color": "green", "value": mon.dashboards.budget_left_warning},
             ],
         },
         decimals=1,
     )
     board.stat(
         f"Availability ({window})",
-        f"1 - ({budget_ratio})",
+        q["availability"],
         unit="percentunit",
         description=f"Share of non-5xx responses over {window}; the SLO is {1 - slo.error_target:.1%}.",
         steps={
@@ -299,160 +329,117 @@ def slo_overview(mon: Monitoring) -> Json:
     )
     board.stat(
         f"Error budget burn rate ({format_duration(mon.burn_rates[0].long)})",
-        f"{errors_ratio(format_duration(mon.burn_rates[0].long))}{{{API}}} / {slo.error_target}",
+        q["burn_rate_fastest"],
         unit="x",
         description="How many times faster than sustainable the budget is being spent (1 = exactly used up by the end of the window).",
-        steps=thresholds(
-            *((rate.factor, "orange" if rate.severity == "warning" else "red") for rate in reversed(mon.burn_rates))
-        ),
+        steps=_burn_steps(mon),
         decimals=2,
     )
     board.stat(
-        f"Requests/s ({short})",
-        f"{requests_rate(short)}{{{API}}}",
+        f"Requests/s ({format_duration(mon.short)})",
+        q["requests_rate"],
         unit="reqps",
         description="All responses, every status.",
         decimals=1,
     )
-    latency_note = "Display only: histogram_quantile interpolates inside buckets; the alerts use exact bucket ratios (panel below)."
-    board.timeseries(
-        "P50 latency",
-        [target(_quantile(0.5, "http_server_request_duration_seconds", API), "P50", exemplar=True)],
-        unit="s",
-        description=f"Target < {slo.p50_target * 1000:g} ms (orange), alert > {slo.p50_alert * 1000:g} ms (red). {latency_note}",
-        steps=thresholds((slo.p50_target, "orange"), (slo.p50_alert, "red")),
-    )
-    board.timeseries(
-        "P99 latency",
-        [target(_quantile(0.99, "http_server_request_duration_seconds", API), "P99", exemplar=True)],
-        unit="s",
-        description=f"Target < {slo.p99_target * 1000:g} ms (orange), alert > {slo.p99_alert * 1000:g} ms (red). {latency_note}",
-        steps=thresholds((slo.p99_target, "orange"), (slo.p99_alert, "red")),
-    )
-    board.timeseries(
-        "Share of requests slower than the P50 alert threshold",
-        [
-            target(
-                f'{slower_ratio(short)}{{{API}, le="{le(slo.p50_alert)}"}}', f"slower than {slo.p50_alert * 1000:g} ms"
-            )
-        ],
-        unit="percentunit",
-        description=f"What CatalogApiLatencyP50High reads: above 50 % means P50 > {slo.p50_alert * 1000:g} ms.",
-        steps=thresholds((0.5, "red")),
-    )
-    board.timeseries(
-        "Share of requests slower than the P99 alert threshold",
-        [
-            target(
-                f'{slower_ratio(short)}{{{API}, le="{le(slo.p99_alert)}"}}', f"slower than {slo.p99_alert * 1000:g} ms"
-            )
-        ],
-        unit="percentunit",
-        description=f"What CatalogApiLatencyP99High reads: above 1 % means P99 > {slo.p99_alert * 1000:g} ms.",
-        steps=thresholds((0.01, "red")),
-    )
+
+
+def _slo_latency(board: Board, mon: Monitoring, q: dict[str, str]) -> None:
+    slo = mon.slo
+    note = "Display only: histogram_quantile interpolates inside buckets; the alerts use exact bucket ratios (panel below)."
+    for p, target_s, alert_s in (("P50", slo.p50_target, slo.p50_alert), ("P99", slo.p99_target, slo.p99_alert)):
+        board.timeseries(
+            f"{p} latency",
+            [target(q[p.lower()], p, exemplar=True)],
+            unit="s",
+            description=f"Target < {target_s * 1000:g} ms (orange), alert > {alert_s * 1000:g} ms (red). {note}",
+            steps=thresholds((target_s, "orange"), (alert_s, "red")),
+        )
+    for p, quantile, alert_s in (("P50", 0.5, slo.p50_alert), ("P99", 0.99, slo.p99_alert)):
+        share = round(1 - quantile, 10)
+        board.timeseries(
+            f"Share of requests slower than the {p} alert threshold",
+            [target(q[f"slower_{p.lower()}"], f"slower than {alert_s * 1000:g} ms")],
+            unit="percentunit",
+            description=f"What CatalogApiLatency{p}High reads: above {share * 100:g} % means {p} > {alert_s * 1000:g} ms.",
+            steps=thresholds((share, "red")),
+        )
+
+
+def _slo_errors(board: Board, mon: Monitoring, q: dict[str, str]) -> None:
+    slo, short = mon.slo, format_duration(mon.short)
     board.timeseries(
         "Error ratio (5xx)",
-        [target(f"{errors_ratio(short)}{{{API}}}", f"5xx ratio ({short})")],
+        [target(q["errors_ratio"], f"5xx ratio ({short})")],
         unit="percentunit",
         description=f"5xx over all responses (4xx are not errors). Target < {slo.error_target:.1%} (orange), alert > {slo.error_alert:.0%} (red).",
         steps=thresholds((slo.error_target, "orange"), (slo.error_alert, "red")),
     )
-    week_ago = f"sum(rate(http_server_request_duration_seconds_count{{{API}}}[{RATE}] offset 1w))"
+    drop = slo.throughput_drop_alert
     board.timeseries(
         "Throughput",
         [
-            target(f"sum(rate(http_server_request_duration_seconds_count{{{API}}}[{RATE}]))", "now"),
-            target(week_ago, "a week ago"),
-            target(
-                f"{1 - slo.throughput_drop_alert:g} * {week_ago}",
-                f"alert line ({slo.throughput_drop_alert:.0%} below a week ago)",
-            ),
+            target(q["throughput_now"], "now"),
+            target(q["throughput_week_ago"], "a week ago"),
+            target(q["throughput_alert_line"], f"alert line ({drop:.0%} below a week ago)"),
         ],
         unit="reqps",
-        description=f"Alert when the {format_duration(mon.throughput_window)} rate is {slo.throughput_drop_alert:.0%} below the same window a week earlier.",
+        description=f"Alert when the {format_duration(mon.throughput_window)} rate is {drop:.0%} below the same window a week earlier.",
     )
     board.timeseries(
         "Error budget burn rate",
         [
-            target(
-                f"{errors_ratio(format_duration(rate.long))}{{{API}}} / {slo.error_target}",
-                f"{format_duration(rate.long)} window",
-            )
+            target(q[f"burn_rate_{format_duration(rate.long)}"], f"{format_duration(rate.long)} window")
             for rate in mon.burn_rates
         ],
         unit="x",
-        description="5xx ratio divided by the SLO's allowed ratio, per alert window; lines at the 14.4 / 6 (page) and 3 / 1 (ticket) thresholds.",
-        steps=thresholds(
-            *((rate.factor, "orange" if rate.severity == "warning" else "red") for rate in reversed(mon.burn_rates))
+        description=(
+            "5xx ratio divided by the SLO's allowed ratio, per alert window; lines at the "
+            f"{_factors(mon, 'critical')} (page) and {_factors(mon, 'warning')} (ticket) thresholds."
         ),
+        steps=_burn_steps(mon),
         width=24,
     )
-    return board.to_json()
+
+
+# --- catalog-red ---------------------------------------------------------------------------
 
 
 def red(mon: Monitoring) -> Json:
+    q = panel_queries(mon)
     board = Board(
         "catalog-red",
         "Catalog / RED per route",
         "Rate, errors and duration per route template (generated by monitoring/generate.py).",
-        [
-            _datasource_variable(),
-            _custom("job", "API job", mon.api_job),
-            _query("route", "Route", f"label_values(http_server_request_duration_seconds_count{{{API}}}, http_route)"),
-        ],
+        [_datasource_variable(), _custom("job", "API job", mon.api_job), _query("route", "Route", q["route_values"])],
     )
-    sel = f'{API}, http_route=~"$route"'
-    count = "http_server_request_duration_seconds_count"
     board.timeseries(
-        "Requests/s by route",
-        [target(f"sum by (http_route) (rate({count}{{{sel}}}[{RATE}]))", "{{http_route}}")],
-        unit="reqps",
-        stack=True,
+        "Requests/s by route", [target(q["requests_by_route"], "{{http_route}}")], unit="reqps", stack=True
     )
     board.timeseries(
         "Responses/s by status",
-        [
-            target(
-                f"sum by (http_response_status_code) (rate({count}{{{sel}}}[{RATE}]))", "{{http_response_status_code}}"
-            )
-        ],
+        [target(q["responses_by_status"], "{{http_response_status_code}}")],
         unit="reqps",
         stack=True,
     )
     board.timeseries(
         "5xx ratio by route",
-        [
-            target(
-                f'(sum by (http_route) (rate({count}{{{sel}, http_response_status_code=~"5.."}}[{RATE}]))'
-                f" or 0 * sum by (http_route) (rate({count}{{{sel}}}[{RATE}])))"
-                f" / sum by (http_route) (rate({count}{{{sel}}}[{RATE}]))",
-                "{{http_route}}",
-            )
-        ],
+        [target(q["errors_ratio_by_route"], "{{http_route}}")],
         unit="percentunit",
         steps=thresholds((mon.slo.error_target, "orange"), (mon.slo.error_alert, "red")),
     )
     board.timeseries(
         "4xx/s by route and status",
-        [
-            target(
-                f'sum by (http_route, http_response_status_code) (rate({count}{{{sel}, http_response_status_code=~"4.."}}[{RATE}]))',
-                "{{http_route}} {{http_response_status_code}}",
-            )
-        ],
+        [target(q["client_errors"], "{{http_route}} {{http_response_status_code}}")],
         unit="reqps",
         description="Client errors: not counted against the SLO, but a spike of 401/403/429 is worth a look.",
     )
+    quantiles = mon.dashboards.quantiles
     board.timeseries(
-        "Latency by route (P50, P90, P99)",
+        f"Latency by route ({_percentiles(quantiles)})",
         [
-            target(
-                _quantile(q, "http_server_request_duration_seconds", sel, "http_route"),
-                f"P{q * 100:g} {{{{http_route}}}}",
-                exemplar=True,
-            )
-            for q in (0.5, 0.9, 0.99)
+            target(q[f"latency_by_route_p{p * 100:g}"], f"P{p * 100:g} {{{{http_route}}}}", exemplar=True)
+            for p in quantiles
         ],
         unit="s",
         description="Exemplars (dots) link a slow request to its trace.",
@@ -461,26 +448,16 @@ def red(mon: Monitoring) -> Json:
         height=9,
     )
     board.heatmap(
-        "Latency distribution",
-        f"sum by (le) (increase(http_server_request_duration_seconds_bucket{{{sel}}}[{RATE}]))",
-        description="Requests per latency bucket; exemplars on.",
+        "Latency distribution", q["latency_heatmap"], description="Requests per latency bucket; exemplars on."
     )
     board.timeseries(
-        "Unhandled exceptions/s",
-        [
-            target(
-                f"sum by (http_route, exception_type) (rate(http_server_exceptions_total{{{sel}}}[{RATE}]))",
-                "{{http_route}} {{exception_type}}",
-            )
-        ],
-        unit="reqps",
+        "Unhandled exceptions/s", [target(q["exceptions"], "{{http_route}} {{exception_type}}")], unit="reqps"
     )
-    board.timeseries(
-        "In-flight requests",
-        [target(f"sum by (instance) (http_server_active_requests{{{API}}})", "{{instance}}")],
-        description="Every route; by pod.",
-    )
+    board.timeseries("In-flight requests", [target(q["in_flight"], "{{instance}}")], description="Every route; by pod.")
     return board.to_json()
+
+
+# --- catalog-saturation --------------------------------------------------------------------
 
 
 def saturation(mon: Monitoring) -> Json:
@@ -494,115 +471,16 @@ def saturation(mon: Monitoring) -> Json:
             _custom("worker_job", "Worker job", mon.worker_job),
         ],
     )
-    board.row("API pods")
-    board.stat(
-        "API replicas up",
-        f"count(up{{{API}}} == 1)",
-        steps={"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]},
-    )
-    board.stat(
-        "Worker replicas up",
-        f"count(up{{{WORKER}}} == 1)",
-        steps={"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]},
-    )
-    board.stat(
-        "Pool in use",
-        f'sum(db_pool_connections{{{API}, state="in_use"}}) / sum(db_pool_connections{{{API}, state="max"}})',
-        unit="percentunit",
-        steps=thresholds((0.75, "orange"), (0.9, "red")),
-    )
-    board.stat(
-        "Cache hit ratio (L1 + L2)",
-        f'sum(rate(cache_requests_total{{{API}, result="hit"}}[5m])) / sum(rate(cache_requests_total{{{API}, layer="l1"}}[5m]))',
-        unit="percentunit",
-        description="Hits in either layer over all lookups (every lookup starts at L1).",
-    )
-    board.timeseries(
-        "Event-loop lag P99",
-        [target(_quantile(0.99, "event_loop_lag_seconds", API, "instance"), "{{instance}}")],
-        unit="s",
-        description="How late a 250 ms timer fires: CPU-bound or blocking code on the pod's only event loop.",
-        steps=thresholds((0.05, "orange"), (0.25, "red")),
-    )
-    board.timeseries(
-        "CPU (cores)",
-        [
-            target(f"rate(process_cpu_seconds_total{{{API}}}[{RATE}])", "api {{instance}}"),
-            target(f"rate(process_cpu_seconds_total{{{WORKER}}}[{RATE}])", "worker {{instance}}"),
-        ],
-        unit="short",
-    )
-    board.timeseries(
-        "Resident memory",
-        [
-            target(f"process_resident_memory_bytes{{{API}}}", "api {{instance}}"),
-            target(f"process_resident_memory_bytes{{{WORKER}}}", "worker {{instance}}"),
-        ],
-        unit="bytes",
-    )
-    board.timeseries(
-        "In-flight requests",
-        [target(f"sum by (instance) (http_server_active_requests{{{API}}})", "{{instance}}")],
-    )
-    board.row("PostgreSQL pool and dependencies")
-    board.timeseries(
-        "Pool connections by state",
-        [target(f"db_pool_connections{{{API}}}", "{{instance}} {{state}}")],
-        description="max = DB_POOL_MAX_SIZE; in_use near max means requests wait for a connection.",
-    )
-    board.timeseries(
-        "Pool acquire wait (P50, P99)",
-        [
-            target(_quantile(q, "db_pool_acquire_seconds", API, "instance"), f"P{q * 100:g} {{{{instance}}}}")
-            for q in (0.5, 0.99)
-        ],
-        unit="s",
-    )
-    board.timeseries(
-        "Dependency call latency P99",
-        [
-            target(
-                _quantile(0.99, "dependency_call_duration_seconds", API, "dependency, operation"),
-                "{{dependency}} {{operation}}",
-            )
-        ],
-        unit="s",
-    )
-    board.timeseries(
-        "Dependency errors/s",
-        [
-            target(
-                f"sum by (dependency, operation) (rate(dependency_errors_total{{{API}}}[{RATE}]))",
-                "{{dependency}} {{operation}}",
-            )
-        ],
-        unit="reqps",
-    )
-    board.timeseries(
-        "Circuit breakers open",
-        [target(f"max by (dependency) (circuit_breaker_open{{{API}}})", "{{dependency}}")],
-        description="1 while a dependency's breaker is open on any pod.",
-        steps=thresholds((1, "red")),
-    )
-    board.timeseries(
-        "Bulkhead rejections/s",
-        [target(f"sum by (bulkhead) (rate(bulkhead_rejections_total{{{API}}}[{RATE}]))", "{{bulkhead}}")],
-        unit="reqps",
-    )
+    queries = panel_queries(mon)
+    _saturation_pods(board, mon, queries)
+    _saturation_dependencies(board, mon, queries)
     board.row("Cache and rate limits")
     board.timeseries(
-        "Cache hit ratio by layer",
-        [
-            target(
-                f'sum by (layer) (rate(cache_requests_total{{{API}, result="hit"}}[{RATE}])) / sum by (layer) (rate(cache_requests_total{{{API}}}[{RATE}]))',
-                "{{layer}}",
-            )
-        ],
-        unit="percentunit",
+        "Cache hit ratio by layer", [target(queries["cache_hit_ratio_by_layer"], "{{layer}}")], unit="percentunit"
     )
     board.timeseries(
         "Rate-limit decisions/s",
-        [target(f"sum by (decision) (rate(rate_limit_decisions_total{{{API}}}[{RATE}]))", "{{decision}}")],
+        [target(queries["rate_limit_decisions"], "{{decision}}")],
         unit="reqps",
         stack=True,
         description="rejected = 429s; store_unavailable = Redis down, requests let through (fail open).",
@@ -610,7 +488,76 @@ def saturation(mon: Monitoring) -> Json:
     return board.to_json()
 
 
+def _saturation_pods(board: Board, mon: Monitoring, q: dict[str, str]) -> None:
+    limits = mon.dashboards
+    board.row("API pods")
+    board.stat("API replicas up", q["api_up"], steps=_up_steps())
+    board.stat("Worker replicas up", q["worker_up"], steps=_up_steps())
+    board.stat(
+        "Pool in use",
+        q["pool_in_use"],
+        unit="percentunit",
+        steps=thresholds((limits.pool_in_use_warning, "orange"), (limits.pool_in_use_critical, "red")),
+    )
+    board.stat(
+        "Cache hit ratio (L1 + L2)",
+        q["cache_hit_ratio"],
+        unit="percentunit",
+        description="Hits in either layer over all lookups (every lookup starts at L1).",
+    )
+    board.timeseries(
+        "Event-loop lag P99",
+        [target(q["event_loop_lag"], "{{instance}}")],
+        unit="s",
+        description="How late a 250 ms timer fires: CPU-bound or blocking code on the pod's only event loop.",
+        steps=thresholds((limits.event_loop_lag_warning, "orange"), (limits.event_loop_lag_critical, "red")),
+    )
+    board.timeseries(
+        "CPU (cores)",
+        [target(q["api_cpu"], "api {{instance}}"), target(q["worker_cpu"], "worker {{instance}}")],
+        unit="short",
+    )
+    board.timeseries(
+        "Resident memory",
+        [target(q["api_memory"], "api {{instance}}"), target(q["worker_memory"], "worker {{instance}}")],
+        unit="bytes",
+    )
+    board.timeseries("In-flight requests", [target(q["in_flight"], "{{instance}}")])
+
+
+def _saturation_dependencies(board: Board, mon: Monitoring, q: dict[str, str]) -> None:
+    board.row("PostgreSQL pool and dependencies")
+    board.timeseries(
+        "Pool connections by state",
+        [target(q["pool_connections"], "{{instance}} {{state}}")],
+        description="max = DB_POOL_MAX_SIZE; in_use near max means requests wait for a connection.",
+    )
+    quantiles = POOL_ACQUIRE_QUANTILES
+    board.timeseries(
+        f"Pool acquire wait ({_percentiles(quantiles)})",
+        [target(q[f"pool_acquire_p{p * 100:g}"], f"P{p * 100:g} {{{{instance}}}}") for p in quantiles],
+        unit="s",
+    )
+    board.timeseries(
+        "Dependency call latency P99", [target(q["dependency_latency"], "{{dependency}} {{operation}}")], unit="s"
+    )
+    board.timeseries(
+        "Dependency errors/s", [target(q["dependency_errors"], "{{dependency}} {{operation}}")], unit="reqps"
+    )
+    board.timeseries(
+        "Circuit breakers open",
+        [target(q["breakers_open"], "{{dependency}}")],
+        description="1 while a dependency's breaker is open on any pod.",
+        steps=thresholds((1, "red")),
+    )
+    board.timeseries("Bulkhead rejections/s", [target(q["bulkhead_rejections"], "{{bulkhead}}")], unit="reqps")
+
+
+# --- catalog-worker ------------------------------------------------------------------------
+
+
 def worker(mon: Monitoring) -> Json:
+    queries = panel_queries(mon)
     board = Board(
         "catalog-worker",
         "Catalog / Worker",
@@ -618,101 +565,72 @@ def worker(mon: Monitoring) -> Json:
         [
             _datasource_variable(),
             _custom("worker_job", "Worker job", mon.worker_job),
-            _query("kind", "Job kind", f"label_values(job_queue_depth{{{WORKER}}}, kind)"),
+            _query("kind", "Job kind", queries["kind_values"]),
         ],
     )
-    sel = f'{WORKER}, kind=~"$kind"'
-    board.stat(
-        "Workers up",
-        f"count(up{{{WORKER}}} == 1)",
-        steps={"mode": "absolute", "steps": [{"color": "red", "value": None}, {"color": "green", "value": 1}]},
-    )
-    board.stat(
-        "Queued jobs",
-        f"sum(max by (kind) (job_queue_depth{{{sel}}}))",
-        steps=thresholds((mon.backlog_min_depth, "orange")),
-    )
+    _worker_queue(board, mon, queries)
+    _worker_outcomes(board, mon, queries)
+    return board.to_json()
+
+
+def _worker_queue(board: Board, mon: Monitoring, q: dict[str, str]) -> None:
+    board.stat("Workers up", q["worker_up"], steps=_up_steps())
+    board.stat("Queued jobs", q["queued"], steps=thresholds((mon.backlog_min_depth, "orange")))
     board.stat(
         "Dead jobs",
-        f"sum(max by (kind) (jobs_dead{{{sel}}}))",
+        q["dead"],
         steps=thresholds((1, "red")),
         description="Used every attempt; see the CatalogWorkerJobsDead runbook.",
     )
     board.stat(
         "Slots busy",
-        f"sum(worker_jobs_running{{{WORKER}}}) / sum(worker_slots{{{WORKER}}})",
+        q["slots_busy"],
         unit="percentunit",
-        steps=thresholds((0.8, "orange"), (1, "red")),
+        steps=thresholds((mon.dashboards.slots_busy_warning, "orange"), (1, "red")),
     )
     board.timeseries(
         "Queue depth (ready, unclaimed)",
-        [target(f"max by (kind) (job_queue_depth{{{sel}}})", "{{kind}}")],
+        [target(q["queue_depth"], "{{kind}}")],
         description="Sampled from the jobs table by every worker: max, not sum.",
         steps=thresholds((mon.backlog_min_depth, "orange")),
     )
+    quantiles = mon.dashboards.quantiles
     board.timeseries(
-        "Queue wait (P50, P90, P99)",
-        [
-            target(_quantile(q, "job_queue_wait_seconds", sel, "kind"), f"P{q * 100:g} {{{{kind}}}}")
-            for q in (0.5, 0.9, 0.99)
-        ],
+        f"Queue wait ({_percentiles(quantiles)})",
+        [target(q[f"queue_wait_p{p * 100:g}"], f"P{p * 100:g} {{{{kind}}}}") for p in quantiles],
         unit="s",
         steps=thresholds((mon.queue_wait_alert_seconds, "red")),
     )
     board.timeseries(
-        "Job duration (P50, P90, P99)",
-        [
-            target(_quantile(q, "job_duration_seconds", sel, "kind"), f"P{q * 100:g} {{{{kind}}}}")
-            for q in (0.5, 0.9, 0.99)
-        ],
+        f"Job duration ({_percentiles(quantiles)})",
+        [target(q[f"job_duration_p{p * 100:g}"], f"P{p * 100:g} {{{{kind}}}}") for p in quantiles],
         unit="s",
     )
+
+
+def _worker_outcomes(board: Board, mon: Monitoring, q: dict[str, str]) -> None:
     board.timeseries(
         "Attempts/s by outcome",
-        [target(f"sum by (kind, outcome) (rate(jobs_processed_total{{{sel}}}[{RATE}]))", "{{kind}} {{outcome}}")],
+        [target(q["attempts_by_outcome"], "{{kind}} {{outcome}}")],
         unit="ops",
         stack=True,
         description="succeeded; failed = attempt failed, retry scheduled; dead = final failure.",
     )
     board.timeseries(
         "Failure ratio",
-        [
-            target(
-                f'(sum by (kind) (rate(jobs_processed_total{{{sel}, outcome=~"failed|dead"}}[{RATE}])) or 0 * sum by (kind) (rate(jobs_processed_total{{{sel}}}[{RATE}])))'
-                f" / sum by (kind) (rate(jobs_processed_total{{{sel}}}[{RATE}]))",
-                "{{kind}}",
-            )
-        ],
+        [target(q["failure_ratio"], "{{kind}}")],
         unit="percentunit",
         steps=thresholds((mon.failure_ratio_alert, "red")),
     )
-    board.timeseries(
-        "Dead jobs by kind",
-        [target(f"max by (kind) (jobs_dead{{{sel}}})", "{{kind}}")],
-        steps=thresholds((1, "red")),
-    )
+    board.timeseries("Dead jobs by kind", [target(q["dead_by_kind"], "{{kind}}")], steps=thresholds((1, "red")))
     board.timeseries(
         "Timeouts and reclaimed leases/s",
-        [
-            target(f"sum by (kind) (rate(job_timeouts_total{{{sel}}}[{RATE}]))", "timeouts {{kind}}"),
-            target(f"sum by (kind) (rate(job_leases_reclaimed_total{{{sel}}}[{RATE}]))", "leases reclaimed {{kind}}"),
-        ],
+        [target(q["timeouts"], "timeouts {{kind}}"), target(q["leases_reclaimed"], "leases reclaimed {{kind}}")],
         unit="ops",
         description="Timeouts: the hard per-job limit killed the child. Reclaimed: a worker died holding the job.",
     )
-    board.timeseries(
-        "Running jobs and slots",
-        [
-            target(f"sum(worker_jobs_running{{{WORKER}}})", "running"),
-            target(f"sum(worker_slots{{{WORKER}}})", "slots"),
-        ],
-    )
-    board.timeseries(
-        "Worker memory",
-        [target(f"process_resident_memory_bytes{{{WORKER}}}", "{{instance}}")],
-        unit="bytes",
-    )
-    return board.to_json()
+    board.timeseries("Running jobs and slots", [target(q["running"], "running"), target(q["slots"], "slots")])
+    board.timeseries("Worker memory", [target(q["worker_memory"], "{{instance}}")], unit="bytes")
 
 
 def all_dashboards(mon: Monitoring) -> dict[str, Json]:

@@ -16,8 +16,7 @@ from dataclasses import dataclass, field
 
 from service.slo import Monitoring
 
-from .rules import PRODUCTION, Alert, all_alerts, format_duration, le, rule_files
-from .yamlout import Yaml
+from .rules import PRODUCTION, Alert, Yaml, all_alerts, format_duration, le, rule_files
 
 MINUTE = 60
 ROUTE = "/v1/items/{item_id}"
@@ -164,13 +163,14 @@ def _by_name(alerts: list[Alert]) -> Callable[[str], list[Alert]]:
 
 def cases(mon: Monitoring) -> list[Case]:
     find = _by_name(all_alerts(mon, PRODUCTION))
+    return [*_burn_rate_cases(mon, find), *_api_cases(mon, find), *_worker_cases(mon, find)]
+
+
+def _burn_rate_cases(mon: Monitoring, find: Callable[[str], list[Alert]]) -> list[Case]:
     slo = mon.slo
-    api = {"job": mon.api_job}
-    worker = {"job": mon.worker_job, "kind": "cpu.burn"}
     out: list[Case] = []
-    burns = find("CatalogApiErrorBudgetBurn")
     factors = [rate.factor for rate in mon.burn_rates]
-    for index, alert in enumerate(burns):
+    for index, alert in enumerate(find("CatalogApiErrorBudgetBurn")):
         # Between this tier's threshold and the next faster one's, so only this tier fires first.
         low = factors[index] * slo.error_target
         high = factors[index - 1] * slo.error_target if index else 1.0
@@ -182,12 +182,18 @@ def cases(mon: Monitoring) -> list[Case]:
                 f"{errors / 100:g}% errors, burn rate {alert.labels['long']}/{alert.labels['short']}",
                 active=MINUTE,
                 value=errors / 10000,
-                labels=api,
+                labels={"job": mon.api_job},
                 api=Api(ok=10000 - errors, errors=errors, fast_p50=10000 - errors, fast_p99=10000 - errors),
             )
         )
+    return out
+
+
+def _api_cases(mon: Monitoring, find: Callable[[str], list[Alert]]) -> list[Case]:
+    slo = mon.slo
+    api = {"job": mon.api_job}
     over = round(slo.error_alert * 2 * 100)
-    out.append(
+    return [
         Case(
             find("CatalogApiErrorRateHigh")[0],
             f"{over}% errors",
@@ -195,9 +201,7 @@ def cases(mon: Monitoring) -> list[Case]:
             over / 100,
             api,
             Api(ok=100 - over, errors=over, fast_p50=100 - over, fast_p99=100 - over),
-        )
-    )
-    out.append(
+        ),
         Case(
             find("CatalogApiLatencyP50High")[0],
             "60% of requests slower than the P50 threshold",
@@ -205,9 +209,7 @@ def cases(mon: Monitoring) -> list[Case]:
             0.6,
             api | {"le": le(slo.p50_alert)},
             Api(ok=100, errors=0, fast_p50=40, fast_p99=100),
-        )
-    )
-    out.append(
+        ),
         Case(
             find("CatalogApiLatencyP99High")[0],
             "2% of requests slower than the P99 threshold",
@@ -215,23 +217,26 @@ def cases(mon: Monitoring) -> list[Case]:
             0.02,
             api | {"le": le(slo.p99_alert)},
             Api(ok=100, errors=0, fast_p50=90, fast_p99=98),
-        )
-    )
-    out.append(Case(find("CatalogApiDown")[0], "the only target answers up == 0", 0, 0, {}, Api(up=0)))
-    out.append(Case(find("CatalogWorkerDown")[0], "no worker target at all", 0, 0, {}, worker=Worker(up=None)))
-    depth = mon.backlog_min_depth + 10
-    out.append(
+        ),
+        Case(find("CatalogApiDown")[0], "the only target answers up == 0", 0, 0, {}, Api(up=0)),
+    ]
+
+
+def _worker_cases(mon: Monitoring, find: Callable[[str], list[Alert]]) -> list[Case]:
+    worker = {"job": mon.worker_job, "kind": "cpu.burn"}
+    depth, wait = mon.backlog_min_depth + 10, mon.queue_wait_alert_seconds
+    failing = round(mon.failure_ratio_alert * 2 * 100)
+    backlog = find("CatalogWorkerBacklogGrowing")[0]
+    return [
+        Case(find("CatalogWorkerDown")[0], "no worker target at all", 0, 0, {}, worker=Worker(up=None)),
         Case(
-            find("CatalogWorkerBacklogGrowing")[0],
+            backlog,
             "queue deeper than the floor and growing one job a minute",
             MINUTE,
-            depth + (MINUTE + find("CatalogWorkerBacklogGrowing")[0].for_) / MINUTE,
+            depth + (MINUTE + backlog.for_) / MINUTE,
             worker,
             worker=Worker(depth=f"{depth:g}+1x{{steps}}"),
-        )
-    )
-    wait = mon.queue_wait_alert_seconds
-    out.append(
+        ),
         Case(
             find("CatalogWorkerQueueWaitHigh")[0],
             "20% of jobs wait between 1x and 2x the threshold",
@@ -240,11 +245,8 @@ def cases(mon: Monitoring) -> list[Case]:
             wait + wait * ((mon.queue_wait_quantile - 0.8) / 0.2),
             worker | {"quantile": f"{mon.queue_wait_quantile:g}"},
             worker=Worker(wait={"10": 80, f"{wait:g}": 80, f"{2 * wait:g}": 100, "+Inf": 100}),
-        )
-    )
-    out.append(Case(find("CatalogWorkerJobsDead")[0], "two dead jobs", 0, 2, worker, worker=Worker(dead=2)))
-    failing = round(mon.failure_ratio_alert * 2 * 100)
-    out.append(
+        ),
+        Case(find("CatalogWorkerJobsDead")[0], "two dead jobs", 0, 2, worker, worker=Worker(dead=2)),
         Case(
             find("CatalogWorkerJobFailureRatioHigh")[0],
             f"{failing}% of attempts fail",
@@ -252,9 +254,8 @@ def cases(mon: Monitoring) -> list[Case]:
             failing / 100,
             worker,
             worker=Worker(succeeded=100 - failing, failed=failing - 5, dead_per_step=5),
-        )
-    )
-    return out
+        ),
+    ]
 
 
 def healthy(mon: Monitoring) -> Yaml:
@@ -283,68 +284,90 @@ def _group_order(mon: Monitoring) -> list[Yaml]:
     return [group.name for file in files for group in file.groups]
 
 
+@dataclass(frozen=True)
+class _Weeks:
+    """The throughput scenarios' clock: a week of history at a 5m step, this week's from t=1w."""
+
+    alert: Alert
+    offset: int  # seconds between the two weeks (slo.toml's throughput_offset)
+    window: int  # the alert's rate window
+    step: int = 5 * MINUTE  # input samples
+    every: int = 15 * MINUTE  # evaluations: a week of them at 1m would take promtool minutes
+
+    @property
+    def week(self) -> int:
+        return self.offset // self.step
+
+    @property
+    def fires(self) -> int:
+        # Both windows hold two samples from the first evaluation after 1w.
+        return self.week * self.step + self.every + self.alert.for_
+
+    @property
+    def after(self) -> int:
+        return (self.fires - self.week * self.step) // self.step + 1
+
+
+def _throughput_scenario(mon: Monitoring, clock: _Weeks, name: str, *, last_week: int, now: int, expect: bool) -> Yaml:
+    alert, step = clock.alert, clock.step
+    labels = {"severity": alert.severity, "job": mon.api_job}
+    labels_200 = {
+        "job": mon.api_job,
+        "instance": "api-1:9464",
+        "http_route": ROUTE,
+        "http_request_method": "GET",
+        "http_response_status_code": "200",
+    }
+    series = f"http_server_request_duration_seconds_count{_labels(labels_200)}"
+    history = clock.after + 12  # covers the offset window at every evaluation
+    # The counter starts above zero so rate() extrapolates both weeks alike.
+    values = f"1000+{last_week}x{history} _x{clock.week - history - 1} 100000+{now}x{clock.after}"
+    # Both windows are partly filled at the check (45m of a 1h window): rate() extrapolates
+    # half a step at the start, so the value is the 47.5m increase spread over the hour.
+    sampled = clock.fires - clock.week * step
+    value = now * (sampled + step / 2) / step / clock.window
+    firing: list[Yaml] = []
+    if expect:
+        annotations = {
+            "summary": render(alert.summary, value, labels),
+            "description": render(alert.description, value, labels),
+            "runbook_url": alert.runbook_url,
+        }
+        firing = [{"exp_labels": labels, "exp_annotations": annotations}]
+    return {
+        "name": f"{alert.name}: {name}",
+        "interval": format_duration(step),
+        "input_series": [{"series": series, "values": values}],
+        "alert_rule_test": [
+            {"eval_time": format_duration(clock.fires - clock.every), "alertname": alert.name, "exp_alerts": []},
+            {"eval_time": format_duration(clock.fires), "alertname": alert.name, "exp_alerts": firing},
+        ],
+    }
+
+
 def throughput(mon: Monitoring) -> Yaml:
     """A week of history at a 5m step: last week's traffic from t=0, this week's from t=1w."""
-    step = 5 * MINUTE  # input samples
-    every = 15 * MINUTE  # evaluations: a week of them at 1m would take promtool minutes
-    week = 604800 // step
     alert = next(a for a in all_alerts(mon, PRODUCTION) if a.name == "CatalogApiThroughputDropped")
-    fires = week * step + every + alert.for_  # both windows hold two samples from the first evaluation after 1w
-    after = (fires - week * step) // step + 1
+    clock = _Weeks(alert, mon.throughput_offset, mon.throughput_window)
     kept = 1 - mon.slo.throughput_drop_alert
     baseline = 300  # per 5m: 1 request/s
     dropped = int(baseline * kept / 2)  # well below the threshold
-    labels = {"severity": alert.severity, "job": mon.api_job}
-
-    def scenario(name: str, last_week: int, now: int, expect: bool) -> Yaml:
-        labels_200 = {
-            "job": mon.api_job,
-            "instance": "api-1:9464",
-            "http_route": ROUTE,
-            "http_request_method": "GET",
-            "http_response_status_code": "200",
-        }
-        series = f"http_server_request_duration_seconds_count{_labels(labels_200)}"
-        history = after + 12  # covers the offset window at every evaluation
-        # The counter starts above zero so rate() extrapolates both weeks alike.
-        values = f"1000+{last_week}x{history} _x{week - history - 1} 100000+{now}x{after}"
-        # Both windows are partly filled at the check (45m of a 1h window): rate() extrapolates
-        # half a step at the start, so the value is the 47.5m increase spread over the hour.
-        sampled = fires - week * step
-        value = now * (sampled + step / 2) / step / mon.throughput_window
-        firing: list[Yaml] = []
-        if expect:
-            firing = [
-                {
-                    "exp_labels": labels,
-                    "exp_annotations": {
-                        "summary": render(alert.summary, value, labels),
-                        "description": render(alert.description, value, labels),
-                        "runbook_url": alert.runbook_url,
-                    },
-                }
-            ]
-        return {
-            "name": f"{alert.name}: {name}",
-            "interval": format_duration(step),
-            "input_series": [{"series": series, "values": values}],
-            "alert_rule_test": [
-                {"eval_time": format_duration(fires - every), "alertname": alert.name, "exp_alerts": []},
-                {"eval_time": format_duration(fires), "alertname": alert.name, "exp_alerts": firing},
-            ],
-        }
-
+    floor = mon.throughput_min_baseline_rps
     return {
         "rule_files": ["../rules/*.yaml"],
-        "evaluation_interval": format_duration(every),
+        "evaluation_interval": format_duration(clock.every),
         "group_eval_order": _group_order(mon),
         "tests": [
-            scenario(f"traffic at {kept / 2:.0%} of last week's", baseline, dropped, expect=True),
-            scenario("traffic as last week", baseline, baseline, expect=False),
-            scenario(
-                f"last week below the {mon.throughput_min_baseline_rps:g} requests/s floor, none now",
-                int(mon.throughput_min_baseline_rps * step / 2),
-                0,
+            _throughput_scenario(
+                mon, clock, f"traffic at {kept / 2:.0%} of last week's", last_week=baseline, now=dropped, expect=True
+            ),
+            _throughput_scenario(mon, clock, "traffic as last week", last_week=baseline, now=baseline, expect=False),
+            _throughput_scenario(
+                mon,
+                clock,
+                f"last week below the {floor:g} requests/s floor, none now",
+                last_week=int(floor * clock.step / 2),
+                now=0,
                 expect=False,
             ),
         ],

@@ -44,11 +44,6 @@ def recording_rules(profile: str = "production") -> list[tuple[str, str]]:
     return [(rule.record, rule.expr) for rule in rules.all_recordings(slo.load_monitoring(), rules.PROFILES[profile])]
 
 
-def alert_expressions(profile: str = "production") -> list[tuple[str, str]]:
-    """(alert name, expr) for every alerting rule."""
-    return [(alert.name, alert.expr) for alert in rules.all_alerts(slo.load_monitoring(), rules.PROFILES[profile])]
-
-
 def default_variables() -> dict[str, str]:
     """Values for the dashboards' variables that work against any Prometheus with the catalog's metrics."""
     mon = slo.load_monitoring()

@@ -20,40 +20,19 @@ durations inside differ.
 
 from __future__ import annotations
 
-import re
-from dataclasses import dataclass, field
-from decimal import Decimal
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeAlias
 
-from prometheus_client.utils import floatToGoString
+from service.slo import Monitoring, format_duration
+from service.slo import duration_seconds as duration_to_seconds
 
-from service.slo import Monitoring
+from . import promql
+from .promql import FAILURES_RATIO, JOBS_DEAD, QUEUE_DEPTH, QUEUE_WAIT_QUANTILE, le, number
 
-from .yamlout import Yaml
+__all__ = ["duration_to_seconds", "format_duration", "le", "number"]  # the tests read them from here
 
-_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
-
-
-def format_duration(seconds: int) -> str:
-    """Seconds as a Prometheus duration, largest units first ("1w", "90s" -> "1m30s")."""
-    if seconds == 0:
-        return "0s"
-    parts = []
-    for unit, size in _UNITS:
-        if unit == "w" and seconds % size:
-            continue  # 30d, not 4w2d
-        count, seconds = divmod(seconds, size)
-        if count:
-            parts.append(f"{count}{unit}")
-    return "".join(parts)
-
-
-def duration_to_seconds(text: str) -> int:
-    """A Prometheus duration, compound or not ("1h1m"), in seconds."""
-    parts = re.findall(r"(\d+)([wdhms])", text)
-    if not parts or "".join(n + u for n, u in parts) != text:
-        raise ValueError(f"{text!r} is not a duration")
-    sizes = dict(_UNITS)
-    return sum(int(count) * sizes[unit] for count, unit in parts)
+Yaml: TypeAlias = "str | int | float | bool | Sequence[Yaml] | Mapping[str, Yaml] | None"
 
 
 # Production duration -> test-profile duration. Ordered like the originals, so a
@@ -117,8 +96,8 @@ class Alert:
     severity: str
     summary: str
     description: str
-    runbook_url: str
     labels: dict[str, str] = field(default_factory=dict)
+    runbook_url: str = ""  # set for every alert at once by `with_runbooks`
 
     def to_yaml(self, profile: Profile) -> Yaml:
         return {
@@ -151,44 +130,25 @@ class RuleFile:
         return {"groups": [group.to_yaml(profile) for group in self.groups]}
 
 
-def le(bound: float) -> str:
-    """The `le` label value prometheus_client writes for a bucket bound (0.1 -> "0.1", 1 -> "1.0")."""
-    return str(floatToGoString(bound))  # type: ignore[no-untyped-call]
-
-
-def number(value: float) -> str:
-    """A threshold as PromQL text without float noise (1 - 0.99 -> 0.01)."""
-    return format(Decimal(repr(round(value, 10))).normalize(), "f")
-
-
 def anchor(alert_name: str) -> str:
     """GitHub's anchor for a `## AlertName` heading."""
     return alert_name.lower()
 
 
-# Recording rule names, shared by the alerts, the dashboards and the tests.
-def requests_rate(window: str) -> str:
-    return f"job:http_server_requests:rate{window}"
+def with_runbooks(mon: Monitoring, alerts: list[Alert]) -> list[Alert]:
+    """Every alert links its section of monitoring/runbooks.md, added in one pass."""
+    return [replace(alert, runbook_url=f"{mon.runbook_base_url}#{anchor(alert.name)}") for alert in alerts]
 
 
-def errors_ratio(window: str) -> str:
-    return f"job:http_server_requests_errors:ratio_rate{window}"
+def _pct(ratio: float) -> str:
+    return f"{number(ratio * 100)}%"
 
 
-def errors_rate(window: str) -> str:
-    return f"job:http_server_requests_errors:rate{window}"
+def _ms(seconds: float) -> str:
+    return f"{number(seconds * 1000)}ms"
 
 
-def slower_ratio(window: str) -> str:
-    return f"job_le:http_server_requests_slower:ratio_rate{window}"
-
-
-FAILURES_RATIO = "job_kind:jobs_failed:ratio_rate"
-QUEUE_DEPTH = "job_kind:job_queue_depth:max"
-JOBS_DEAD = "job_kind:jobs_dead:max"
-QUEUE_WAIT_QUANTILE = "job_kind:job_queue_wait_seconds:histogram_quantile"
-
-DURATION = "http_server_request_duration_seconds"
+# --- recording rules -----------------------------------------------------------------------
 
 
 def api_windows(mon: Monitoring) -> list[int]:
@@ -200,63 +160,44 @@ def api_windows(mon: Monitoring) -> list[int]:
 
 
 def api_recording_rules(mon: Monitoring, profile: Profile) -> list[Recording]:
-    job = f'job="{mon.api_job}"'
+    job = mon.api_job
     rules: list[Recording] = []
     for window in api_windows(mon):
         name, w = format_duration(window), profile.d(window)
-        total = f"sum by (job) (rate({DURATION}_count{{{job}}}[{w}]))"
-        rules.append(Recording(requests_rate(name), total))
-        # `or 0 * total`: the ratio is 0, not missing, while no 5xx has happened yet.
-        errors = f'sum by (job) (rate({DURATION}_count{{{job}, http_response_status_code=~"5.."}}[{w}]))'
-        rules.append(Recording(errors_ratio(name), f"(\n  {errors}\n  or 0 * {total}\n)\n/\n{total}"))
+        rules.append(Recording(promql.requests_rate(name), promql.api_requests(job, w)))
+        rules.append(Recording(promql.errors_ratio(name), promql.api_errors_ratio(job, w)))
         if window == mon.short:
             # The 5xx rate itself, for the error budget over the SLO window: summing it and the
             # request rate over time weights every evaluation by its traffic, with no subquery.
-            rules.append(Recording(errors_rate(name), f"{errors}\nor 0 * {total}"))
+            rules.append(Recording(promql.errors_rate(name), promql.api_errors_rate(job, w)))
     for window in sorted({mon.short, mon.long}):
         name, w = format_duration(window), profile.d(window)
         for bound in (mon.slo.p50_alert, mon.slo.p99_alert):
-            # The `le` buckets are exact boundaries at the thresholds (service/slo.py checks),
-            # so this is the exact share of requests slower than the bound, at any latency.
-            faster = f'sum by (job) (rate({DURATION}_bucket{{{job}, le="{le(bound)}"}}[{w}]))'
-            everything = f'sum by (job) (rate({DURATION}_bucket{{{job}, le="+Inf"}}[{w}]))'
-            rules.append(Recording(slower_ratio(name), f"1 - (\n  {faster}\n  /\n  {everything}\n)", {"le": le(bound)}))
+            expr = promql.api_slower_ratio(job, w, bound)
+            rules.append(Recording(promql.slower_ratio(name), expr, {"le": le(bound)}))
     return rules
 
 
 def worker_recording_rules(mon: Monitoring, profile: Profile) -> list[Recording]:
-    job = f'job="{mon.worker_job}"'
-    fw, qw = format_duration(mon.failure_window), profile.d(mon.failure_window)
-    ww = profile.d(mon.backlog_window)
-    attempts = f"sum by (job, kind) (rate(jobs_processed_total{{{job}}}[{qw}]))"
-    failed = f'sum by (job, kind) (rate(jobs_processed_total{{{job}, outcome=~"failed|dead"}}[{qw}]))'
+    job, quantile = mon.worker_job, mon.queue_wait_quantile
+    failures = promql.worker_failures_ratio(job, profile.d(mon.failure_window))
     return [
-        # Sampled from the jobs table, so every worker reports the same number: max, not sum.
-        Recording(QUEUE_DEPTH, f"max by (job, kind) (job_queue_depth{{{job}}})"),
-        Recording(JOBS_DEAD, f"max by (job, kind) (jobs_dead{{{job}}})"),
-        Recording(FAILURES_RATIO + fw, f"(\n  {failed}\n  or 0 * {attempts}\n)\n/\n{attempts}"),
+        Recording(QUEUE_DEPTH, promql.worker_gauge_max(job, "job_queue_depth")),
+        Recording(JOBS_DEAD, promql.worker_gauge_max(job, "jobs_dead")),
+        Recording(FAILURES_RATIO + format_duration(mon.failure_window), failures),
         Recording(
             QUEUE_WAIT_QUANTILE,
-            f"histogram_quantile({number(mon.queue_wait_quantile)}, "
-            f"sum by (job, kind, le) (rate(job_queue_wait_seconds_bucket{{{job}}}[{ww}])))",
-            {"quantile": number(mon.queue_wait_quantile)},
+            promql.worker_queue_wait(job, profile.d(mon.backlog_window), quantile),
+            {"quantile": number(quantile)},
         ),
     ]
 
 
-def _pct(ratio: float) -> str:
-    return f"{number(ratio * 100)}%"
+# --- API alerts ----------------------------------------------------------------------------
 
 
-def _ms(seconds: float) -> str:
-    return f"{number(seconds * 1000)}ms"
-
-
-def api_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
-    slo = mon.slo
-    url = mon.runbook_base_url + "#"
-    short, long = format_duration(mon.short), format_duration(mon.long)
-    alerts: list[Alert] = []
+def burn_rate_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
+    slo, alerts = mon.slo, []
     for rate in mon.burn_rates:
         lw, sw = format_duration(rate.long), format_duration(rate.short)
         threshold = f"({number(rate.factor)} * {number(slo.error_target)})"
@@ -264,7 +205,7 @@ def api_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
         alerts.append(
             Alert(
                 name="CatalogApiErrorBudgetBurn",
-                expr=f"{errors_ratio(lw)} > {threshold}\nand\n{errors_ratio(sw)} > {threshold}",
+                expr=f"{promql.errors_ratio(lw)} > {threshold}\nand\n{promql.errors_ratio(sw)} > {threshold}",
                 for_=rate.for_,
                 severity=rate.severity,
                 labels={"long": profile.d(rate.long), "short": profile.d(rate.short)},
@@ -275,111 +216,115 @@ def api_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
                     f"The SLO allows {_pct(slo.error_target)}; at {number(rate.factor)}x that rate the "
                     f"{format_duration(mon.slo_window)} error budget is gone in {days:.1f} days."
                 ),
-                runbook_url=url + anchor("CatalogApiErrorBudgetBurn"),
             )
         )
-    error = slo.error_alert
-    alerts.append(
-        Alert(
-            name="CatalogApiErrorRateHigh",
-            expr=f"{errors_ratio(short)} > {number(error)}\nand\n{errors_ratio(long)} > {number(error)}",
-            for_=mon.for_,
-            severity="critical",
-            summary=f"More than {_pct(slo.error_alert)} of requests to {{{{ $labels.job }}}} fail.",
-            description=(
-                f"{{{{ $value | humanizePercentage }}}} of requests to {{{{ $labels.job }}}} answered 5xx over the "
-                f"last {short} (and more than {_pct(slo.error_alert)} over {long}); the alert threshold is "
-                f"{_pct(slo.error_alert)}, the target {_pct(slo.error_target)}."
-            ),
-            runbook_url=url + anchor("CatalogApiErrorRateHigh"),
-        )
-    )
-    for quantile, bound, name in (
-        (0.5, slo.p50_alert, "CatalogApiLatencyP50High"),
-        (0.99, slo.p99_alert, "CatalogApiLatencyP99High"),
-    ):
-        share = 1 - quantile
-        selector = f'{{le="{le(bound)}"}}'
-        alerts.append(
-            Alert(
-                name=name,
-                expr=(
-                    f"{slower_ratio(short)}{selector} > {number(share)}\nand\n"
-                    f"{slower_ratio(long)}{selector} > {number(share)}"
-                ),
-                for_=mon.for_,
-                severity="critical",
-                summary=f"P{number(quantile * 100)} latency of {{{{ $labels.job }}}} is above {_ms(bound)}.",
-                description=(
-                    f"{{{{ $value | humanizePercentage }}}} of requests to {{{{ $labels.job }}}} took longer than "
-                    f"{_ms(bound)} over the last {short} (more than {_pct(share)} over {long} too), so "
-                    f"P{number(quantile * 100)} is above {_ms(bound)}."
-                ),
-                runbook_url=url + anchor(name),
-            )
-        )
-    tw = format_duration(mon.throughput_window)
-    week_ago = (
-        f'sum by (job) (rate({DURATION}_count{{job="{mon.api_job}"}}[{profile.d(mon.throughput_window)}] '
-        f"offset {profile.d(604800)}))"
-    )
-    keep = number(1 - slo.throughput_drop_alert)
-    alerts.append(
-        Alert(
-            name="CatalogApiThroughputDropped",
-            # A week-old baseline below the floor (including none at all) never fires:
-            # a drop from nothing is no signal.
-            expr=(
-                f"{requests_rate(tw)}\n  < {keep} * {week_ago}\n"
-                f"and\n{week_ago} >= {number(mon.throughput_min_baseline_rps)}"
-            ),
-            for_=mon.throughput_for,
-            severity="warning",
-            summary=f"{{{{ $labels.job }}}} serves {_pct(slo.throughput_drop_alert)} fewer requests than a week ago.",
-            description=(
-                f'{{{{ $labels.job }}}} served {{{{ printf "%.2f" $value }}}} requests/s over the last {tw}, '
-                f"more than {_pct(slo.throughput_drop_alert)} below the same {tw} a week earlier. Traffic is not "
-                "reaching the service (DNS, ingress, a client) or clients gave up."
-            ),
-            runbook_url=url + anchor("CatalogApiThroughputDropped"),
-        )
-    )
-    alerts.append(
-        Alert(
-            name="CatalogApiDown",
-            expr=f'absent(up{{job="{mon.api_job}"}} == 1)',
-            for_=mon.for_,
-            severity="critical",
-            labels={"job": mon.api_job},
-            summary=f"No {mon.api_job} target is up.",
-            description=(
-                f"Prometheus has found no {mon.api_job} target answering its scrape for {format_duration(mon.for_)}: "
-                "the API is down, or its metrics are not scraped, and every other API alert is blind."
-            ),
-            runbook_url=url + anchor("CatalogApiDown"),
-        )
-    )
     return alerts
 
 
-def worker_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
-    url = mon.runbook_base_url + "#"
-    bw, fw = format_duration(mon.backlog_window), format_duration(mon.failure_window)
-    quantile = number(mon.queue_wait_quantile)
-    return [
-        Alert(
-            name="CatalogWorkerDown",
-            expr=f'absent(up{{job="{mon.worker_job}"}} == 1)',
-            for_=mon.for_,
-            severity="critical",
-            labels={"job": mon.worker_job},
-            summary=f"No {mon.worker_job} target is up.",
-            description=(
-                f"Prometheus has found no {mon.worker_job} target answering its scrape for "
-                f"{format_duration(mon.for_)}: jobs are accepted (202) but nobody may be running them."
-            ),
-            runbook_url=url + anchor("CatalogWorkerDown"),
+def error_rate_alert(mon: Monitoring) -> Alert:
+    slo, error = mon.slo, number(mon.slo.error_alert)
+    short, long = format_duration(mon.short), format_duration(mon.long)
+    return Alert(
+        name="CatalogApiErrorRateHigh",
+        expr=f"{promql.errors_ratio(short)} > {error}\nand\n{promql.errors_ratio(long)} > {error}",
+        for_=mon.for_,
+        severity="critical",
+        summary=f"More than {_pct(slo.error_alert)} of requests to {{{{ $labels.job }}}} fail.",
+        description=(
+            f"{{{{ $value | humanizePercentage }}}} of requests to {{{{ $labels.job }}}} answered 5xx over the "
+            f"last {short} (and more than {_pct(slo.error_alert)} over {long}); the alert threshold is "
+            f"{_pct(slo.error_alert)}, the target {_pct(slo.error_target)}."
         ),
+    )
+
+
+def latency_alerts(mon: Monitoring) -> list[Alert]:
+    short, long = format_duration(mon.short), format_duration(mon.long)
+    alerts = []
+    for quantile, bound in ((0.5, mon.slo.p50_alert), (0.99, mon.slo.p99_alert)):
+        share, p = 1 - quantile, f"P{number(quantile * 100)}"
+        selector = f'{{le="{le(bound)}"}}'
+        alerts.append(
+            Alert(
+                name=f"CatalogApiLatency{p}High",
+                expr=(
+                    f"{promql.slower_ratio(short)}{selector} > {number(share)}\nand\n"
+                    f"{promql.slower_ratio(long)}{selector} > {number(share)}"
+                ),
+                for_=mon.for_,
+                severity="critical",
+                summary=f"{p} latency of {{{{ $labels.job }}}} is above {_ms(bound)}.",
+                description=(
+                    f"{{{{ $value | humanizePercentage }}}} of requests to {{{{ $labels.job }}}} took longer than "
+                    f"{_ms(bound)} over the last {short} (more than {_pct(share)} over {long} too), so "
+                    f"{p} is above {_ms(bound)}."
+                ),
+            )
+        )
+    return alerts
+
+
+def throughput_alert(mon: Monitoring, profile: Profile) -> Alert:
+    slo, tw = mon.slo, format_duration(mon.throughput_window)
+    week_ago = promql.api_week_ago(mon.api_job, profile.d(mon.throughput_window), profile.d(mon.throughput_offset))
+    return Alert(
+        name="CatalogApiThroughputDropped",
+        # A week-old baseline below the floor (including none at all) never fires:
+        # a drop from nothing is no signal.
+        expr=(
+            f"{promql.requests_rate(tw)}\n  < {number(1 - slo.throughput_drop_alert)} * {week_ago}\n"
+            f"and\n{week_ago} >= {number(mon.throughput_min_baseline_rps)}"
+        ),
+        for_=mon.throughput_for,
+        severity="warning",
+        summary=f"{{{{ $labels.job }}}} serves {_pct(slo.throughput_drop_alert)} fewer requests than a week ago.",
+        description=(
+            f'{{{{ $labels.job }}}} served {{{{ printf "%.2f" $value }}}} requests/s over the last {tw}, '
+            f"more than {_pct(slo.throughput_drop_alert)} below the same {tw} a week earlier. Traffic is not "
+            "reaching the service (DNS, ingress, a client) or clients gave up."
+        ),
+    )
+
+
+def down_alert(mon: Monitoring, name: str, job: str, consequence: str) -> Alert:
+    return Alert(
+        name=name,
+        expr=f'absent(up{{job="{job}"}} == 1)',
+        for_=mon.for_,
+        severity="critical",
+        labels={"job": job},
+        summary=f"No {job} target is up.",
+        description=(
+            f"Prometheus has found no {job} target answering its scrape for {format_duration(mon.for_)}: " + consequence
+        ),
+    )
+
+
+def api_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
+    return [
+        *burn_rate_alerts(mon, profile),
+        error_rate_alert(mon),
+        *latency_alerts(mon),
+        throughput_alert(mon, profile),
+        down_alert(
+            mon,
+            "CatalogApiDown",
+            mon.api_job,
+            "the API is down, or its metrics are not scraped, and every other API alert is blind.",
+        ),
+    ]
+
+
+# --- worker alerts -------------------------------------------------------------------------
+
+
+def worker_queue_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
+    bw, quantile, wait = (
+        format_duration(mon.backlog_window),
+        number(mon.queue_wait_quantile),
+        mon.queue_wait_alert_seconds,
+    )
+    return [
         Alert(
             name="CatalogWorkerBacklogGrowing",
             expr=(
@@ -393,21 +338,25 @@ def worker_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
                 '{{ printf "%.0f" $value }} {{ $labels.kind }} jobs are waiting to be claimed and the queue has '
                 f"grown over the last {bw}: the workers take jobs slower than they arrive."
             ),
-            runbook_url=url + anchor("CatalogWorkerBacklogGrowing"),
         ),
         Alert(
             name="CatalogWorkerQueueWaitHigh",
-            expr=f'{QUEUE_WAIT_QUANTILE}{{quantile="{quantile}"}} > {number(mon.queue_wait_alert_seconds)}',
+            expr=f'{QUEUE_WAIT_QUANTILE}{{quantile="{quantile}"}} > {number(wait)}',
             for_=mon.backlog_for,
             severity="warning",
-            summary=f"{{{{ $labels.kind }}}} jobs wait more than {number(mon.queue_wait_alert_seconds)}s to start.",
+            summary=f"{{{{ $labels.kind }}}} jobs wait more than {number(wait)}s to start.",
             description=(
                 f"P{number(mon.queue_wait_quantile * 100)} of the time {{{{ $labels.kind }}}} jobs waited between "
                 f'enqueue and claim was {{{{ printf "%.0f" $value }}}}s over the last {bw} (alert above '
-                f"{number(mon.queue_wait_alert_seconds)}s)."
+                f"{number(wait)}s)."
             ),
-            runbook_url=url + anchor("CatalogWorkerQueueWaitHigh"),
         ),
+    ]
+
+
+def worker_failure_alerts(mon: Monitoring) -> list[Alert]:
+    fw = format_duration(mon.failure_window)
+    return [
         Alert(
             name="CatalogWorkerJobsDead",
             expr=f"{JOBS_DEAD} > 0",
@@ -418,7 +367,6 @@ def worker_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
                 '{{ printf "%.0f" $value }} {{ $labels.kind }} jobs are dead: they used every attempt and will not '
                 "run again until someone looks at them."
             ),
-            runbook_url=url + anchor("CatalogWorkerJobsDead"),
         ),
         Alert(
             name="CatalogWorkerJobFailureRatioHigh",
@@ -430,22 +378,33 @@ def worker_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
                 f"{{{{ $value | humanizePercentage }}}} of {{{{ $labels.kind }}}} job attempts failed over the last "
                 f"{fw} (retried or dead)."
             ),
-            runbook_url=url + anchor("CatalogWorkerJobFailureRatioHigh"),
         ),
     ]
 
 
+def worker_alerts(mon: Monitoring, profile: Profile) -> list[Alert]:
+    down = down_alert(
+        mon, "CatalogWorkerDown", mon.worker_job, "jobs are accepted (202) but nobody may be running them."
+    )
+    return [down, *worker_queue_alerts(mon, profile), *worker_failure_alerts(mon)]
+
+
+# --- files ---------------------------------------------------------------------------------
+
+
 def rule_files(mon: Monitoring, profile: Profile) -> list[RuleFile]:
+    api_alerts_linked = with_runbooks(mon, api_alerts(mon, profile))
+    worker_alerts_linked = with_runbooks(mon, worker_alerts(mon, profile))
     return [
         RuleFile("catalog-api.rules.yaml", [Group("catalog-api.rules", api_recording_rules(mon, profile))]),
-        RuleFile("catalog-api.alerts.yaml", [Group("catalog-api.alerts", api_alerts(mon, profile))]),
+        RuleFile("catalog-api.alerts.yaml", [Group("catalog-api.alerts", api_alerts_linked)]),
         RuleFile("catalog-worker.rules.yaml", [Group("catalog-worker.rules", worker_recording_rules(mon, profile))]),
-        RuleFile("catalog-worker.alerts.yaml", [Group("catalog-worker.alerts", worker_alerts(mon, profile))]),
+        RuleFile("catalog-worker.alerts.yaml", [Group("catalog-worker.alerts", worker_alerts_linked)]),
     ]
 
 
 def all_alerts(mon: Monitoring, profile: Profile = PRODUCTION) -> list[Alert]:
-    return [*api_alerts(mon, profile), *worker_alerts(mon, profile)]
+    return with_runbooks(mon, [*api_alerts(mon, profile), *worker_alerts(mon, profile)])
 
 
 def all_recordings(mon: Monitoring, profile: Profile = PRODUCTION) -> list[Recording]:

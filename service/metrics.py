@@ -1,7 +1,7 @@
 """Prometheus metrics of the request path, served on METRICS_PORT (never through the ingress).
 
 One worker process per pod means one registry per pod: no multiprocess mode.
-Names, labels and buckets follow ../shared DESIGN.md; the latency buckets come
+Names, labels and buckets are a contract (docs/architecture.md, "Metrics"); the latency buckets come
 from service/slo.toml so every SLO threshold is a bucket boundary.
 """
 

@@ -1,9 +1,11 @@
 """Rate limits counted in Redis, so they hold across every pod: per API key, else per client IP.
 
-Why not slowapi: its limit check (`Limiter.hit` through the `limits` library)
-is synchronous, so with Redis storage every request would block the pod's
-only event loop on a network round trip (laurentS/slowapi#3, #130), and its
-ASGI middleware keeps per-request state on the shared middleware instance.
+Why not slowapi: its storage calls (`Limiter.hit` through the `limits`
+library) are synchronous, so with Redis storage every request would block the
+pod's only event loop on a network round trip; and its ASGI middleware sends
+the response start again on streamed bodies (laurentS/slowapi#249, #260),
+which would break the CSV export. (It does build a fresh responder per
+request today, so shared per-request state is no longer a reason.)
 This is the same fixed-window algorithm as slowapi's default, done with one
 async round trip (a Lua INCRBY + EXPIRE) on the app's own Redis client, shared
 by all the requests for one counter that arrive in the same event-loop turn.

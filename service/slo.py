@@ -13,6 +13,7 @@ import tomllib
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -57,16 +58,31 @@ def load() -> Slo:
     return parse(resources.files("service").joinpath("slo.toml").read_text(encoding="utf-8"))
 
 
-_DURATION = re.compile(r"^(\d+)([smhdw])$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_UNITS = (("w", 604800), ("d", 86400), ("h", 3600), ("m", 60), ("s", 1))
+_DURATION_PART = re.compile(r"(\d+)([wdhms])")
 
 
 def duration_seconds(text: str) -> int:
-    """A one-unit Prometheus duration ("5m", "3d") in seconds."""
-    match = _DURATION.match(text)
-    if match is None:
+    """A Prometheus duration ("5m", "3d", "1h30m") in seconds: the one parser, for slo.toml and the generators."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(count + unit for count, unit in parts) != text:
         raise ValueError(f"{text!r} is not a duration like 30s, 5m, 1h, 3d")
-    return int(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+    sizes = dict(_UNITS)
+    return sum(int(count) * sizes[unit] for count, unit in parts)
+
+
+def format_duration(seconds: int) -> str:
+    """Seconds as a Prometheus duration, largest units first ("1w", "90s" -> "1m30s")."""
+    if seconds == 0:
+        return "0s"
+    parts = []
+    for unit, size in _UNITS:
+        if unit == "w" and seconds % size:
+            continue  # 30d, not 4w2d
+        count, seconds = divmod(seconds, size)
+        if count:
+            parts.append(f"{count}{unit}")
+    return "".join(parts)
 
 
 SEVERITIES = ("critical", "warning")  # critical pages someone now; warning is a ticket for working hours
@@ -84,6 +100,20 @@ class BurnRate:
 
 
 @dataclass(frozen=True)
+class Dashboards:
+    """Numbers only the dashboards draw: panel thresholds that no alert reads, and panel windows."""
+
+    stat_window: int  # seconds; stat panels that do not follow Grafana's $__rate_interval
+    quantiles: tuple[float, ...]  # drawn on the per-route, queue-wait and job-duration panels
+    budget_left_warning: float  # the error-budget-left stat turns orange below this share
+    pool_in_use_warning: float  # share of the PostgreSQL pool in use
+    pool_in_use_critical: float
+    event_loop_lag_warning: float  # seconds
+    event_loop_lag_critical: float
+    slots_busy_warning: float  # share of the worker's slots running a job
+
+
+@dataclass(frozen=True)
 class Monitoring:
     slo: Slo
     api_job: str
@@ -96,6 +126,7 @@ class Monitoring:
     for_: int
     throughput_window: int
     throughput_for: int
+    throughput_offset: int
     throughput_min_baseline_rps: float
     backlog_min_depth: float
     backlog_window: int
@@ -105,6 +136,30 @@ class Monitoring:
     failure_ratio_alert: float
     failure_window: int
     failure_for: int
+    dashboards: Dashboards
+
+
+def _burn_rate(rate: dict[str, Any]) -> BurnRate:
+    return BurnRate(
+        factor=float(rate["factor"]),
+        long=duration_seconds(rate["long"]),
+        short=duration_seconds(rate["short"]),
+        for_=duration_seconds(rate["for"]),
+        severity=str(rate["severity"]),
+    )
+
+
+def _dashboards(section: dict[str, Any]) -> Dashboards:
+    return Dashboards(
+        stat_window=duration_seconds(section["stat_window"]),
+        quantiles=tuple(float(quantile) for quantile in section["quantiles"]),
+        budget_left_warning=float(section["budget_left_warning"]),
+        pool_in_use_warning=float(section["pool_in_use_warning"]),
+        pool_in_use_critical=float(section["pool_in_use_critical"]),
+        event_loop_lag_warning=float(section["event_loop_lag_warning"]),
+        event_loop_lag_critical=float(section["event_loop_lag_critical"]),
+        slots_busy_warning=float(section["slots_busy_warning"]),
+    )
 
 
 def parse_monitoring(text: str) -> Monitoring:
@@ -112,28 +167,19 @@ def parse_monitoring(text: str) -> Monitoring:
     section = data["monitoring"]
     thresholds = section["thresholds"]
     worker = section["worker"]
-    burn_rates = tuple(
-        BurnRate(
-            factor=float(rate["factor"]),
-            long=duration_seconds(rate["long"]),
-            short=duration_seconds(rate["short"]),
-            for_=duration_seconds(rate["for"]),
-            severity=str(rate["severity"]),
-        )
-        for rate in section["burn_rates"]
-    )
     monitoring = Monitoring(
         slo=parse(text),
         api_job=str(section["api_job"]),
         worker_job=str(section["worker_job"]),
         runbook_base_url=str(section["runbook_base_url"]),
         slo_window=duration_seconds(section["slo_window"]),
-        burn_rates=burn_rates,
+        burn_rates=tuple(_burn_rate(rate) for rate in section["burn_rates"]),
         short=duration_seconds(thresholds["short"]),
         long=duration_seconds(thresholds["long"]),
         for_=duration_seconds(thresholds["for"]),
         throughput_window=duration_seconds(thresholds["throughput_window"]),
         throughput_for=duration_seconds(thresholds["throughput_for"]),
+        throughput_offset=duration_seconds(thresholds["throughput_offset"]),
         throughput_min_baseline_rps=float(thresholds["throughput_min_baseline_rps"]),
         backlog_min_depth=float(worker["backlog_min_depth"]),
         backlog_window=duration_seconds(worker["backlog_window"]),
@@ -143,13 +189,50 @@ def parse_monitoring(text: str) -> Monitoring:
         failure_ratio_alert=float(worker["failure_ratio_alert"]),
         failure_window=duration_seconds(worker["failure_window"]),
         failure_for=duration_seconds(worker["failure_for"]),
+        dashboards=_dashboards(section["dashboards"]),
     )
-    for rate in burn_rates:
+    _check_burn_rates(monitoring)
+    _check_thresholds(monitoring)
+    return monitoring
+
+
+def _check_burn_rates(monitoring: Monitoring) -> None:
+    rates = monitoring.burn_rates
+    if not rates:
+        raise ValueError("monitoring.burn_rates: at least one burn-rate alert is needed")
+    for rate in rates:
         if not rate.short < rate.long or rate.severity not in SEVERITIES:
             raise ValueError(f"burn rate {rate}: short window must be shorter than long, severity one of {SEVERITIES}")
+        if not 0 < rate.factor * monitoring.slo.error_target < 1:
+            raise ValueError(f"burn rate {rate}: factor x errors.target must lie between 0 and 1, or it never fires")
+    factors = [rate.factor for rate in rates]
+    if factors != sorted(set(factors), reverse=True):
+        raise ValueError("monitoring.burn_rates: factors must be listed fastest first, each one different")
+
+
+def _ratio(name: str, value: float) -> None:
+    if not 0 < value < 1:
+        raise ValueError(f"{name} = {value}: must lie strictly between 0 and 1")
+
+
+def _check_thresholds(monitoring: Monitoring) -> None:
     if not monitoring.short < monitoring.long:
         raise ValueError("monitoring.thresholds: short window must be shorter than long")
-    return monitoring
+    _ratio("throughput.drop_alert", monitoring.slo.throughput_drop_alert)
+    _ratio("monitoring.worker.queue_wait_quantile", monitoring.queue_wait_quantile)
+    _ratio("monitoring.worker.failure_ratio_alert", monitoring.failure_ratio_alert)
+    if monitoring.queue_wait_alert_seconds <= 0 or monitoring.backlog_min_depth < 0:
+        raise ValueError("monitoring.worker: queue_wait_alert_seconds must be > 0 and backlog_min_depth >= 0")
+    boards = monitoring.dashboards
+    if not boards.quantiles or list(boards.quantiles) != sorted(set(boards.quantiles)):
+        raise ValueError("monitoring.dashboards.quantiles must be strictly increasing")
+    for name in ("budget_left_warning", "pool_in_use_warning", "pool_in_use_critical", "slots_busy_warning"):
+        _ratio(f"monitoring.dashboards.{name}", getattr(boards, name))
+    for quantile in boards.quantiles:
+        _ratio("monitoring.dashboards.quantiles", quantile)
+    for kind in ("pool_in_use", "event_loop_lag"):
+        if not 0 < getattr(boards, f"{kind}_warning") < getattr(boards, f"{kind}_critical"):
+            raise ValueError(f"monitoring.dashboards: 0 < {kind}_warning < {kind}_critical must hold")
 
 
 @cache

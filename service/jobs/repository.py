@@ -11,6 +11,12 @@ The queue's guarantees live here, in SQL:
   result: a job that ran twice stores one (also enforced by a unique index);
 - the reaper turns expired leases back into runnable jobs, or `dead` ones once
   their attempts are spent.
+
+Why not pgqueuer, which has LISTEN/NOTIFY, retries, a held/dead state and
+heartbeat re-pick: its jobs are async functions in the worker's event loop (no
+child process a timeout can kill), a re-pick after a lost heartbeat does not
+count an attempt, and completion is not tied to the lease holder, which are
+the three guarantees above and in service/worker/.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ import asyncpg
 import orjson
 
 from service.db import Connection
+from service.jobs.schemas import AttemptOutcome, JobState
 
 CHANNEL: Final = "jobs"  # LISTEN/NOTIFY channel: a wake-up, never the only copy of anything
 _COLUMNS: Final = (
@@ -214,16 +221,16 @@ async def fail(
     claim: Claim,
     worker: str,
     *,
-    outcome: str,
+    outcome: AttemptOutcome,
     error: str,
     detail: str,
     retry_in_seconds: float | None,
-) -> str | None:
+) -> JobState | None:
     """Record a failed attempt: `failed` with the next try at now + retry_in_seconds, or
     `dead` when retry_in_seconds is None or no attempts are left. The job shows `error`
     (one line, for the API); the attempt keeps `detail` (the traceback, for operators).
     Returns the new state, or None when the lease was lost (someone else owns the job now)."""
-    return await conn.fetchval(  # type: ignore[no-any-return]
+    state = await conn.fetchval(
         """
         WITH done AS (
             UPDATE jobs
@@ -250,6 +257,7 @@ async def fail(
         claim.claimed_at,
         detail,
     )
+    return JobState(state) if state is not None else None
 
 
 async def release(conn: Connection, claim: Claim, worker: str) -> bool:
@@ -279,7 +287,7 @@ async def release(conn: Connection, claim: Claim, worker: str) -> bool:
 @dataclass(frozen=True)
 class Reclaimed:
     kind: str
-    state: str  # failed (runnable again) or dead (attempts spent)
+    state: JobState  # failed (runnable again) or dead (attempts spent)
 
 
 async def reclaim_expired(conn: Connection) -> list[Reclaimed]:
@@ -310,7 +318,7 @@ async def reclaim_expired(conn: Connection) -> list[Reclaimed]:
     )
     if rows:
         await conn.execute("SELECT pg_notify($1, 'reclaimed')", CHANNEL)
-    return [Reclaimed(row["kind"], row["state"]) for row in rows]
+    return [Reclaimed(row["kind"], JobState(row["state"])) for row in rows]
 
 
 async def prune(conn: Connection, retention_hours: float, batch: int = 1000) -> int:

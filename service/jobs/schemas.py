@@ -1,4 +1,4 @@
-"""Request and response shapes of /v1/jobs."""
+"""Request and response shapes of /v1/jobs, and the jobs' vocabularies (states, attempt outcomes)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,31 @@ class JobState(enum.StrEnum):
     FAILED = "failed"  # an attempt failed; the next one runs at `run_at`
     DEAD = "dead"  # the last allowed attempt failed
     CANCELLED = "cancelled"
+
+
+class AttemptStatus(enum.StrEnum):
+    """How the child process reports an attempt (service/worker/pool.py sends these strings)."""
+
+    OK = "ok"
+    ERROR = "error"  # the job raised: retried after a backoff, until its attempts are spent
+    PERMANENT = "permanent"  # no attempt can succeed (bad params, unknown kind): straight to dead
+
+
+class AttemptOutcome(enum.StrEnum):
+    """How an attempt ended, as `job_attempts.outcome` records it."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"  # raised, died, or could never succeed
+    TIMEOUT = "timeout"  # killed past its hard limit
+    RELEASED = "released"  # handed back unfinished at shutdown; not counted
+    LOST = "lost"  # its worker stopped renewing the lease; reclaimed by another
+
+
+class StopReason(enum.StrEnum):
+    """Why the worker cancels a running attempt itself."""
+
+    LEASE_LOST = "lease lost"  # another worker took the job over: its result could not be stored
+    SHUTDOWN = "shutdown"  # past the shutdown grace: kill the child and release the job
 
 
 class JobCreate(BaseModel):

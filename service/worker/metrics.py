@@ -1,4 +1,4 @@
-"""The worker's Prometheus metrics (names from ../shared DESIGN.md), served on its METRICS_PORT.
+"""The worker's Prometheus metrics (names: docs/architecture.md, "Metrics"), served on its METRICS_PORT.
 
 The gauges sampled from the jobs table (depth, dead) read the same on every
 worker: aggregate them with `max`, not `sum`. Counters and histograms are per
@@ -12,8 +12,10 @@ from typing import Final
 from prometheus_client import Counter, Gauge, Histogram
 
 from service.jobs.kinds import KINDS
+from service.jobs.schemas import JobState
 
-OUTCOMES: Final = ("succeeded", "failed", "dead")
+# The `outcome` label: the state an attempt left its job in (the runner records exactly these).
+OUTCOMES: Final = (JobState.SUCCEEDED, JobState.FAILED, JobState.DEAD)
 
 QUEUE_DEPTH = Gauge("job_queue_depth", "Runnable jobs not yet claimed (sampled from the jobs table).", ["kind"])
 JOBS_DEAD = Gauge("jobs_dead", "Jobs in state dead: every attempt failed (sampled from the jobs table).", ["kind"])

@@ -22,9 +22,9 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 from uuid import UUID
 
 import asyncpg
@@ -34,6 +34,7 @@ from service.config import WorkerSettings
 from service.db import UNAVAILABLE_ERRORS
 from service.jobs import repository
 from service.jobs.kinds import KINDS, JobContext
+from service.jobs.schemas import AttemptOutcome, AttemptStatus, JobState, StopReason
 from service.logging import job_id_var, request_id_var
 from service.worker import metrics
 from service.worker.pool import ChildDied, JobTimedOut, Slot, SlotPool
@@ -60,11 +61,44 @@ def retry_delay(attempt: int, base: float, cap: float) -> float:
     return step / 2 + random.uniform(0, step / 2)  # noqa: S311 - jitter, not cryptography
 
 
+@dataclass(frozen=True)
+class Attempt:
+    """What one run of a job produced, before anything is written."""
+
+    status: AttemptStatus
+    payload: Any  # the result (OK), or the error with the innermost frames of its traceback
+    outcome: AttemptOutcome = AttemptOutcome.FAILED  # how job_attempts names a failure
+
+
+@dataclass
+class JobScope:
+    """The state an attempt left its job in; the job's span reports it when the scope closes."""
+
+    state: JobState | None = None  # None: abandoned (cancelled, lease lost, or not recorded)
+
+
+@contextlib.contextmanager
+def job_scope(claim: repository.Claim) -> Iterator[JobScope]:
+    """The job's id and request id on every log line, and its span (when tracing is on) continuing
+    the trace of the request that enqueued it."""
+    request_id_var.set(claim.request_id)
+    job_id_var.set(str(claim.id))
+    scope = JobScope()
+    if not tracing.enabled:
+        yield scope
+        return
+    span, token = tracing.start_job_span(claim.kind, str(claim.id), claim.attempt, _trace_headers(claim))
+    try:
+        yield scope
+    finally:
+        tracing.end_job_span(span, token, scope.state.value if scope.state else None)
+
+
 @dataclass
 class Running:
     claim: repository.Claim
     task: asyncio.Task[None]
-    stop_reason: str | None = None  # "lease lost" or "shutdown" when the worker cancels it
+    stop_reason: StopReason | None = None  # set when the worker cancels the attempt itself
 
 
 @dataclass
@@ -121,37 +155,24 @@ class Worker:
     # --- one job -------------------------------------------------------------------------
 
     async def _execute(self, claim: repository.Claim, slot: Slot) -> None:
-        request_id_var.set(claim.request_id)
-        job_id_var.set(str(claim.id))
-        if not tracing.enabled:
-            await self._execute_attempt(claim, slot)
-            return
-        span, token = tracing.start_job_span(claim.kind, str(claim.id), claim.attempt, _trace_headers(claim))
-        outcome: str | None = None
-        try:
-            outcome = await self._execute_attempt(claim, slot)
-        finally:
-            tracing.end_job_span(span, token, outcome)
+        with job_scope(claim) as scope:
+            scope.state = await self._execute_attempt(claim, slot)
 
-    async def _execute_attempt(self, claim: repository.Claim, slot: Slot) -> str | None:
-        kind = KINDS.get(claim.kind)
-        limit_seconds = self.settings.job_timeout_seconds
-        if kind is not None and kind.timeout_seconds is not None:
-            limit_seconds = min(limit_seconds, kind.timeout_seconds)
-        context = JobContext(str(claim.id), claim.attempt, str(self.settings.database_url), claim.request_id)
+    async def _execute_attempt(self, claim: repository.Claim, slot: Slot) -> JobState | None:
+        """Run one attempt and record it; the job's new state, None if it was not recorded."""
         logger.info("job started", extra={"kind": claim.kind, "attempt": claim.attempt})
         started = time.perf_counter()
+        state: JobState | None = None
         try:
-            outcome = await self._attempt(claim, slot, context, limit_seconds)
+            state = await self._record(claim, await self._run(claim, slot))
         except TRANSIENT_ERRORS as error:
-            outcome = None
             logger.error(
                 "job outcome not recorded: the database stayed unreachable; it runs again once its lease expires",
                 extra={"kind": claim.kind, "error": type(error).__name__},
             )
         except asyncio.CancelledError:
             entry = self.running.get(claim.id)
-            shutting_down = entry is not None and entry.stop_reason == "shutdown"
+            shutting_down = entry is not None and entry.stop_reason is StopReason.SHUTDOWN
             if shutting_down and await self._db("release", repository.release, claim, self.name):
                 metrics.JOBS_RELEASED.labels(claim.kind).inc()
                 logger.info("job released at shutdown", extra={"kind": claim.kind})
@@ -163,52 +184,58 @@ class Worker:
             if self._backlog:
                 self._wake.set()  # a slot is free and jobs may be waiting
         elapsed = time.perf_counter() - started
-        if outcome is not None:
-            metrics.JOB_DURATION.labels(claim.kind, outcome).observe(elapsed)
-            metrics.JOBS_PROCESSED.labels(claim.kind, outcome).inc()
-            logger.info("job finished", extra={"kind": claim.kind, "outcome": outcome, "seconds": round(elapsed, 3)})
-        return outcome
+        if state is not None:
+            metrics.JOB_DURATION.labels(claim.kind, state).observe(elapsed)
+            metrics.JOBS_PROCESSED.labels(claim.kind, state).inc()
+            logger.info("job finished", extra={"kind": claim.kind, "outcome": state, "seconds": round(elapsed, 3)})
+        return state
 
-    async def _attempt(
-        self, claim: repository.Claim, slot: Slot, context: JobContext, limit_seconds: float
-    ) -> str | None:
-        """Run the attempt and record its end; return the outcome, None if the lease was lost."""
-        retry_in: float | None = retry_delay(
-            claim.attempt, self.settings.job_retry_base_seconds, self.settings.job_retry_max_seconds
-        )
+    def _limit_seconds(self, claim: repository.Claim) -> float:
+        kind = KINDS.get(claim.kind)
+        if kind is not None and kind.timeout_seconds is not None:
+            return min(self.settings.job_timeout_seconds, kind.timeout_seconds)
+        return self.settings.job_timeout_seconds
+
+    async def _run(self, claim: repository.Claim, slot: Slot) -> Attempt:
+        """Run the attempt in the slot's child; writes nothing."""
         if claim.kind not in KINDS:
-            status, payload, outcome = "permanent", f"unknown job kind {claim.kind!r}", "failed"
+            return Attempt(AttemptStatus.PERMANENT, f"unknown job kind {claim.kind!r}")
+        context = JobContext(str(claim.id), claim.attempt, str(self.settings.database_url), claim.request_id)
+        try:
+            status, payload = await slot.run(claim.kind, claim.params, context, self._limit_seconds(claim))
+        except JobTimedOut as error:
+            metrics.JOB_TIMEOUTS.labels(claim.kind).inc()
+            logger.warning("job timed out", extra={"kind": claim.kind, "child_pid": error.pid})
+            return Attempt(AttemptStatus.ERROR, str(error), AttemptOutcome.TIMEOUT)
+        except ChildDied as error:
+            return Attempt(AttemptStatus.ERROR, str(error))
+        return Attempt(AttemptStatus(status), payload)
+
+    async def _record(self, claim: repository.Claim, attempt: Attempt) -> JobState | None:
+        """Store the attempt's end while its lease holds; the job's new state, None if the lease was lost."""
+        state: JobState | None
+        if attempt.status is AttemptStatus.OK:
+            stored = await self._write("complete", repository.complete, claim, self.name, attempt.payload)
+            state = JobState.SUCCEEDED if stored else None
         else:
-            try:
-                status, payload = await slot.run(claim.kind, claim.params, context, limit_seconds)
-                outcome = "failed"
-            except JobTimedOut as error:
-                metrics.JOB_TIMEOUTS.labels(claim.kind).inc()
-                logger.warning("job timed out", extra={"kind": claim.kind, "child_pid": error.pid})
-                status, payload, outcome = "error", str(error), "timeout"
-            except ChildDied as error:
-                status, payload, outcome = "error", str(error), "failed"
-        if status == "ok":
-            stored = await self._record("complete", repository.complete, claim, self.name, payload)
-            if stored:
-                return "succeeded"
-            self._lost(claim)
-            return None
-        if status == "permanent":
-            retry_in = None  # no attempt can succeed: straight to dead
-        detail = str(payload)
-        summary = detail.strip().splitlines()[-1][:500]  # the exception line, without the traceback
-        logger.warning("job attempt failed", extra={"kind": claim.kind, "error": summary})
-        state = await self._record(
-            "fail",
-            repository.fail,
-            claim,
-            self.name,
-            outcome=outcome,
-            error=summary,
-            detail=detail,
-            retry_in_seconds=retry_in,
-        )
+            retry_in = None  # a permanent failure: no attempt can succeed, straight to dead
+            if attempt.status is AttemptStatus.ERROR:
+                retry_in = retry_delay(
+                    claim.attempt, self.settings.job_retry_base_seconds, self.settings.job_retry_max_seconds
+                )
+            detail = str(attempt.payload)
+            summary = detail.strip().splitlines()[-1][:500]  # the exception line, without the traceback
+            logger.warning("job attempt failed", extra={"kind": claim.kind, "error": summary})
+            state = await self._write(
+                "fail",
+                repository.fail,
+                claim,
+                self.name,
+                outcome=attempt.outcome,
+                error=summary,
+                detail=detail,
+                retry_in_seconds=retry_in,
+            )
         if state is None:
             self._lost(claim)
         return state
@@ -217,7 +244,7 @@ class Worker:
         metrics.LEASES_LOST.labels(claim.kind).inc()
         logger.warning("job outcome discarded: another worker took the job over", extra={"kind": claim.kind})
 
-    async def _record(self, operation: str, write: Callable[..., Awaitable[_T]], *args: object, **kwargs: object) -> _T:
+    async def _write(self, operation: str, write: Callable[..., Awaitable[_T]], *args: object, **kwargs: object) -> _T:
         """Write an attempt's outcome, retrying while the database is unreachable and the lease
         may still hold; past that, another worker re-runs the job, so giving up loses nothing."""
         deadline = time.monotonic() + self.settings.job_lease_seconds
@@ -249,7 +276,7 @@ class Worker:
             for job_id, _ in leases:
                 entry = self.running.get(job_id)
                 if job_id not in held and entry is not None and entry.stop_reason is None:
-                    entry.stop_reason = "lease lost"
+                    entry.stop_reason = StopReason.LEASE_LOST
                     self._lost(entry.claim)
                     entry.task.cancel()  # kills the child: its result could not be stored
 
@@ -319,7 +346,7 @@ class Worker:
             await asyncio.wait(tasks, timeout=grace_seconds)
         leftovers = list(self.running.values())
         for entry in leftovers:
-            entry.stop_reason = "shutdown"
+            entry.stop_reason = StopReason.SHUTDOWN
             entry.task.cancel()
         if leftovers:
             await asyncio.wait([entry.task for entry in leftovers])

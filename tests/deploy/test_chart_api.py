@@ -3,19 +3,12 @@ security context, resources, spreading, rollout and what the routes expose."""
 
 from __future__ import annotations
 
-import functools
-
 import pytest
 import yaml
 
-from tests.deploy.chart import CHART, Manifest, Rendered, container, env, name, pod_spec, render
+from tests.fixtures.chart import CHART, Manifest, Rendered, container, defaults, env, name, pod_spec, render
 
 VALUES = yaml.safe_load((CHART / "values.yaml").read_text())
-
-
-@functools.cache
-def defaults() -> Rendered:
-    return render()
 
 
 def api() -> Manifest:

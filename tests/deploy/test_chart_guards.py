@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.deploy.chart import ALL_CRDS, render, template
+from tests.fixtures.chart import ALL_CRDS, render, template
 
 Values = dict[str, object]
 # (values that break one invariant, the values the message must name, values just inside the limit)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import yaml
 
-from tests.conftest import ROOT
-from tests.deploy.chart import CHART, NAMESPACE, RELEASE, Manifest, helm, name, render
+from tests.fixtures.chart import CHART, NAMESPACE, RELEASE, Manifest, helm, name, render
+from tests.fixtures.paths import ROOT
 
 SOURCES = {
     "rules": (ROOT / "monitoring" / "prometheus" / "rules", CHART / "files" / "prometheus" / "rules", "*.yaml"),

@@ -15,8 +15,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from tests.conftest import ROOT
-from tests.deploy.chart import CHART, KUBERNETES_VERSIONS, SCENARIOS, Manifest, helm, render
+from tests.fixtures.chart import CHART, KUBERNETES_VERSIONS, SCENARIOS, Manifest, helm, render
+from tests.fixtures.paths import ROOT
 
 SCENARIO_IDS = [path.name for path in SCENARIOS]
 CRD_SCHEMA_DIR = Path(os.environ.get("CRD_SCHEMA_DIR", "/work/shared/schemas/crds"))

@@ -7,7 +7,7 @@ import functools
 
 import pytest
 
-from tests.deploy.chart import SCENARIOS, Manifest, render
+from tests.fixtures.chart import SCENARIOS, Manifest, render
 
 WORKLOAD_KINDS = {"Deployment", "Job", "StatefulSet", "DaemonSet"}
 RESTRICTED_VOLUMES = {

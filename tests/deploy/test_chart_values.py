@@ -8,7 +8,7 @@ import json
 import re
 from typing import Any
 
-from tests.deploy.chart import CHART
+from tests.fixtures.chart import CHART
 
 VALUES = CHART / "values.yaml"
 SCHEMA: dict[str, Any] = json.loads((CHART / "values.schema.json").read_text())

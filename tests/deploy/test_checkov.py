@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.deploy.chart import SCENARIOS, template
+from tests.fixtures.chart import SCENARIOS, template
+from tests.fixtures.paths import ROOT
 
 CHECKOV = "checkov==3.3.30"
 # `uv run` exports UV; otherwise the uv on PATH or the one make install put in .tools.

@@ -6,7 +6,7 @@ import re
 import shutil
 import subprocess
 
-from tests.conftest import ROOT
+from tests.fixtures.paths import ROOT
 
 DOCKERFILE = ROOT / "Dockerfile"
 

@@ -7,8 +7,8 @@ from typing import Any
 import yaml
 
 from service.config import Settings
-from tests.conftest import ROOT
-from tests.deploy.chart import CHART
+from tests.fixtures.chart import CHART
+from tests.fixtures.paths import ROOT
 
 NGINX = ROOT / "deploy" / "nginx"
 CHART_VALUES: dict[str, Any] = yaml.safe_load((CHART / "values.yaml").read_text())

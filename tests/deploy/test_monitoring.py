@@ -14,7 +14,7 @@ import yaml
 
 from monitoring import dashboards, generate, queries, rules
 from service import slo
-from tests.conftest import ROOT
+from tests.fixtures.paths import ROOT
 
 MONITORING = ROOT / "monitoring"
 RULES = MONITORING / "prometheus" / "rules"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shutil
 import subprocess
 
-from tests.conftest import ROOT
+from tests.fixtures.paths import ROOT
 
 
 def test_promtool_accepts_the_local_prometheus_config() -> None:

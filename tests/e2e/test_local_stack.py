@@ -18,7 +18,7 @@ import orjson
 import pytest
 import servers
 
-from tests.conftest import ROOT
+from tests.fixtures.paths import ROOT
 
 pytestmark = pytest.mark.e2e
 STACK = [sys.executable, str(ROOT / "deploy" / "local" / "stack.py")]

@@ -9,8 +9,9 @@ from collections.abc import Callable, Iterator
 import httpx
 import pytest
 
-from tests.conftest import WRITER, WRITER_KEY, Backends, dedicated_backends
-from tests.e2e.conftest import ApiProcess
+from tests.fixtures.backends import Backends, dedicated_backends
+from tests.fixtures.keys import WRITER, WRITER_KEY
+from tests.fixtures.processes import ApiProcess
 
 pytestmark = pytest.mark.e2e
 

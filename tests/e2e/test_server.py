@@ -17,8 +17,10 @@ import psutil
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
-from tests.conftest import ROOT, WRITER, Backends, TableLock
-from tests.e2e.conftest import ApiProcess, api_env
+from tests.fixtures.backends import Backends, TableLock
+from tests.fixtures.keys import WRITER
+from tests.fixtures.paths import ROOT
+from tests.fixtures.processes import ApiProcess, api_env
 
 pytestmark = pytest.mark.e2e
 

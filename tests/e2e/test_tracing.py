@@ -22,8 +22,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceResponse,
 )
 
-from tests.conftest import WRITER
-from tests.e2e.conftest import ApiProcess, WorkerProcess
+from tests.fixtures.keys import WRITER
+from tests.fixtures.processes import ApiProcess, WorkerProcess
 
 pytestmark = pytest.mark.e2e
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"

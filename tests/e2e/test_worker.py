@@ -22,8 +22,10 @@ import psutil
 import pytest
 
 from service.jobs import repository
-from tests.conftest import WRITER, Backends, lifespan_client, make_settings
-from tests.e2e.conftest import ApiProcess, WorkerProcess
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends
+from tests.fixtures.keys import WRITER
+from tests.fixtures.processes import ApiProcess, WorkerProcess
 
 pytestmark = pytest.mark.e2e
 
@@ -111,7 +113,7 @@ async def test_jobs_are_enqueued_and_completed_with_redis_down_for_the_whole_run
     backends: Backends,
     db: asyncpg.Connection,
 ) -> None:
-    import servers  # noqa: PLC0415 - deploy/local, on sys.path via tests/conftest.py
+    import servers  # noqa: PLC0415 - deploy/local, on sys.path via tests/fixtures/__init__.py
 
     nothing_listens = f"redis://127.0.0.1:{servers.free_port()}/0"
     api = start_api(REDIS_URL=nothing_listens)

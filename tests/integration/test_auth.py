@@ -14,9 +14,11 @@ import pytest
 from service.app import create_app
 from service.auth import KeyRing, bearer_token
 from service.config import ApiKeySpec
-from tests.conftest import READER_KEY, ROOT, WRITER, WRITER_KEY, Backends, lifespan_client, make_settings
-from tests.integration.test_bad_input import snapshot
-from tests.integration.test_items import ITEM
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends
+from tests.fixtures.items import ITEM, snapshot
+from tests.fixtures.keys import READER_KEY, WRITER, WRITER_KEY
+from tests.fixtures.paths import ROOT
 
 WRITES = [
     ("POST", "/v1/items", ITEM),

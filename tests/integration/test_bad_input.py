@@ -10,7 +10,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.integration.test_items import ITEM
+from tests.fixtures.items import ITEM, snapshot
 
 Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 TEN_MB = b"x" * (10 * 1024 * 1024)
@@ -68,10 +68,6 @@ CASES: dict[str, tuple[Request, int]] = {
     "request line too long": (lambda c: c.get("/v1/items", params={"cursor": "a" * 9000}), 414),
     "too many headers": (lambda c: c.get("/v1/items", headers={f"x-h{n}": "v" for n in range(150)}), 431),
 }
-
-
-async def snapshot(db: asyncpg.Connection) -> list[tuple[Any, ...]]:
-    return [tuple(row) for row in await db.fetch("SELECT * FROM items ORDER BY id")]
 
 
 @pytest.mark.parametrize("case", CASES.keys())

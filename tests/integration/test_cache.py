@@ -11,7 +11,7 @@ import redis.asyncio as redis
 
 from service.cache import LocalTTLCache, TwoLevelCache
 from service.resilience import CircuitBreaker
-from tests.conftest import Backends
+from tests.fixtures.backends import Backends
 
 
 class Loader:

@@ -17,8 +17,10 @@ import pytest
 import redis.asyncio as redis
 
 from service.app import create_app
-from tests.conftest import WRITER, Backends, dedicated_backends, lifespan_client, make_settings
-from tests.integration.test_items import new_item
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends, dedicated_backends
+from tests.fixtures.items import new_item
+from tests.fixtures.keys import WRITER
 
 
 @pytest.fixture

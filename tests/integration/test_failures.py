@@ -9,8 +9,9 @@ import asyncpg
 import pytest
 
 from service.app import create_app
-from tests.conftest import Backends, TableLock, lifespan_client, make_settings
-from tests.integration.test_items import seed
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends, TableLock
+from tests.fixtures.items import seed
 
 
 async def test_an_unhandled_exception_is_a_bare_500_problem_with_the_request_id(

@@ -7,7 +7,8 @@ import pytest
 
 from service.app import create_app
 from service.config import Settings
-from tests.conftest import Backends, lifespan_client, make_settings
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends
 
 
 async def test_probes_answer_when_healthy(client: httpx.AsyncClient) -> None:

@@ -12,8 +12,9 @@ import pytest
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from tests.conftest import Backends, lifespan_client, make_settings
-from tests.integration.test_items import ITEM
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends
+from tests.fixtures.items import ITEM
 
 
 def count(route: str, method: str, status: str) -> float:

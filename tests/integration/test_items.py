@@ -11,21 +11,7 @@ import asyncpg
 import httpx
 
 from service.items import repository
-
-ITEM = {"sku": "hammer-1", "name": "Claw hammer", "category": "tools", "price_cents": 1999, "stock": 12}
-
-
-def new_item(n: int, **changes: Any) -> dict[str, Any]:
-    return {**ITEM, "sku": f"sku-{n:05d}", "name": f"Item {n}", **changes}
-
-
-async def seed(db: asyncpg.Connection, count: int) -> None:
-    await db.execute(
-        """INSERT INTO items (sku, name, category, price_cents, stock)
-           SELECT 'sku-' || lpad(n::text, 7, '0'), 'Item ' || n, 'cat-' || (n % 7), n * 10, n % 100
-           FROM generate_series(1, $1) AS n""",
-        count,
-    )
+from tests.fixtures.items import ITEM, seed
 
 
 async def test_create_get_update_delete(client: httpx.AsyncClient) -> None:

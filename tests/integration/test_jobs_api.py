@@ -9,7 +9,7 @@ import asyncpg
 import httpx
 import pytest
 
-from tests.conftest import READER_KEY
+from tests.fixtures.keys import READER_KEY
 
 BURN = {"kind": "cpu.burn", "params": {"milliseconds": 5}}
 

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import asyncpg
 import pytest
 
 from service import migrate as migrations
-from tests.conftest import Backends
+from tests.fixtures.backends import Backends
 
 
 @pytest.fixture
@@ -74,3 +75,103 @@ async def test_a_failing_migration_leaves_nothing_half_applied(
         await conn.execute("SELECT pg_advisory_unlock($1)", migrations.ADVISORY_LOCK_KEY)
     finally:
         await conn.close()
+
+
+async def _applied_versions(dsn: str) -> list[int]:
+    conn = await asyncpg.connect(dsn)
+    try:
+        return [row["version"] for row in await conn.fetch("SELECT version FROM schema_migrations ORDER BY version")]
+    finally:
+        await conn.close()
+
+
+def _with(monkeypatch: pytest.MonkeyPatch, name: str, sql: str) -> migrations.Migration:
+    real = migrations.discover()
+    extra = migrations.Migration(real[-1].version + 1, name, sql)
+    monkeypatch.setattr(migrations, "discover", lambda: [*real, extra])
+    return extra
+
+
+CONCURRENT_INDEX = """-- Build the index without blocking writes.
+-- migrate: no-transaction
+DROP INDEX CONCURRENTLY IF EXISTS items_name;
+CREATE INDEX CONCURRENTLY items_name
+    ON items (name);
+"""
+
+
+async def test_a_no_transaction_migration_can_create_an_index_concurrently(
+    empty_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = _with(monkeypatch, "items_name", CONCURRENT_INDEX)
+    assert not extra.transactional
+    assert len(extra.statements()) == 2
+    assert await migrations.migrate(empty_schema) == [f"{m.version:04d}_{m.name}" for m in migrations.discover()]
+    conn = await asyncpg.connect(empty_schema)
+    try:
+        valid = await conn.fetchval("SELECT indisvalid FROM pg_index WHERE indexrelid = to_regclass('items_name')")
+        assert valid is True
+    finally:
+        await conn.close()
+    assert (await _applied_versions(empty_schema))[-1] == extra.version
+
+
+async def test_without_the_marker_a_concurrent_index_is_refused_and_nothing_is_recorded(
+    empty_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    extra = _with(monkeypatch, "items_name", CONCURRENT_INDEX.replace("-- migrate: no-transaction\n", ""))
+    assert extra.transactional
+    with pytest.raises(asyncpg.ActiveSQLTransactionError):
+        await migrations.migrate(empty_schema)
+    assert extra.version not in await _applied_versions(empty_schema)
+
+
+async def _blocked_by_a_reader(dsn: str, run: Callable[[], Awaitable[list[str]]]) -> float:
+    """Run `run` while another session holds ACCESS SHARE on items (a long read); its duration."""
+    reader = await asyncpg.connect(dsn)
+    try:
+        async with reader.transaction():
+            await reader.execute("LOCK TABLE items IN ACCESS SHARE MODE")
+            started = time.monotonic()
+            with pytest.raises(asyncpg.LockNotAvailableError):
+                await run()
+            return time.monotonic() - started
+    finally:
+        await reader.close()
+
+
+async def test_a_migration_waiting_for_a_lock_gives_up_at_its_lock_timeout(
+    empty_schema: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await migrations.migrate(empty_schema)
+    extra = _with(monkeypatch, "items_note", "ALTER TABLE items ADD COLUMN note text;")
+    waited = await _blocked_by_a_reader(empty_schema, lambda: migrations.migrate(empty_schema, lock_timeout="300ms"))
+    assert 0.25 < waited < 3
+    assert extra.version not in await _applied_versions(empty_schema)
+    # Once the reader is gone the same migration goes through.
+    assert await migrations.migrate(empty_schema) == [f"{extra.version:04d}_items_note"]
+
+
+async def test_a_file_can_set_its_own_lock_timeout(empty_schema: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    await migrations.migrate(empty_schema)
+    _with(monkeypatch, "items_note", "-- migrate: lock_timeout=200ms\nALTER TABLE items ADD COLUMN note text;")
+    waited = await _blocked_by_a_reader(empty_schema, lambda: migrations.migrate(empty_schema, lock_timeout="1min"))
+    assert waited < 3
+
+
+@pytest.mark.parametrize(
+    "header", ["-- migrate: no-transactions", "-- migrate: lock_timeout=5", "-- migrate: lock_timeout=1h"]
+)
+async def test_an_unknown_or_malformed_marker_is_refused_before_anything_runs(
+    empty_schema: str, monkeypatch: pytest.MonkeyPatch, header: str
+) -> None:
+    _with(monkeypatch, "marked", f"{header}\nCREATE TABLE marked (id int);")
+    with pytest.raises(migrations.MigrationError, match="unknown marker"):
+        await migrations.migrate(empty_schema)
+    conn = await asyncpg.connect(empty_schema)
+    try:
+        assert await conn.fetchval("SELECT to_regclass('schema_migrations')") is None
+    finally:
+        await conn.close()
+    with pytest.raises(migrations.MigrationError, match="lock_timeout"):
+        await migrations.migrate(empty_schema, lock_timeout="soon")

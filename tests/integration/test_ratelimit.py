@@ -9,7 +9,7 @@ import redis.asyncio as redis
 from service.config import Rate
 from service.ratelimit import RateLimiter
 from service.resilience import CircuitBreaker
-from tests.conftest import Backends
+from tests.fixtures.backends import Backends
 
 
 async def test_concurrent_hits_are_counted_exactly(backends: Backends) -> None:

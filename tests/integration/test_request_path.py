@@ -10,8 +10,9 @@ import httpx
 import redis.asyncio as redis
 
 from service.app import create_app
-from tests.conftest import Backends, TableLock, lifespan_client, make_settings
-from tests.integration.test_items import seed
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends, TableLock
+from tests.fixtures.items import seed
 
 
 async def test_a_request_over_its_budget_is_cut_off_with_503(backends: Backends, db: asyncpg.Connection) -> None:

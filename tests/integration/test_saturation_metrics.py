@@ -10,7 +10,8 @@ import httpx
 from prometheus_client import REGISTRY
 
 from service.app import create_app
-from tests.conftest import Backends, TableLock, lifespan_client, make_settings
+from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.backends import Backends, TableLock
 
 
 def sample(name: str, labels: dict[str, str] | None = None) -> float:

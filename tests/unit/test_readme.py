@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from service.config import Settings, WorkerSettings
-from tests.conftest import ROOT
+from tests.fixtures.paths import ROOT
 
 
 def test_every_setting_is_documented() -> None:
