@@ -4,6 +4,7 @@
 #   make test    lint + type check + the whole test suite
 #   make lint    ruff (lint and format check) + mypy --strict
 #   make bench   benchmarks under bench/, results in bench/results/
+#   make loadtest  locust against the `make up` stack with an SLO verdict and a report (RATE=60 DURATION=2m, or HOST=... PROMETHEUS=...)
 #   make monitoring  regenerate Prometheus rules, their promtool tests and the Grafana dashboards from service/slo.toml
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
@@ -12,7 +13,7 @@
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring
+.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring loadtest
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -69,6 +70,11 @@ bench:
 	$(UV) run python bench/export_memory.py || status=1; \
 	$(UV) run python bench/jobs.py || status=1; \
 	exit $$status
+
+LOADTEST_ARGS = $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(HOST)) \
+	$(if $(PROMETHEUS),--prometheus $(PROMETHEUS)) $(ARGS)
+loadtest: install
+	PYTHONPATH=bench $(UV) run python -m loadtest $(LOADTEST_ARGS)
 
 monitoring: install
 	$(UV) run python monitoring/generate.py
