@@ -52,9 +52,15 @@ class Prometheus:
             raise PrometheusError(f"{path} {params.get('query', '')!r}: {body.get('error', response.text[:200])}")
         return body["data"]["result"]
 
+    def instant(self, query: str, at: float | None = None) -> list[dict[str, Any]]:
+        """An instant query's result vector (each `{"metric": labels, "value": [time, text]}`), now or at `at`."""
+        params = {"query": query} if at is None else {"query": query, "time": f"{at:.3f}"}
+        result: list[dict[str, Any]] = self._get("/api/v1/query", params)
+        return result
+
     def scalar(self, query: str, at: float) -> float | None:
         """The single value of an instant query at unix time `at`; None when it returns no series."""
-        result = self._get("/api/v1/query", {"query": query, "time": f"{at:.3f}"})
+        result = self.instant(query, at)
         if not result:
             return None
         value = float(result[0]["value"][1])

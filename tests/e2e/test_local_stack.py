@@ -171,6 +171,35 @@ def test_the_load_test_judges_a_short_run_from_the_server_and_the_client(stack: 
     assert f"report {directory / 'report.html'}" in run.stdout
 
 
+def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str, str]) -> None:
+    """`make drill` mechanics on one short drill: Redis down 5 s, the API fails open, every job runs."""
+    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtest.drills", "--only", "redis-stop", "--fault-seconds", "5", "--rate", "20"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode in {0, 1}, run.stdout[-3000:] + run.stderr[-3000:]
+    [directory] = (Path(stack["RUN_DIR"]) / "drills").iterdir()
+    [result] = orjson.loads((directory / "drills.json").read_bytes())
+    assert result["drill"] == "redis-stop"
+    assert result["requests"] >= 200, result  # 20 req/s over a 5 s baseline, the fault and the recovery
+    assert result["failed_by_status"] == {}, result  # the cache and the rate limiter fail open
+    assert result["jobs_accepted"] >= 10, result
+    assert result["jobs_lost"] == 0, result
+    assert result["fault_seconds"] >= 5
+    assert run.returncode == 0, run.stdout[-3000:]
+    # The production rules are back in the stack's Prometheus afterwards.
+    rules = Path(stack["RUN_DIR"]) / "prometheus" / "rules"
+    assert sorted(p.name for p in rules.iterdir()) == sorted(
+        p.name for p in (ROOT / "monitoring" / "prometheus" / "rules").iterdir()
+    )
+
+
 # Last: it stops one of the pods the other tests use.
 def test_stopping_a_pod_loses_no_request(stack: dict[str, str]) -> None:
     """SIGTERM one pod under steady traffic: nginx moves to the other and every request succeeds."""
