@@ -200,6 +200,25 @@ def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str,
     )
 
 
+def test_make_profile_records_a_flame_graph_of_an_api_pod_under_load(stack: dict[str, str]) -> None:
+    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtest.profile", "--rate", "20", "--duration", "8s"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [directory] = (Path(stack["RUN_DIR"]) / "profile").iterdir()
+    svg = (directory / "api-1.svg").read_text()
+    assert "<svg" in svg
+    assert "service/middleware.py" in svg, "no frame of our own code was sampled"
+    assert list(directory.rglob("report.html"))  # the load test's report sits beside it
+
+
 # Last: it stops one of the pods the other tests use.
 def test_stopping_a_pod_loses_no_request(stack: dict[str, str]) -> None:
     """SIGTERM one pod under steady traffic: nginx moves to the other and every request succeeds."""
