@@ -4,6 +4,9 @@
 #   make test    lint + type check + the whole test suite
 #   make lint    ruff (lint and format check) + mypy --strict
 #   make bench   benchmarks under bench/, results in bench/results/
+#   make drill   fault drills under steady load against the `make up` stack (ONLY="redis-stop ..." picks some)
+#   make profile  a py-spy flame graph (SVG) of API pod 1 while the load test runs (RATE=60 DURATION=60s)
+#   make loadtest  locust against the `make up` stack with an SLO verdict and a report (RATE=60 DURATION=2m, or HOST=... PROMETHEUS=...)
 #   make monitoring  regenerate Prometheus rules, their promtool tests and the Grafana dashboards from service/slo.toml
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
@@ -12,7 +15,7 @@
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring
+.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring loadtest drill profile
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -69,6 +72,17 @@ bench:
 	$(UV) run python bench/export_memory.py || status=1; \
 	$(UV) run python bench/jobs.py || status=1; \
 	exit $$status
+
+LOADTEST_ARGS = $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(HOST)) \
+	$(if $(PROMETHEUS),--prometheus $(PROMETHEUS)) $(ARGS)
+loadtest: install
+	PYTHONPATH=bench $(UV) run python -m loadtest $(LOADTEST_ARGS)
+
+profile: install
+	PYTHONPATH=bench $(UV) run python -m loadtest.profile $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(ARGS)
+
+drill: install
+	PYTHONPATH=bench $(UV) run python -m loadtest.drills $(if $(ONLY),--only $(ONLY)) $(ARGS)
 
 monitoring: install
 	$(UV) run python monitoring/generate.py

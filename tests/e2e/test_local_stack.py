@@ -135,6 +135,90 @@ def test_a_job_posted_through_nginx_is_run_by_the_worker_under_the_same_request_
     assert httpx.get(f"http://127.0.0.1:{stack['WORKER_METRICS_PORT']}/readyz").status_code == 200
 
 
+def test_the_load_test_judges_a_short_run_from_the_server_and_the_client(stack: dict[str, str], tmp_path: Path) -> None:
+    """`make loadtest` against the stack: both views agree on the traffic, no job is lost, the report is whole."""
+    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
+    arguments = ["--rate", "20", "--duration", "20s", "--seed-items", "300", "--results", str(tmp_path)]
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtest", *arguments],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert run.returncode in {0, 1}, run.stdout[-3000:] + run.stderr[-3000:]  # 2: it could not judge the run
+    [directory] = tmp_path.iterdir()
+    summary = orjson.loads((directory / "summary.json").read_bytes())
+    client, server = summary["client"], summary["server"]
+    assert client["requests"] >= 250, client  # 20 req/s for 20 s, less the spawn and pacing slack
+    # The same traffic seen from both ends (Prometheus extrapolates its window's edges a little).
+    assert 0.7 * client["requests"] <= server["requests"] <= 1.3 * client["requests"], summary
+    assert set(summary["statuses"]) <= {"200", "201", "202"}, summary["statuses"]
+    assert summary["jobs"].get("lost", 0) == 0, summary["jobs"]
+    assert summary["jobs"].get("unfinished", 0) == 0, summary["jobs"]
+    verdicts = summary["verdicts"]
+    assert [v["sli"] for v in verdicts] == ["P50 latency", "P99 latency", "error rate (5xx)", "throughput"]
+    assert all(v["server_pass"] is not None and v["client_pass"] is not None for v in verdicts), verdicts
+    assert summary["passed"] == all(v["passed"] for v in verdicts)
+    assert run.returncode == (0 if summary["passed"] else 1)
+    page = (directory / "report.html").read_text()
+    for chart in ("latency.png", "errors.png", "throughput.png", "jobs.png", "pods.png"):
+        assert f"src='{chart}'" in page
+        assert (directory / chart).read_bytes().startswith(b"\x89PNG"), chart
+    assert "| P99 latency |" in (directory / "report.md").read_text()
+    assert f"report {directory / 'report.html'}" in run.stdout
+
+
+def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str, str]) -> None:
+    """`make drill` mechanics on one short drill: Redis down 5 s, the API fails open, every job runs."""
+    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtest.drills", "--only", "redis-stop", "--fault-seconds", "5", "--rate", "20"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode in {0, 1}, run.stdout[-3000:] + run.stderr[-3000:]
+    [directory] = (Path(stack["RUN_DIR"]) / "drills").iterdir()
+    [result] = orjson.loads((directory / "drills.json").read_bytes())
+    assert result["drill"] == "redis-stop"
+    assert result["requests"] >= 200, result  # 20 req/s over a 5 s baseline, the fault and the recovery
+    assert result["failed_by_status"] == {}, result  # the cache and the rate limiter fail open
+    assert result["jobs_accepted"] >= 10, result
+    assert result["jobs_lost"] == 0, result
+    assert result["fault_seconds"] >= 5
+    assert run.returncode == 0, run.stdout[-3000:]
+    # The production rules are back in the stack's Prometheus afterwards.
+    rules = Path(stack["RUN_DIR"]) / "prometheus" / "rules"
+    assert sorted(p.name for p in rules.iterdir()) == sorted(
+        p.name for p in (ROOT / "monitoring" / "prometheus" / "rules").iterdir()
+    )
+
+
+def test_make_profile_records_a_flame_graph_of_an_api_pod_under_load(stack: dict[str, str]) -> None:
+    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
+    run = subprocess.run(
+        [sys.executable, "-m", "loadtest.profile", "--rate", "20", "--duration", "8s"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    [directory] = (Path(stack["RUN_DIR"]) / "profile").iterdir()
+    svg = (directory / "api-1.svg").read_text()
+    assert "<svg" in svg
+    assert "service/middleware.py" in svg, "no frame of our own code was sampled"
+    assert list(directory.rglob("report.html"))  # the load test's report sits beside it
+
+
 # Last: it stops one of the pods the other tests use.
 def test_stopping_a_pod_loses_no_request(stack: dict[str, str]) -> None:
     """SIGTERM one pod under steady traffic: nginx moves to the other and every request succeeds."""

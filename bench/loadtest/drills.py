@@ -1,0 +1,422 @@
+"""`make drill`: fault drills against the `make up` stack, each under steady load, each bounded in time.
+
+    PYTHONPATH=bench uv run python -m loadtest.drills [--only NAME ...] [--rate 30] [--fault-seconds 30]
+
+Drills, in order: a rolling restart of the API pods, a worker SIGKILLed while
+it runs jobs, Redis stopped, PostgreSQL stopped, and PostgreSQL slowed by a
+lock held on the items table. Each one:
+1. waits until no alert is firing, then sends steady traffic (reads through
+   nginx from twenty simulated clients, and a job a second with the API key)
+   for a few seconds of baseline;
+2. applies the fault and, where the fault is an outage, lifts it after
+   --fault-seconds (the restart and the kill are repaired by `make up` itself);
+3. keeps the traffic going until the stack has recovered, then checks that
+   every job accepted with 202 ended `succeeded` (a job lost is a failed drill);
+4. asks Prometheus which alerts fired during the drill.
+
+Alerts are judged with the rules' test profile (monitoring/generate.py
+--profile test: the production expressions with windows shortened, 5m -> 20 s,
+2m -> 10 s, ...), loaded into the stack's Prometheus for the drills and
+replaced by the production rules afterwards, so an alert can fire within a
+30 s fault. Traffic goes to loopback only. Results (Markdown and JSON) go to
+RUN_DIR/drills/<time>/; the console prints the table and the path.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+
+from loadtest.prometheus import Prometheus
+from service import slo as slo_file
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "local"))
+import stack as local_stack  # noqa: E402  (deploy/local/stack.py: stdlib only)
+
+STACK_SCRIPT = ROOT / "deploy" / "local" / "stack.py"
+JOB = {"kind": "cpu.burn", "params": {"milliseconds": 300}}  # long enough that a kill finds jobs running
+
+
+@dataclass
+class Sample:
+    sent: float  # unix seconds
+    done: float
+    status: int  # 0: no response (connection refused, reset, timeout)
+
+
+@dataclass
+class Traffic:
+    """Steady open-loop load: `rate` reads a second through nginx plus one job a second."""
+
+    base: str
+    api_key: str
+    item_ids: list[int]
+    rate: float
+    samples: list[Sample] = field(default_factory=list)
+    jobs: list[str] = field(default_factory=list)  # accepted with 202
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+
+    async def _one(self, http: httpx.AsyncClient, method: str, path: str, **kwargs: Any) -> httpx.Response | None:
+        sent = time.time()
+        try:
+            response = await http.request(method, path, **kwargs)
+        except httpx.HTTPError:
+            self.samples.append(Sample(sent, time.time(), 0))
+            return None
+        self.samples.append(Sample(sent, time.time(), response.status_code))
+        return response
+
+    async def _read(self, http: httpx.AsyncClient, client: int) -> None:
+        headers = {"X-Forwarded-For": f"198.51.100.{client}"}  # TEST-NET-2 text only: see locustfile.py
+        if random.random() < 0.3:
+            await self._one(http, "GET", "/v1/items?limit=20", headers=headers)
+        else:
+            await self._one(http, "GET", f"/v1/items/{random.choice(self.item_ids)}", headers=headers)
+
+    async def _submit(self, http: httpx.AsyncClient) -> None:
+        auth = {"Authorization": f"Bearer {self.api_key}"}
+        response = await self._one(http, "POST", "/v1/jobs", json=JOB, headers=auth)
+        if response is not None and response.status_code == 202:
+            self.jobs.append(response.json()["id"])
+
+    async def run(self) -> None:
+        tasks: set[asyncio.Task[None]] = set()
+        clients = itertools.cycle(range(1, 21))
+        async with httpx.AsyncClient(base_url=self.base, timeout=15) as http:
+            start = time.monotonic()
+            for n in itertools.count():
+                if self._stop.is_set():
+                    break
+                await asyncio.sleep(max(0.0, start + n / self.rate - time.monotonic()))
+                task = asyncio.create_task(self._read(http, next(clients)))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                if n % max(1, round(self.rate)) == 0:
+                    job = asyncio.create_task(self._submit(http))
+                    tasks.add(job)
+                    job.add_done_callback(tasks.discard)
+            await asyncio.gather(*tasks)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+@dataclass
+class Result:
+    drill: str
+    fault: str
+    requests: int
+    failed_by_status: dict[str, int]
+    jobs_accepted: int
+    jobs_lost: int
+    job_states: dict[str, int]
+    fault_seconds: float  # how long the fault lasted (for a restart: how long the roll took)
+    recovery_seconds: float  # from the fault's end to the last failed request (0: none failed after it)
+    expected_alerts: list[str]
+    alerts_fired: list[str]
+
+    @property
+    def passed(self) -> bool:
+        return self.jobs_lost == 0 and set(self.expected_alerts) <= set(self.alerts_fired)
+
+
+@dataclass
+class Drill:
+    name: str
+    fault: str
+    expected_alerts: list[str]
+    inject: Callable[[Context], Awaitable[tuple[float, float]]]  # returns (fault start, fault end), unix seconds
+
+
+@dataclass
+class Context:
+    stack: local_stack.Stack
+    env: dict[str, str]
+    fault_seconds: float
+
+    def stack_command(self, command: str) -> None:
+        run = subprocess.run([sys.executable, str(STACK_SCRIPT), command], env=self.env, check=False, text=True)
+        if run.returncode != 0:
+            raise DrillError(f"`stack.py {command}` failed (exit {run.returncode}); see the lines above")
+
+    def reload(self) -> local_stack.Stack:
+        loaded = local_stack.Stack.load(self.stack.run_dir)
+        if loaded is None:
+            raise DrillError(f"{self.stack.state_file} disappeared")
+        self.stack = loaded
+        return loaded
+
+
+class DrillError(RuntimeError):
+    """A drill could not be run (not its outcome): the message says what is missing."""
+
+
+async def _rolling_restart(context: Context) -> tuple[float, float]:
+    start = time.time()
+    await asyncio.to_thread(context.stack_command, "restart-api")
+    return start, time.time()
+
+
+async def _kill_worker(context: Context) -> tuple[float, float]:
+    metrics = f"http://127.0.0.1:{context.stack.worker_metrics_port}/metrics"
+    async with httpx.AsyncClient(timeout=2) as http:  # wait until the worker is running a job
+        for _ in range(100):
+            text = (await http.get(metrics)).text
+            running = [line for line in text.splitlines() if line.startswith("worker_jobs_running ")]
+            if running and float(running[0].split()[1]) > 0:
+                break
+            await asyncio.sleep(0.1)
+    start = time.time()
+    os.kill(context.reload().pids["worker"], signal.SIGKILL)
+    # Down long enough for CatalogWorkerDown to fire in the test profile: a failed scrape (5 s), its
+    # `for` (5m -> 20 s) and an evaluation (5 s); the jobs' leases (30 s) expire meanwhile.
+    await asyncio.sleep(max(context.fault_seconds, 40))
+    await asyncio.to_thread(context.stack_command, "up")  # `make up` again starts what is missing
+    return start, time.time()
+
+
+async def _stop_redis(context: Context) -> tuple[float, float]:
+    if not context.stack.own_redis:
+        raise DrillError("REDIS_URL points at a Redis `make up` did not start: not stopping it")
+    redis = context.stack.redis()
+    start = time.time()
+    await asyncio.to_thread(redis.stop)
+    await asyncio.sleep(context.fault_seconds)
+    await asyncio.to_thread(redis.start)
+    return start, time.time()
+
+
+async def _stop_postgres(context: Context) -> tuple[float, float]:
+    if not context.stack.own_postgres:
+        raise DrillError("DATABASE_URL points at a PostgreSQL `make up` did not start: not stopping it")
+    postgres = context.stack.postgres()
+    start = time.time()
+    await asyncio.to_thread(postgres.stop)
+    await asyncio.sleep(context.fault_seconds)
+    await asyncio.to_thread(postgres.start)
+    return start, time.time()
+
+
+async def _slow_postgres(context: Context) -> tuple[float, float]:
+    """Every statement on `items` waits behind an exclusive lock (up to DB_STATEMENT_TIMEOUT_SECONDS)."""
+    connection = await asyncpg.connect(context.stack.database_url)
+    try:
+        start = time.time()
+        async with connection.transaction():
+            await connection.execute("LOCK TABLE items IN ACCESS EXCLUSIVE MODE")
+            await asyncio.sleep(context.fault_seconds)
+        return start, time.time()
+    finally:
+        await connection.close()
+
+
+DRILLS = [
+    Drill("rolling-restart", "API pods restarted one at a time (`make restart-api`)", [], _rolling_restart),
+    Drill(
+        "worker-kill", "worker SIGKILLed while running jobs, back after the fault", ["CatalogWorkerDown"], _kill_worker
+    ),
+    Drill("redis-stop", "Redis stopped, then started again", [], _stop_redis),
+    Drill(
+        "postgres-stop",
+        "PostgreSQL stopped, then started again",
+        ["CatalogApiErrorRateHigh"],
+        _stop_postgres,
+    ),
+    Drill("postgres-slow", "an exclusive lock held on the items table", ["CatalogApiLatencyP99High"], _slow_postgres),
+]
+
+
+def _switch_rules(stack: local_stack.Stack, profile: str) -> None:
+    """Loads the rules of `profile` into the stack's Prometheus (SIGHUP re-reads them)."""
+    rules = stack.run_dir / "prometheus" / "rules"
+    shutil.rmtree(rules, ignore_errors=True)
+    if profile == "production":
+        shutil.copytree(ROOT / "monitoring" / "prometheus" / "rules", rules)
+    else:
+        rules.mkdir(parents=True)
+        generate = [sys.executable, "monitoring/generate.py", "--profile", profile, "--rules-dir", str(rules)]
+        subprocess.run(generate, cwd=ROOT, check=True, capture_output=True)
+    os.kill(stack.pids["prometheus"], signal.SIGHUP)
+
+
+def _firing(prometheus: Prometheus) -> set[str]:
+    return {item["metric"]["alertname"] for item in prometheus.instant('ALERTS{alertstate="firing"}')}
+
+
+def _fired_between(prometheus: Prometheus, start: float, end: float) -> list[str]:
+    query = f'max_over_time(ALERTS{{alertstate="firing"}}[{max(1, round(end - start))}s])'
+    return sorted({item["metric"]["alertname"] for item in prometheus.instant(query, end)})
+
+
+async def _wait_quiet(prometheus: Prometheus, within_seconds: float) -> None:
+    for _ in range(int(within_seconds / 2)):
+        firing = await asyncio.to_thread(_firing, prometheus)
+        if not firing:
+            return
+        await asyncio.sleep(2)
+    if firing:
+        print(f"drill: still firing before the drill starts: {sorted(firing)} (reported, not counted)")
+
+
+async def _job_states(base: str, api_key: str, jobs: list[str], within_seconds: float) -> dict[str, int]:
+    states: dict[str, str] = {}
+    deadline = time.monotonic() + within_seconds
+    async with httpx.AsyncClient(base_url=base, headers={"Authorization": f"Bearer {api_key}"}, timeout=5) as http:
+        pending = list(jobs)
+        while pending and time.monotonic() < deadline:
+            for job in list(pending):
+                try:
+                    response = await http.get(f"/v1/jobs/{job}")
+                except httpx.HTTPError:
+                    continue
+                state = "missing" if response.status_code == 404 else response.json().get("state", "?")
+                states[job] = state
+                if state in {"succeeded", "dead", "cancelled", "missing"}:
+                    pending.remove(job)
+            await asyncio.sleep(1)
+    return dict(Counter(states.get(job, "unknown") for job in jobs))
+
+
+async def run_drill(drill: Drill, context: Context, prometheus: Prometheus, rate: float, ids: list[int]) -> Result:
+    await _wait_quiet(prometheus, 120)
+    base = f"http://127.0.0.1:{context.stack.api_port}"
+    api_key = (context.stack.run_dir / "api-key").read_text().strip()
+    traffic = Traffic(base, api_key, ids, rate)
+    load = asyncio.create_task(traffic.run())
+    began = time.time()
+    await asyncio.sleep(5)  # baseline
+    fault_start, fault_end = await drill.inject(context)
+    # Keep the load on until nothing has failed for 10 s (at most 90 s after the fault's end).
+    while time.time() < fault_end + 90:
+        await asyncio.sleep(1)
+        recent = [s for s in traffic.samples if s.done > time.time() - 10]
+        if time.time() > fault_end + 10 and recent and all(200 <= s.status < 300 for s in recent):
+            break
+    traffic.stop()
+    await load
+    states = await _job_states(base, api_key, traffic.jobs, within_seconds=90)
+    await asyncio.sleep(6)  # one more scrape and rule evaluation
+    ended = time.time()
+    failed = [s for s in traffic.samples if not 200 <= s.status < 300]
+    last_failure = max((s.done for s in failed), default=fault_end)
+    return Result(
+        drill=drill.name,
+        fault=drill.fault,
+        requests=len(traffic.samples),
+        failed_by_status=dict(Counter(str(s.status) for s in failed)),
+        jobs_accepted=len(traffic.jobs),
+        jobs_lost=sum(count for state, count in states.items() if state != "succeeded"),
+        job_states=states,
+        fault_seconds=round(fault_end - fault_start, 1),
+        recovery_seconds=round(max(0.0, last_failure - fault_end), 1),
+        expected_alerts=drill.expected_alerts,
+        alerts_fired=_fired_between(prometheus, began, ended),
+    )
+
+
+def table(results: list[Result]) -> str:
+    header = (
+        "| drill | fault | lasted | requests | failed (by status) | jobs accepted / lost | recovery | expected alerts "
+    )
+    lines = [header + "| fired |", "|---|---|---:|---:|---|---|---:|---|---|"]
+    for r in results:
+        failed = ", ".join(f"{status}: {n}" for status, n in sorted(r.failed_by_status.items())) or "0"
+        lines.append(
+            f"| {r.drill} | {r.fault} | {r.fault_seconds:g} s | {r.requests} | {failed} "
+            f"| {r.jobs_accepted} / {r.jobs_lost} "
+            f"| {r.recovery_seconds:g} s | {', '.join(r.expected_alerts) or 'none'} "
+            f"| {', '.join(r.alerts_fired) or 'none'} |"
+        )
+    return "\n".join(lines)
+
+
+async def _seed(database_url: str) -> list[int]:
+    connection = await asyncpg.connect(database_url)
+    try:
+        rows = await connection.fetch("SELECT id FROM items ORDER BY id LIMIT 500")
+        if len(rows) < 50:
+            rows = await connection.fetch(
+                """INSERT INTO items (sku, name, category, price_cents, stock)
+                   SELECT 'drill-' || md5(random()::text) || '-' || n, 'Drill item ' || n, 'tools', 100 + n, n
+                   FROM generate_series(1, 200) AS n RETURNING id"""
+            )
+        return [int(row["id"]) for row in rows]
+    finally:
+        await connection.close()
+
+
+async def main_async(arguments: argparse.Namespace) -> int:
+    run_dir = Path(os.environ.get("RUN_DIR", ROOT / ".run"))
+    stack = local_stack.Stack.load(run_dir)
+    if stack is None or not stack.pids:
+        print(f"drill: no `make up` stack in {run_dir}: run `make up` first", file=sys.stderr)
+        return 2
+    chosen = [d for d in DRILLS if not arguments.only or d.name in arguments.only]
+    unknown = set(arguments.only or []) - {d.name for d in DRILLS}
+    if unknown:
+        print(f"drill: unknown drill(s) {sorted(unknown)}; choose from {[d.name for d in DRILLS]}", file=sys.stderr)
+        return 2
+    context = Context(stack, dict(os.environ) | {"RUN_DIR": str(run_dir)}, arguments.fault_seconds)
+    prometheus = Prometheus(f"http://127.0.0.1:{stack.prometheus_port}", slo_file.load_monitoring().api_job)
+    directory = run_dir / "drills" / datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    directory.mkdir(parents=True)
+    ids = await _seed(stack.database_url)
+    results: list[Result] = []
+    _switch_rules(stack, "test")
+    try:
+        for drill in chosen:
+            print(f"drill: {drill.name}: {drill.fault}")
+            try:
+                result = await run_drill(drill, context, prometheus, arguments.rate, ids)
+            except DrillError as error:
+                print(f"drill: {drill.name} skipped: {error}")
+                continue
+            results.append(result)
+            print(table([result]).splitlines()[-1])
+    finally:
+        _switch_rules(context.reload(), "production")
+        prometheus.close()
+    text = table(results)
+    (directory / "drills.md").write_text(
+        "# Fault drills\n\nAlert rules: test profile (monitoring/generate.py --profile test).\n\n" + text + "\n"
+    )
+    (directory / "drills.json").write_text(
+        json.dumps([asdict(r) | {"passed": r.passed} for r in results], indent=2) + "\n"
+    )
+    print(text)
+    print(f"drill: results {directory / 'drills.md'}")
+    return 0 if results and all(r.passed for r in results) else 1
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="make drill", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run these drills: {[d.name for d in DRILLS]}")
+    parser.add_argument("--rate", type=float, default=30.0, help="steady reads per second (30)")
+    parser.add_argument("--fault-seconds", type=float, default=30.0, help="how long an outage lasts (30)")
+    arguments = parser.parse_args(argv)
+    if not (0 < arguments.rate <= 500) or not (1 <= arguments.fault_seconds <= 300):
+        parser.error("--rate must be in (0, 500] and --fault-seconds in [1, 300]")
+    return asyncio.run(main_async(arguments))
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
