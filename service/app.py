@@ -18,8 +18,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as redis
-from fastapi import FastAPI
 from prometheus_client import start_http_server
+from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
@@ -41,7 +41,7 @@ from service.middleware import (
 )
 from service.ratelimit import RateLimiter, RateLimitMiddleware
 from service.resilience import Bulkhead, CircuitBreaker
-from service.state import Lifecycle, State
+from service.state import CatalogApp, State
 
 logger = logging.getLogger(__name__)
 
@@ -59,84 +59,59 @@ def _breaker(name: str, settings: Settings) -> CircuitBreaker:
     return CircuitBreaker(name, settings.breaker_failure_threshold, settings.breaker_reset_seconds)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    settings = settings or load_settings()
-    lifecycle = Lifecycle(
-        drain_seconds=settings.shutdown_drain_seconds,
-        shutdown_budget_seconds=settings.in_flight_budget_seconds,
-    )
+@asynccontextmanager
+async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
+    """Opens what requests share (pool, Redis client, cache, limiter), yields it, closes it after the last request."""
+    settings = app.settings
+    async with contextlib.AsyncExitStack() as stack:
+        if tracing.configure(settings.service_name):  # here, in the worker process: never before a fork
+            stack.callback(tracing.shutdown)
+        if settings.metrics_port:
+            server, _thread = start_http_server(settings.metrics_port, addr=settings.host)
+            stack.callback(server.shutdown)
+        pool = await create_pool(settings)
+        stack.push_async_callback(pool.close)
+        instrument_pool(pool)
+        lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
+        stack.push_async_callback(_cancel, lag_watch)
+        client = create_redis(settings)
+        stack.push_async_callback(client.aclose)
+        redis_breaker = _breaker("redis", settings)
+        namespace = settings.service_name
+        cache = None
+        if settings.cache_enabled:
+            local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
+            cache = TwoLevelCache(
+                client, redis_breaker, namespace=namespace, l1=local, l2_ttl_seconds=settings.cache_l2_ttl_seconds
+            )
+            listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
+            stack.push_async_callback(_cancel, listener)
+        state: State = {
+            "settings": settings,
+            "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
+            "redis": client,
+            "keys": KeyRing(settings.api_keys),
+            "cache": cache,
+            "limiter": RateLimiter(client, redis_breaker, namespace) if settings.rate_limit_enabled else None,
+            "exports": Bulkhead("export", settings.export_max_concurrent),
+        }
+        # Everything allocated so far lives as long as the process: move it out of
+        # the garbage collector's sight so collections stay short under load.
+        gc.collect()
+        gc.freeze()
+        app.lifecycle.started = True
+        logger.info("started", extra={"environment": settings.environment.value})
+        try:
+            yield state
+        finally:
+            app.lifecycle.started = False
+    logger.info("stopped")
 
-    @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[State]:
-        async with contextlib.AsyncExitStack() as stack:
-            if tracing.configure(settings.service_name):  # here, in the worker process: never before a fork
-                stack.callback(tracing.shutdown)
-            if settings.metrics_port:
-                server, _thread = start_http_server(settings.metrics_port, addr=settings.host)
-                stack.callback(server.shutdown)
-            pool = await create_pool(settings)
-            stack.push_async_callback(pool.close)
-            instrument_pool(pool)
-            lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
-            stack.push_async_callback(_cancel, lag_watch)
-            client = create_redis(settings)
-            stack.push_async_callback(client.aclose)
-            redis_breaker = _breaker("redis", settings)
-            namespace = settings.service_name
-            cache = None
-            if settings.cache_enabled:
-                local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
-                cache = TwoLevelCache(
-                    client, redis_breaker, namespace=namespace, l1=local, l2_ttl_seconds=settings.cache_l2_ttl_seconds
-                )
-                listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
-                stack.push_async_callback(_cancel, listener)
-            state: State = {
-                "settings": settings,
-                "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
-                "redis": client,
-                "keys": KeyRing(settings.api_keys),
-                "cache": cache,
-                "limiter": RateLimiter(client, redis_breaker, namespace) if settings.rate_limit_enabled else None,
-                "exports": Bulkhead("export", settings.export_max_concurrent),
-            }
-            # Everything allocated so far lives as long as the process: move it out of
-            # the garbage collector's sight so collections stay short under load.
-            gc.collect()
-            gc.freeze()
-            lifecycle.started = True
-            logger.info("started", extra={"environment": settings.environment.value})
-            try:
-                yield state
-            finally:
-                lifecycle.started = False
-        logger.info("stopped")
 
-    docs = settings.openapi_enabled
-    app = FastAPI(
-        title="Catalog service",
-        version="0.1.0",
-        lifespan=lifespan,
-        openapi_url="/openapi.json" if docs else None,
-        docs_url="/docs" if docs else None,
-        redoc_url=None,
-        telemetry=tracing.FASTAPI_TELEMETRY_OFF,  # type: ignore[arg-type]  # our middleware traces
-    )
-    app.state.lifecycle = lifecycle
-    install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)
-    app.include_router(items_router)  # the hot routes are matched first
-    app.include_router(jobs_router)
-    app.include_router(health.router)
-    # add_middleware() wraps: the last added runs first. Read bottom-up for request order.
-    app.add_middleware(RequestBudgetMiddleware, seconds=settings.request_timeout_seconds)
-    app.add_middleware(
-        RateLimitMiddleware,
-        reads=settings.rate_limit_reads,
-        writes=settings.rate_limit_writes,
-        fail_open=settings.rate_limit_fail_open,
-    )
-    if settings.cors_allow_origins:
-        app.add_middleware(
+def middleware(settings: Settings) -> list[Middleware]:
+    """The middleware in request order: each entry wraps every one after it and the routes."""
+    optional_cors = [
+        Middleware(
             CORSMiddleware,
             allow_origins=settings.cors_allow_origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE"],
@@ -144,19 +119,42 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Location", "Retry-After", "X-Request-ID", *_RATE_LIMIT_HEADERS],
             max_age=600,
         )
-    app.add_middleware(
-        RequestLimitsMiddleware,
-        max_body_bytes=settings.max_body_bytes,
-        max_request_line_bytes=settings.max_request_line_bytes,
-        max_header_count=settings.max_header_count,
-        max_header_bytes=settings.max_header_bytes,
-    )
-    # Inside the request context (which turns exceptions into 500s) so exceptions are
-    # counted; outside the limits and the rate limiter so their 413/429s are counted too.
-    app.add_middleware(HttpMetricsMiddleware, excluded_paths=PROBE_PATHS)
-    app.add_middleware(RequestContextMiddleware, response_headers=security_headers(settings))
-    # Outermost: the client address every layer (rate limits, logs) sees is the proxy-resolved one.
-    app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
+    ]
+    return [
+        # First: the client address every later layer (rate limits, logs) sees is the proxy-resolved one.
+        Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies),
+        # Request id, access log and security headers; turns an exception from anything inside into a 500.
+        Middleware(RequestContextMiddleware, response_headers=security_headers(settings)),
+        # Inside the request context so exceptions are counted; outside the limits and the rate
+        # limiter so their 413/429s are counted too.
+        Middleware(HttpMetricsMiddleware, excluded_paths=PROBE_PATHS),
+        Middleware(
+            RequestLimitsMiddleware,
+            max_body_bytes=settings.max_body_bytes,
+            max_request_line_bytes=settings.max_request_line_bytes,
+            max_header_count=settings.max_header_count,
+            max_header_bytes=settings.max_header_bytes,
+        ),
+        *(optional_cors if settings.cors_allow_origins else []),
+        Middleware(
+            RateLimitMiddleware,
+            reads=settings.rate_limit_reads,
+            writes=settings.rate_limit_writes,
+            fail_open=settings.rate_limit_fail_open,
+        ),
+        # Last: the time budget covers the handler, not the layers above.
+        Middleware(RequestBudgetMiddleware, seconds=settings.request_timeout_seconds),
+    ]
+
+
+def create_app(settings: Settings | None = None) -> CatalogApp:
+    """The app for `settings` (default: from the environment), with its middleware, error handlers and routes."""
+    settings = settings or load_settings()
+    app = CatalogApp(settings, lifespan=lifespan, middleware=middleware(settings))
+    install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)
+    app.include_router(items_router)  # the hot routes are matched first
+    app.include_router(jobs_router)
+    app.include_router(health.router)
     return app
 
 

@@ -18,7 +18,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from service.responses import json_response
-from service.state import DatabaseDep, RedisDep, SettingsDep
+from service.state import DatabaseDep, RedisDep, SettingsDep, lifecycle
 
 router = APIRouter(include_in_schema=False)
 
@@ -34,7 +34,7 @@ async def livez() -> Response:
 
 @router.get("/startupz")
 async def startupz(request: Request) -> Response:
-    started = request.app.state.lifecycle.started
+    started = lifecycle(request).started
     return _probe(200 if started else 503, {"status": "ok" if started else "starting"})
 
 
@@ -50,7 +50,7 @@ async def _check(probe: Any, within_seconds: float) -> str:
 @router.get("/readyz")
 async def readyz(request: Request, settings: SettingsDep, db: DatabaseDep, redis: RedisDep) -> Response:
     """PostgreSQL is hard (503 without it); Redis is soft (200, reported as degraded)."""
-    if request.app.state.lifecycle.draining:
+    if lifecycle(request).draining:
         return _probe(503, {"status": "draining"})
     timeout = settings.readiness_timeout_seconds
     # The probes bypass the circuit breakers: they are how recovery gets noticed.

@@ -69,7 +69,7 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn sh
     }
 
     async def _serve(self) -> None:
-        lifecycle = getattr(getattr(self.wsgi, "state", None), "lifecycle", None)
+        lifecycle = getattr(self.wsgi, "lifecycle", None)
         if not isinstance(lifecycle, Lifecycle):
             raise TypeError("DrainingUvicornWorker serves apps built by service.app.create_app()")
         self.config.app = self.wsgi

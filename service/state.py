@@ -8,11 +8,12 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Annotated, TypedDict, cast
+from typing import Annotated, Any, TypedDict, cast
 
 import redis.asyncio as redis
-from fastapi import Depends, Request
+from fastapi import Depends, FastAPI, Request
 
+from service import tracing
 from service.auth import KeyRing, read_access
 from service.cache import TwoLevelCache
 from service.config import Settings
@@ -29,6 +30,36 @@ class Lifecycle:
     shutdown_budget_seconds: float = 30.0
     started: bool = False
     draining: bool = False
+
+
+class CatalogApp(FastAPI):
+    """The FastAPI app with the two things outside its lifespan, typed: its settings and its lifecycle.
+
+    The lifespan reads `settings`; the probes and the server (service/server.py)
+    read `lifecycle`, which exists before the lifespan runs and after it ends.
+    """
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        docs = settings.openapi_enabled
+        super().__init__(
+            title="Catalog service",
+            version="0.1.0",
+            openapi_url="/openapi.json" if docs else None,
+            docs_url="/docs" if docs else None,
+            redoc_url=None,
+            telemetry=tracing.FASTAPI_TELEMETRY_OFF,  # type: ignore[arg-type]  # our middleware traces
+            **kwargs,
+        )
+        self.settings = settings
+        self.lifecycle = Lifecycle(
+            drain_seconds=settings.shutdown_drain_seconds,
+            shutdown_budget_seconds=settings.in_flight_budget_seconds,
+        )
+
+
+def lifecycle(request: Request) -> Lifecycle:
+    """The lifecycle of the app serving `request`."""
+    return cast(CatalogApp, request.app).lifecycle
 
 
 class State(TypedDict):

@@ -40,7 +40,7 @@ async def test_without_redis_the_pod_stays_ready_and_says_it_is_degraded(backend
 async def test_readiness_is_503_while_draining_but_liveness_holds(settings: Settings) -> None:
     app = create_app(settings)
     async with lifespan_client(app) as client:
-        app.state.lifecycle.draining = True
+        app.lifecycle.draining = True
         assert (await client.get("/readyz")).json() == {"status": "draining"}
         assert (await client.get("/readyz")).status_code == 503
         assert (await client.get("/livez")).status_code == 200
