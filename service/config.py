@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import enum
 import re
+import tempfile
 from functools import cached_property
+from pathlib import Path
 from typing import Annotated, Self, TypeVar
 
 from pydantic import (
@@ -142,6 +144,9 @@ class Settings(CommonSettings):
     max_header_bytes: int = Field(16384, ge=1024, le=262144)
     readiness_timeout_seconds: Seconds = 1.0
     docs_enabled: bool | None = None
+    # Development only: `X-Profile: 1` on a request stores its pyinstrument profile (service/profiling.py).
+    request_profiling: bool = False
+    request_profiling_dir: Path = Path(tempfile.gettempdir()) / "catalog-profiles"
     secret_key: SecretStr = SecretStr(_DEV_SECRET_KEY)
     # The whole request, from arrival to the first response byte; exceeding it is a 503.
     request_timeout_seconds: Seconds = 10.0
@@ -210,6 +215,11 @@ class Settings(CommonSettings):
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError("API_KEYS has two keys with the same name")
+        if self.environment is Environment.PRODUCTION and self.request_profiling:
+            raise ValueError(
+                "REQUEST_PROFILING must be false when ENVIRONMENT=production: a profile exposes the code's "
+                "internals to any client that asks and slows the request it profiles"
+            )
         if self.environment is Environment.PRODUCTION:
             secret = self.secret_key.get_secret_value()
             if secret == _DEV_SECRET_KEY or len(secret) < 32:
