@@ -32,6 +32,7 @@ from service.migrate import migrate
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
+sys.path.insert(0, str(ROOT / "deploy" / "kind"))
 import servers  # noqa: E402  (stdlib-only helpers shared with `make up`)
 
 TEST_SECRET_KEY = "test-secret-key-0123456789abcdef0123456789"
