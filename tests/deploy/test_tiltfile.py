@@ -182,6 +182,9 @@ def test_dependencies_exist_and_run_backends_then_migrations_then_the_app(keda: 
     for app in ("api", "worker"):
         assert "migrations" in _depends_on(resources, app)
     assert "redis" in _depends_on(resources, "api")
+    # The Ingress goes with the API; ingress-nginx's admission webhook refuses it until the controller runs.
+    assert any(obj["kind"] == "Ingress" for obj in resources["api"].objects)
+    assert "ingress-nginx" in _depends_on(resources, "api")
     assert "kube-prometheus-stack" in _depends_on(resources, "catalog-monitoring")
     assert ("keda" in _depends_on(resources, "worker")) is keda
     for button in ("smoke-tests", "load-burst"):
