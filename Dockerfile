@@ -25,6 +25,22 @@ RUN --mount=type=cache,target=/root/.cache/uv \
     uv sync --frozen --no-dev --no-install-project
 COPY service ./service
 RUN python -m compileall -q service
+# Stage "dev": the image `tilt up` builds (the Tiltfile asks for target dev);
+# production never runs it, and `docker build .` still makes the last stage.
+# Same interpreter, virtualenv and source, but /app/service belongs to the
+# container user so Tilt's live update can write changed files into a running
+# pod (the chart makes the root filesystem writable only with
+# development.liveUpdate, which it refuses outside ENVIRONMENT=development).
+FROM build AS dev
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PYTHONPATH=/app \
+    PATH=/app/.venv/bin:$PATH
+RUN groupadd --system --gid 10001 app \
+    && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin app \
+    && chown -R 10001:10001 /app/service
+USER 10001:10001
+CMD ["gunicorn", "-c", "python:service.gunicorn_conf"]
 
 FROM python:3.12.11-slim-bookworm
 # No .pyc writes at runtime (they were compiled above), and logs leave unbuffered.

@@ -11,11 +11,14 @@
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
 #   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
+#   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
+#   make kind-down  delete that cluster and its registry
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring loadtest drill profile
+.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring loadtest drill profile \
+	kind-up kind-down
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -87,3 +90,10 @@ drill: install
 
 monitoring: install
 	$(UV) run python monitoring/generate.py
+
+# The developer's cluster for `tilt up` (README "Develop on kind with Tilt").
+kind-up:
+	@bash deploy/kind/cluster.sh up
+
+kind-down:
+	@bash deploy/kind/cluster.sh down

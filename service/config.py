@@ -1,7 +1,8 @@
 """Settings: the one typed configuration object, read from the environment only.
 
-Every variable the service understands is a field below; the Helm chart,
-`make up` and the Tiltfile set the same names. `load_settings()` turns a
+Every variable the service understands is a field below; the Helm chart
+(also under `tilt up`: the Tiltfile deploys it with deploy/kind/dev-values.yaml)
+and `make up` set the same names. `load_settings()` turns a
 validation failure into one line per bad variable, so a pod that starts with
 a broken environment says exactly which variable to fix.
 """

@@ -75,6 +75,11 @@ GUARDS: dict[str, tuple[Values, list[str], Values]] = {
         ["ingress.enabled", "httpRoute.enabled"],
         {"ingress.enabled": True},
     ),
+    "live update outside development": (
+        {"development.liveUpdate": True},
+        ["development.liveUpdate", "settings.environment=development", '"production"'],
+        {"development.liveUpdate": True, "settings.environment": "development"},
+    ),
 }
 
 

@@ -22,6 +22,8 @@ SCENARIO_IDS = [path.name for path in SCENARIOS]
 CRD_SCHEMA_DIR = Path(os.environ.get("CRD_SCHEMA_DIR", "/work/shared/schemas/crds"))
 # The values the README's kind walkthrough installs with.
 KIND_VALUES = ROOT / "deploy" / "kind" / "catalog-values.yaml"
+# What `tilt up` adds on top of them (the Tiltfile passes both, in this order).
+DEV_VALUES = ROOT / "deploy" / "kind" / "dev-values.yaml"
 CORE_GROUPS = ("v1", "apps/", "batch/", "policy/", "autoscaling/", "networking.k8s.io/")
 
 
@@ -45,6 +47,10 @@ def _all_renders() -> list[tuple[str, tuple[Manifest, ...]]]:
     renders = [("defaults", render().objects)]
     renders += [(path.name, render([path]).objects) for path in SCENARIOS]
     renders.append((KIND_VALUES.name, render([KIND_VALUES]).objects))
+    renders.append((DEV_VALUES.name, render([KIND_VALUES, DEV_VALUES]).objects))
+    renders.append(
+        (f"{DEV_VALUES.name} with KEDA", render([KIND_VALUES, DEV_VALUES], {"worker.keda.enabled": True}).objects)
+    )
     return renders
 
 

@@ -37,7 +37,10 @@ def test_hadolint_is_clean() -> None:
 
 
 def test_bases_are_pinned_slim_python() -> None:
-    bases = [args.split()[0] for keyword, args in _instructions() if keyword == "FROM"]
+    froms = [args.split() for keyword, args in _instructions() if keyword == "FROM"]
+    stages = {words[2] for words in froms if len(words) == 3 and words[1].upper() == "AS"}
+    # A stage built on an earlier stage ("FROM build AS dev") names no image to pin.
+    bases = [words[0] for words in froms if words[0] not in stages]
     assert len(bases) >= 2, "multi-stage"
     python_bases = [base for base in bases if base.startswith("python:")]
     assert python_bases, bases
@@ -85,3 +88,42 @@ def test_dockerignore_admits_only_what_the_build_needs() -> None:
     ]
     assert lines[0] == "*"
     assert {line[1:] for line in lines if line.startswith("!")} == {"pyproject.toml", "uv.lock", "service/"}
+
+
+def _stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`, up to the next FROM."""
+    instructions = _instructions()
+    start = next(i for i, (keyword, args) in enumerate(instructions) if keyword == "FROM" and args.split()[-1] == name)
+    end = next((i for i in range(start + 1, len(instructions)) if instructions[i][0] == "FROM"), len(instructions))
+    return instructions[start:end]
+
+
+def test_the_default_target_is_the_production_stage() -> None:
+    """`docker build .` builds the last stage: the dev stage must not be it."""
+    final = _final_stage()
+    assert final[0][0] == "FROM"
+    assert " AS " not in f" {final[0][1].upper()} ", "the production stage stays the unnamed last one"
+    assert _stage("dev")[0] != final[0]
+
+
+def test_dev_stage_lets_the_container_user_own_the_source() -> None:
+    """Tilt's live update writes into /app/service as the pod's user (uid 10001): the dev image hands
+    that directory (and nothing else) to the same uid the production stage runs as."""
+    dev = _stage("dev")
+    final = _final_stage()
+    assert [args for keyword, args in dev if keyword == "USER"] == [
+        args for keyword, args in final if keyword == "USER"
+    ]
+    runs = " ".join(args for keyword, args in dev if keyword == "RUN")
+    uid = next(args for keyword, args in final if keyword == "USER").split(":")[0]
+    assert re.search(rf"chown -R {uid}:{uid} /app/service(\s|$)", runs), runs
+    assert "chown -R 10001:10001 /app " not in f"{runs} ", "the virtualenv stays root's"
+    # It is built on the stage that holds the virtualenv and the source the final stage copies.
+    base = dev[0][1].split()[0]
+    final_copies = {args.split()[0].removeprefix("--from=") for keyword, args in final if keyword == "COPY"}
+    assert final_copies == {base}
+    # Same environment and command as production, so the pods behave alike.
+    env = " ".join(args for keyword, args in dev if keyword == "ENV")
+    for setting in ("PYTHONDONTWRITEBYTECODE=1", "PYTHONUNBUFFERED=1", "PYTHONPATH=/app", "PATH=/app/.venv/bin:$PATH"):
+        assert setting in env, setting
+    assert [args for keyword, args in dev if keyword == "CMD"] == [args for keyword, args in final if keyword == "CMD"]

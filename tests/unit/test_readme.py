@@ -16,3 +16,67 @@ def test_every_setting_is_documented() -> None:
     settings = {name.upper() for name in (*Settings.model_fields, *WorkerSettings.model_fields)}
     assert settings - documented == set(), "add these to the README's configuration table"
     assert documented - settings == set(), "the README documents variables the service does not read"
+
+
+TILT_SECTION = "Develop on kind with Tilt"
+# Repository paths as the README writes them (URLs are removed first).
+REPO_PATH = re.compile(r"(?<![\w./-])((?:deploy|tests|service|monitoring)/[\w./-]*\w/?|Tiltfile|Dockerfile|Makefile)")
+
+
+def _section(title: str) -> str:
+    readme = (ROOT / "README.md").read_text()
+    assert f"\n## {title}\n" in readme
+    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_tilt_section_says_it_is_not_run_in_ci() -> None:
+    assert "Evaluated, not run, in our CI" in _section(TILT_SECTION)
+
+
+def test_every_make_target_the_tilt_section_names_exists() -> None:
+    named = set(re.findall(r"\bmake ([a-z][a-z0-9-]*)", _section(TILT_SECTION)))
+    defined = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.MULTILINE))
+    assert {"kind-up", "kind-down", "install", "tools"} <= named
+    assert named - defined == set()
+
+
+def test_every_file_the_tilt_section_names_exists() -> None:
+    text = re.sub(r"https?://\S+", "", _section(TILT_SECTION))
+    paths = set(REPO_PATH.findall(text))
+    assert len(paths) >= 15, paths
+    assert sorted(path for path in paths if not (ROOT / path).exists()) == []
+
+
+def test_every_tilt_resource_and_label_the_tilt_section_names_is_in_the_tiltfile() -> None:
+    table = _section(TILT_SECTION).split("**What each Tilt resource is**", 1)[1].split("\n\n", 2)[1]
+    rows = [line.split("|") for line in table.splitlines() if re.match(r"\| [a-z]+ \| `", line)]
+    tiltfile = (ROOT / "Tiltfile").read_text()
+    quoted = set(re.findall(r"'([\w.-]+)'", tiltfile))
+    labels = set(re.findall(r"labels=\['([\w-]+)'\]", tiltfile))
+    assert {row[1].strip() for row in rows} == labels, "one row per label group, every group listed"
+    resources = {name for row in rows for name in re.findall(r"`([\w*-]+)`", row[2])}
+    assert len(resources) >= 15
+    for name in resources:
+        if name.endswith("*"):
+            assert any(q.startswith(name[:-1]) for q in quoted), name
+        else:
+            assert name in quoted, f"{name} is not a resource name in the Tiltfile"
+
+
+def test_the_versions_the_tilt_section_states_are_the_pinned_ones() -> None:
+    section = _section(TILT_SECTION)
+    tiltfile = (ROOT / "Tiltfile").read_text()
+    script = (ROOT / "deploy" / "kind" / "cluster.sh").read_text()
+    charts = re.findall(r"chart (\d+\.\d+\.\d+)", section)
+    assert len(charts) == 4
+    for version in charts:
+        assert f"'{version}'" in tiltfile, version
+    kind = re.search(r"^KIND_VERSION=(\S+)$", script, re.MULTILINE)
+    ctlptl = re.search(r"^CTLPTL_VERSION=(\S+)$", script, re.MULTILINE)
+    assert kind
+    assert ctlptl
+    assert f"| kind | {kind[1]} " in section
+    assert f"| ctlptl | v{ctlptl[1]} |" in section
+    tilt = re.search(r"constraint='>=(\d+\.\d+)\.0 <", tiltfile)
+    assert tilt
+    assert f"| Tilt | v{tilt[1]}.x " in section

@@ -103,10 +103,11 @@ seccompProfile:
   type: RuntimeDefault
 {{- end }}
 
-{{/* Container-level security context: no privilege, no capabilities, read-only root. */}}
+{{/* Container-level security context: no privilege, no capabilities, read-only root
+(writable only for Tilt's live update, development.liveUpdate, refused outside development). */}}
 {{- define "catalog.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
+readOnlyRootFilesystem: {{ not .Values.development.liveUpdate }}
 runAsNonRoot: true
 runAsUser: 10001
 runAsGroup: 10001
@@ -115,6 +116,20 @@ capabilities:
   drop: [ALL]
 seccompProfile:
   type: RuntimeDefault
+{{- end }}
+
+{{/*
+A long-running container's command: (dict "ctx" $ "command" (list ...) "stopSeconds" n).
+With development.liveUpdate it runs under watchfiles, which restarts it (SIGINT, then
+SIGKILL after stopSeconds) when a file under /app/service changes: Tilt's live update
+writes them there, and a fresh process is the only way every module is reloaded.
+*/}}
+{{- define "catalog.command" -}}
+{{- if .ctx.Values.development.liveUpdate }}
+{{- list "watchfiles" "--target-type" "command" "--sigint-timeout" (toString .stopSeconds) (join " " .command) "/app/service" | toJson }}
+{{- else }}
+{{- .command | toJson }}
+{{- end }}
 {{- end }}
 
 {{/* The worker's job processes: worker.concurrency, or the CPU request rounded up. */}}
