@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -36,8 +37,64 @@ def test_hadolint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _build_args() -> dict[str, str]:
+    """The global ARGs (before the first FROM) with their defaults."""
+    defaults: dict[str, str] = {}
+    for keyword, args in _instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = args.partition("=")
+            defaults[name] = default
+    return defaults
+
+
+def _stages() -> list[tuple[str, str]]:
+    """(base image with ARG defaults substituted, stage name) per FROM."""
+    defaults = _build_args()
+    stages = []
+    for keyword, args in _instructions():
+        if keyword == "FROM":
+            words = args.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], words[0])
+            stages.append((base, words[2] if len(words) == 3 and words[1].upper() == "AS" else ""))
+    return stages
+
+
+def test_bases_are_build_arguments_defaulting_to_the_real_images() -> None:
+    defaults = _build_args()
+    assert set(defaults) == {"PYTHON_IMAGE", "UV_IMAGE"}, defaults
+    froms = [args.split()[0] for keyword, args in _instructions() if keyword == "FROM"]
+    assert froms == ["${UV_IMAGE}", "${PYTHON_IMAGE}", "${PYTHON_IMAGE}"], "every base comes from a build argument"
+    assert re.fullmatch(r"python:3\.12\.\d+-slim-bookworm", defaults["PYTHON_IMAGE"]), defaults
+    bootstrap = (ROOT / "deploy" / "local" / "bootstrap.sh").read_text()
+    match = re.search(r"^UV_VERSION=(\S+)$", bootstrap, re.MULTILINE)
+    assert match is not None
+    assert defaults["UV_IMAGE"] == f"ghcr.io/astral-sh/uv:{match[1]}", "the uv bootstrap.sh pins"
+
+
+def test_stages_are_named() -> None:
+    # Other targets (a dev stage) build on these names; the last stage is what `docker build` ships.
+    assert [name for _, name in _stages()] == ["uv", "build", "runtime"]
+
+
+def _stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`, its FROM included."""
+    instructions = _instructions()
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"] + [len(instructions)]
+    for start, end in itertools.pairwise(starts):
+        if instructions[start][1].split()[-1] == name:
+            return instructions[start:end]
+    raise AssertionError(f"no stage named {name}")
+
+
+def test_build_trusts_the_system_ca_store() -> None:
+    env_text = " ".join(args for keyword, args in _stage("build") if keyword == "ENV")
+    assert "UV_SYSTEM_CERTS=1" in env_text, "a TLS-intercepting proxy's CA is only in the system store"
+
+
 def test_bases_are_pinned_slim_python() -> None:
-    bases = [args.split()[0] for keyword, args in _instructions() if keyword == "FROM"]
+    bases = [base for base, _ in _stages()]
     assert len(bases) >= 2, "multi-stage"
     python_bases = [base for base in bases if base.startswith("python:")]
     assert python_bases, bases
