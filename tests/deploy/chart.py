@@ -72,10 +72,11 @@ def template(
     values_files: Iterable[Path] = (),
     set_values: Mapping[str, object] | None = None,
     api_versions: Iterable[str] = ALL_CRDS,
+    release: str = RELEASE,
 ) -> subprocess.CompletedProcess[str]:
     return helm(
         "template",
-        RELEASE,
+        release,
         str(CHART),
         "--namespace",
         NAMESPACE,
@@ -112,8 +113,13 @@ def render(
     values_files: Iterable[Path] = (),
     set_values: Mapping[str, object] | None = None,
     api_versions: Iterable[str] = ALL_CRDS,
+    release: str = RELEASE,
 ) -> Rendered:
-    result = template(values_files, set_values, api_versions)
+    return parse(template(values_files, set_values, api_versions, release))
+
+
+def parse(result: subprocess.CompletedProcess[str]) -> Rendered:
+    """The objects of a successful `helm template` run."""
     assert result.returncode == 0, result.stderr
     objects = tuple(obj for obj in yaml.safe_load_all(result.stdout) if obj)
     return Rendered(objects, result.stdout)

@@ -1,18 +1,61 @@
-{{/* Names and labels, as `helm create` makes them. */}}
+{{/*
+Names and labels, as `helm create` makes them, except that no name is ever cut
+blindly: helm accepts release names of up to 53 characters, and "<release>-catalog"
+plus a component suffix would pass Kubernetes' 63-character limits (Service names
+are DNS-1035 labels; Job and ScaledObject names are copied into label values).
+*/}}
 {{- define "catalog.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+"<release>-<name>" (or fullnameOverride, or the release alone when it already
+contains the name), made a DNS-1035 label: dots (which release names may hold)
+become dashes, and a release that starts with a digit goes after the name
+("catalog-1st"), since a Service name must start with a letter.
+*/}}
 {{- define "catalog.fullname" -}}
+{{- $full := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- $full = .Values.fullnameOverride }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- $release := .Release.Name | replace "." "-" }}
+{{- if contains $name $release }}
+{{- $full = $release }}
+{{- else if regexMatch "^[0-9]" $release }}
+{{- $full = printf "%s-%s" $name $release }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- $full = printf "%s-%s" $release $name }}
 {{- end }}
+{{- end }}
+{{- include "catalog.fit" (dict "name" $full "suffix" "") }}
+{{- end }}
+
+{{/*
+The name of one component's resource: "<fullname>-<component>", e.g.
+(dict "ctx" $ "component" "worker-metrics") -> "rel-catalog-worker-metrics".
+*/}}
+{{- define "catalog.componentName" -}}
+{{- include "catalog.fit" (dict "name" (include "catalog.fullname" .ctx) "suffix" .component) }}
+{{- end }}
+
+{{/*
+"<name>-<suffix>" in at most 63 characters. When it is longer, the name is cut
+and 8 hex digits of the whole name's sha256 go before the suffix, so two long
+names that differ only past the cut stay different and the suffix stays readable:
+"<cut name>-<hash>-<suffix>". Pass (dict "name" ... "suffix" ...); suffix may be "".
+*/}}
+{{- define "catalog.fit" -}}
+{{- $whole := .name }}
+{{- if .suffix }}{{ $whole = printf "%s-%s" .name .suffix }}{{ end }}
+{{- if le (len $whole) 63 }}
+{{- $whole }}
+{{- else }}
+{{- $tail := printf "-%s" (sha256sum $whole | trunc 8) }}
+{{- if .suffix }}{{ $tail = printf "%s-%s" $tail .suffix }}{{ end }}
+{{- $cut := trunc (int (sub 63 (len $tail))) .name }}
+{{- printf "%s%s" (regexReplaceAll "-+$" $cut "") $tail }}
 {{- end }}
 {{- end }}
 
@@ -63,7 +106,7 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The Secret holding DATABASE_URL, REDIS_URL, SECRET_KEY and API_KEYS. */}}
 {{- define "catalog.secretName" -}}
-{{- default (printf "%s-settings" (include "catalog.fullname" .)) .Values.secrets.existingSecret }}
+{{- default (include "catalog.componentName" (dict "ctx" . "component" "settings")) .Values.secrets.existingSecret }}
 {{- end }}
 
 {{/* Non-secret settings, as NAME: "value" (the ConfigMap's data and the migration job's env). */}}
