@@ -77,15 +77,17 @@ def _references(rendered: Rendered) -> list[tuple[str, str, str]]:
             for rule in spec["rules"]:
                 refs += [(who, "Service", path["backend"]["service"]["name"]) for path in rule["http"]["paths"]]
         if obj["kind"] in {"Deployment", "Job"}:
-            pod = pod_spec(obj)
-            if "serviceAccountName" in pod:
-                refs.append((who, "ServiceAccount", pod["serviceAccountName"]))
-            for container in pod["containers"]:
-                for source in container.get("envFrom", []):
-                    if "configMapRef" in source:
-                        refs.append((who, "ConfigMap", source["configMapRef"]["name"]))
-                    if "secretRef" in source:
-                        refs.append((who, "Secret", source["secretRef"]["name"]))
+            refs += [(who, kind, name) for kind, name in _pod_references(pod_spec(obj))]
+    return refs
+
+
+def _pod_references(pod: Manifest) -> list[tuple[str, str]]:
+    refs = [("ServiceAccount", pod["serviceAccountName"])] if "serviceAccountName" in pod else []
+    for source in (source for c in pod["containers"] for source in c.get("envFrom", [])):
+        if "configMapRef" in source:
+            refs.append(("ConfigMap", source["configMapRef"]["name"]))
+        if "secretRef" in source:
+            refs.append(("Secret", source["secretRef"]["name"]))
     return refs
 
 
