@@ -109,25 +109,38 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (include "catalog.componentName" (dict "ctx" . "component" "settings")) .Values.secrets.existingSecret }}
 {{- end }}
 
+{{/*
+A scalar as written in the values file or on the command line. Helm reads every
+number in a values file as a float64, whose default formatting turns 1000000
+into "1e+06" (and a pod reading CACHE_L1_MAX_ITEMS=1e+06 exits). JSON
+formatting writes whole numbers in full (below 1e21) and other numbers in their
+shortest form (0.5); strings and --set integers pass through unchanged.
+Numbers past 2^53 in a values file have already lost precision when helm read
+them: quote those ("12345678901234567890").
+*/}}
+{{- define "catalog.plain" -}}
+{{- if kindIs "string" . }}{{ . }}{{ else if kindIs "float64" . }}{{ toJson . }}{{ else }}{{ toString . }}{{ end }}
+{{- end }}
+
 {{/* Non-secret settings, as NAME: "value" (the ConfigMap's data and the migration job's env). */}}
 {{- define "catalog.settingsEnv" -}}
 ENVIRONMENT: {{ .Values.settings.environment | quote }}
 LOG_LEVEL: {{ .Values.settings.logLevel | quote }}
-REQUEST_TIMEOUT_SECONDS: {{ .Values.settings.requestTimeoutSeconds | toString | quote }}
-DB_POOL_MIN_SIZE: {{ .Values.settings.dbPoolMinSize | toString | quote }}
-DB_POOL_MAX_SIZE: {{ .Values.settings.dbPoolMaxSize | toString | quote }}
-DB_CONNECT_TIMEOUT_SECONDS: {{ .Values.settings.dbConnectTimeoutSeconds | toString | quote }}
-DB_STATEMENT_TIMEOUT_SECONDS: {{ .Values.settings.dbStatementTimeoutSeconds | toString | quote }}
-REDIS_COMMAND_TIMEOUT_SECONDS: {{ .Values.settings.redisCommandTimeoutSeconds | toString | quote }}
-KEEPALIVE_SECONDS: {{ .Values.settings.keepaliveSeconds | toString | quote }}
-SHUTDOWN_DRAIN_SECONDS: {{ .Values.settings.shutdownDrainSeconds | toString | quote }}
-GRACEFUL_TIMEOUT_SECONDS: {{ .Values.settings.gracefulTimeoutSeconds | toString | quote }}
-MAX_BODY_BYTES: {{ .Values.settings.maxBodyBytes | int64 | toString | quote }}
+REQUEST_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.requestTimeoutSeconds | quote }}
+DB_POOL_MIN_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMinSize | quote }}
+DB_POOL_MAX_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMaxSize | quote }}
+DB_CONNECT_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.dbConnectTimeoutSeconds | quote }}
+DB_STATEMENT_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.dbStatementTimeoutSeconds | quote }}
+REDIS_COMMAND_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.redisCommandTimeoutSeconds | quote }}
+KEEPALIVE_SECONDS: {{ include "catalog.plain" .Values.settings.keepaliveSeconds | quote }}
+SHUTDOWN_DRAIN_SECONDS: {{ include "catalog.plain" .Values.settings.shutdownDrainSeconds | quote }}
+GRACEFUL_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.gracefulTimeoutSeconds | quote }}
+MAX_BODY_BYTES: {{ include "catalog.plain" .Values.settings.maxBodyBytes | quote }}
 TRUSTED_PROXIES: {{ .Values.settings.trustedProxies | quote }}
 {{- /* The API stamps it on each job it enqueues; the worker enforces what the job carries. */}}
-JOB_MAX_ATTEMPTS: {{ .Values.worker.jobMaxAttempts | toString | quote }}
+JOB_MAX_ATTEMPTS: {{ include "catalog.plain" .Values.worker.jobMaxAttempts | quote }}
 {{- range $name, $value := .Values.settings.extraEnv }}
-{{ $name }}: {{ $value | toString | quote }}
+{{ $name }}: {{ include "catalog.plain" $value | quote }}
 {{- end }}
 {{- end }}
 
@@ -163,9 +176,9 @@ seccompProfile:
 {{/* The worker's job processes: worker.concurrency, or the CPU request rounded up. */}}
 {{- define "catalog.workerConcurrency" -}}
 {{- if gt (int .Values.worker.concurrency) 0 }}
-{{- .Values.worker.concurrency }}
+{{- include "catalog.plain" .Values.worker.concurrency }}
 {{- else }}
-{{- $cpu := toString .Values.worker.resources.requests.cpu }}
+{{- $cpu := include "catalog.plain" .Values.worker.resources.requests.cpu }}
 {{- if hasSuffix "m" $cpu }}
 {{- $milli := trimSuffix "m" $cpu | int }}
 {{- max 1 (div (add $milli 999) 1000) }}
