@@ -8,11 +8,12 @@
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
 #   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
+#   make image   build the image (docker, or podman when that is what you have); IMAGE=catalog:dev, BUILD_ARGS="--build-arg ..."
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring
+.PHONY: help install tools chart-sync chart image test lint format up down status clean bench monitoring
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -45,6 +46,10 @@ chart-sync:
 
 chart: tools
 	$(UV) run pytest tests/deploy -q
+
+IMAGE ?= catalog:dev
+image:
+	@IMAGE=$(IMAGE) bash deploy/local/image.sh $(BUILD_ARGS)
 
 test: lint tools
 	$(UV) run pytest
