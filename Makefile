@@ -51,7 +51,9 @@ IMAGE ?= catalog:dev
 image:
 	@IMAGE=$(IMAGE) bash deploy/local/image.sh $(BUILD_ARGS)
 
+# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), as root.
 test: lint tools
+	@bash deploy/local/bootstrap.sh image
 	$(UV) run pytest
 
 up: install
