@@ -11,6 +11,7 @@
 # ones; point them at a mirror or at stand-ins with --build-arg (README "The image").
 # Both Python stages use PYTHON_IMAGE so the virtualenv's interpreter path
 # (/usr/local/bin/python3 in the official image) is valid in the final stage.
+# checkov:skip=CKV_DOCKER_7: checkov reads FROM ${...} as an untagged image; the base images are build arguments whose defaults are pinned versions (tests/deploy/test_dockerfile.py checks them)
 ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 # uv, pinned to the version deploy/local/bootstrap.sh installs.
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
