@@ -146,6 +146,9 @@ class Engine:
                 self.started.kill()
                 self.started.wait(timeout=10)
         if self.run_dir is not None:
+            # dockerd leaves its network namespace bind-mounted (exec/netns/default) after exit.
+            for mount in _mounts_under(self.run_dir):
+                subprocess.run(["umount", mount], capture_output=True, check=False)
             shutil.rmtree(self.run_dir, ignore_errors=True)
 
     def docker(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -159,6 +162,14 @@ class Engine:
 
     def has_image(self, tag: str) -> bool:
         return self.docker("image", "inspect", tag, check=False).returncode == 0
+
+
+def _mounts_under(directory: Path) -> list[str]:
+    """Mount points at or below `directory`, deepest first (from /proc/self/mountinfo)."""
+    prefix = str(directory)
+    with open("/proc/self/mountinfo") as mountinfo:
+        points = [line.split()[4] for line in mountinfo]
+    return sorted((p for p in points if p == prefix or p.startswith(prefix + "/")), key=len, reverse=True)
 
 
 @dataclass(frozen=True)
