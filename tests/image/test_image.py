@@ -16,7 +16,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import asyncpg
@@ -271,7 +271,7 @@ def test_the_worker_stopped_mid_job_finishes_or_releases_it(
 class Traffic:
     sent: int = 0
     failed: int = 0
-    errors: list[str] | None = None
+    errors: list[str] = field(default_factory=list)
 
 
 def test_the_api_stopped_like_the_kubelet_loses_no_request(
@@ -291,7 +291,7 @@ def test_the_api_stopped_like_the_kubelet_loses_no_request(
     item_id = httpx.post(f"{api.url}/v1/items", json=item, headers=headers, timeout=10).json()["id"]
 
     signalled = threading.Event()
-    traffic = Traffic(errors=[])
+    traffic = Traffic()
     interval = 0.02  # 50 requests a second
 
     def send() -> None:
@@ -309,11 +309,9 @@ def test_the_api_stopped_like_the_kubelet_loses_no_request(
                     response = http.get(f"/v1/items/{item_id}")
                     if response.status_code != 200:
                         traffic.failed += 1
-                        assert traffic.errors is not None
                         traffic.errors.append(f"{response.status_code} {response.text[:200]}")
                 except httpx.HTTPError as error:
                     traffic.failed += 1
-                    assert traffic.errors is not None
                     traffic.errors.append(repr(error))
                 next_at += interval
                 time.sleep(max(0.0, next_at - time.monotonic()))
@@ -337,7 +335,7 @@ def test_the_api_stopped_like_the_kubelet_loses_no_request(
     sender.join(timeout=30)
     checker.join(timeout=10)
     logs = api.container.logs()
-    assert traffic.failed == 0, (traffic.errors or [])[:10]
+    assert traffic.failed == 0, traffic.errors[:10]
     assert traffic.sent >= (run.pre_stop.sleep_seconds if run.pre_stop else 0) * 0.8 / interval
     assert draining == [503], "readyz answers 503 while draining"
     assert ended.exit_code == 0, logs[-4000:]
