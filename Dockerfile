@@ -2,21 +2,32 @@
 # (`python -m service.worker`) and migrations (`python -m service.migrate`);
 # the Helm chart picks the command per Deployment/Job.
 #
-#   docker build -t catalog:dev .
+#   make image                       (docker build -t catalog:dev .)
 #
-# Both stages use the same pinned base (change both lines together) so the
-# virtualenv's interpreter path (/usr/local/bin/python3) is valid in the final stage.
-
+# Stages: `uv` (the uv binary), `build` (the virtualenv and the compiled
+# source), `runtime` (what runs: no uv, no build tools, uid 10001).
+#
+# The two base images are build arguments whose defaults are the real, pinned
+# ones; point them at a mirror or at stand-ins with --build-arg (README "The image").
+# Both Python stages use PYTHON_IMAGE so the virtualenv's interpreter path
+# (/usr/local/bin/python3 in the official image) is valid in the final stage.
+# checkov:skip=CKV_DOCKER_7: checkov reads FROM ${...} as an untagged image; the base images are build arguments whose defaults are pinned versions (tests/deploy/test_dockerfile.py checks them)
+ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
 # uv, pinned to the version deploy/local/bootstrap.sh installs.
-FROM ghcr.io/astral-sh/uv:0.13.9 AS uv
+ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 
-FROM python:3.12.11-slim-bookworm AS build
+FROM ${UV_IMAGE} AS uv
+
+FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 # Compile bytecode at build time (the runtime filesystem is read-only);
-# copy rather than hardlink out of uv's cache; never fetch another Python.
+# copy rather than hardlink out of uv's cache; never fetch another Python;
+# trust the base image's system CA store (/etc/ssl/certs), not only uv's
+# bundled roots, so a company's TLS-intercepting proxy or mirror works.
 ENV UV_COMPILE_BYTECODE=1 \
     UV_LINK_MODE=copy \
     UV_PYTHON_DOWNLOADS=never \
+    UV_SYSTEM_CERTS=1 \
     UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
 # Dependencies first: this layer is reused until pyproject.toml or uv.lock change.
@@ -42,7 +53,7 @@ RUN groupadd --system --gid 10001 app \
 USER 10001:10001
 CMD ["gunicorn", "-c", "python:service.gunicorn_conf"]
 
-FROM python:3.12.11-slim-bookworm
+FROM ${PYTHON_IMAGE} AS runtime
 # No .pyc writes at runtime (they were compiled above), and logs leave unbuffered.
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -11,14 +11,15 @@
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
 #   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
+#   make image   build the image (docker, or podman when that is what you have); IMAGE=catalog:dev, BUILD_ARGS="--build-arg ..."
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install tools chart-sync chart test lint format up down status clean bench monitoring loadtest drill profile \
-	kind-up kind-down
+.PHONY: help install tools chart-sync chart image test lint format up down status clean bench monitoring loadtest drill \
+	profile kind-up kind-down
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -52,7 +53,13 @@ chart-sync:
 chart: tools
 	$(UV) run pytest tests/deploy -q
 
+IMAGE ?= catalog:dev
+image:
+	@IMAGE=$(IMAGE) bash deploy/local/image.sh $(BUILD_ARGS)
+
+# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), as root.
 test: lint tools
+	@bash deploy/local/bootstrap.sh image
 	$(UV) run pytest
 
 up: install

@@ -10,4 +10,5 @@ pytest_plugins = [
     "tests.fixtures.backends",
     "tests.fixtures.app",
     "tests.fixtures.processes",
+    "tests.fixtures.image",
 ]

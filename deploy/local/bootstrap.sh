@@ -6,6 +6,9 @@
 #   Python packages              -> `uv sync --frozen` from uv.lock
 #   PostgreSQL, Redis, nginx,
 #   Prometheus (with promtool)   -> apt-get when running as root, otherwise a message
+#   with the argument `image` (`make test`): a Docker engine (docker.io) and
+#   mmdebstrap for the image test -> apt-get when running as root; otherwise a
+#   note, and that test skips saying why
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -64,6 +67,23 @@ if [ "${1:-}" = bench ]; then
 fi
 if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
+fi
+
+# The image test builds and runs the image (tests/image): it needs a Docker engine, or dockerd to
+# start one, and mmdebstrap for its stand-in base image. Without them that test skips; nothing stops.
+if [ "${1:-}" = image ]; then
+  image_missing=()
+  if ! command -v dockerd >/dev/null 2>&1 && ! docker version --format '{{.Server.Version}}' >/dev/null 2>&1; then
+    image_missing+=(docker.io)
+  fi
+  command -v mmdebstrap >/dev/null 2>&1 || image_missing+=(mmdebstrap)
+  if [ ${#image_missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt_install "${image_missing[@]}"
+    else
+      say "the image test will skip: ${image_missing[*]} missing (as root: apt-get install -y ${image_missing[*]})"
+    fi
+  fi
 fi
 
 "$UV" sync --frozen --quiet

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import shutil
 import subprocess
@@ -36,11 +37,67 @@ def test_hadolint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def _build_args() -> dict[str, str]:
+    """The global ARGs (before the first FROM) with their defaults."""
+    defaults: dict[str, str] = {}
+    for keyword, args in _instructions():
+        if keyword == "FROM":
+            break
+        if keyword == "ARG":
+            name, _, default = args.partition("=")
+            defaults[name] = default
+    return defaults
+
+
+def _stages() -> list[tuple[str, str]]:
+    """(base image with ARG defaults substituted, stage name) per FROM."""
+    defaults = _build_args()
+    stages = []
+    for keyword, args in _instructions():
+        if keyword == "FROM":
+            words = args.split()
+            base = re.sub(r"\$\{(\w+)\}", lambda m: defaults[m[1]], words[0])
+            stages.append((base, words[2] if len(words) == 3 and words[1].upper() == "AS" else ""))
+    return stages
+
+
+def test_bases_are_build_arguments_defaulting_to_the_real_images() -> None:
+    defaults = _build_args()
+    assert set(defaults) == {"PYTHON_IMAGE", "UV_IMAGE"}, defaults
+    froms = [args.split()[0] for keyword, args in _instructions() if keyword == "FROM"]
+    # Every base is a build argument, or an earlier stage ("FROM build AS dev").
+    assert froms == ["${UV_IMAGE}", "${PYTHON_IMAGE}", "build", "${PYTHON_IMAGE}"], froms
+    assert re.fullmatch(r"python:3\.12\.\d+-slim-bookworm", defaults["PYTHON_IMAGE"]), defaults
+    bootstrap = (ROOT / "deploy" / "local" / "bootstrap.sh").read_text()
+    match = re.search(r"^UV_VERSION=(\S+)$", bootstrap, re.MULTILINE)
+    assert match is not None
+    assert defaults["UV_IMAGE"] == f"ghcr.io/astral-sh/uv:{match[1]}", "the uv bootstrap.sh pins"
+
+
+def test_stages_are_named() -> None:
+    # Other targets (a dev stage) build on these names; the last stage is what `docker build` ships.
+    assert [name for _, name in _stages()] == ["uv", "build", "dev", "runtime"]
+
+
+def _stage(name: str) -> list[tuple[str, str]]:
+    """The instructions of the stage `FROM ... AS name`, its FROM included."""
+    instructions = _instructions()
+    starts = [i for i, (keyword, _) in enumerate(instructions) if keyword == "FROM"] + [len(instructions)]
+    for start, end in itertools.pairwise(starts):
+        if instructions[start][1].split()[-1] == name:
+            return instructions[start:end]
+    raise AssertionError(f"no stage named {name}")
+
+
+def test_build_trusts_the_system_ca_store() -> None:
+    env_text = " ".join(args for keyword, args in _stage("build") if keyword == "ENV")
+    assert "UV_SYSTEM_CERTS=1" in env_text, "a TLS-intercepting proxy's CA is only in the system store"
+
+
 def test_bases_are_pinned_slim_python() -> None:
-    froms = [args.split() for keyword, args in _instructions() if keyword == "FROM"]
-    stages = {words[2] for words in froms if len(words) == 3 and words[1].upper() == "AS"}
+    stages = _stages()
     # A stage built on an earlier stage ("FROM build AS dev") names no image to pin.
-    bases = [words[0] for words in froms if words[0] not in stages]
+    bases = [base for base, _ in stages if base not in {name for _, name in stages}]
     assert len(bases) >= 2, "multi-stage"
     python_bases = [base for base in bases if base.startswith("python:")]
     assert python_bases, bases
@@ -90,19 +147,11 @@ def test_dockerignore_admits_only_what_the_build_needs() -> None:
     assert {line[1:] for line in lines if line.startswith("!")} == {"pyproject.toml", "uv.lock", "service/"}
 
 
-def _stage(name: str) -> list[tuple[str, str]]:
-    """The instructions of the stage `FROM ... AS name`, up to the next FROM."""
-    instructions = _instructions()
-    start = next(i for i, (keyword, args) in enumerate(instructions) if keyword == "FROM" and args.split()[-1] == name)
-    end = next((i for i in range(start + 1, len(instructions)) if instructions[i][0] == "FROM"), len(instructions))
-    return instructions[start:end]
-
-
 def test_the_default_target_is_the_production_stage() -> None:
     """`docker build .` builds the last stage: the dev stage must not be it."""
     final = _final_stage()
     assert final[0][0] == "FROM"
-    assert " AS " not in f" {final[0][1].upper()} ", "the production stage stays the unnamed last one"
+    assert _stages()[-1][1] == "runtime", "the production stage stays the last one"
     assert _stage("dev")[0] != final[0]
 
 

@@ -1,18 +1,61 @@
-{{/* Names and labels, as `helm create` makes them. */}}
+{{/*
+Names and labels, as `helm create` makes them, except that no name is ever cut
+blindly: helm accepts release names of up to 53 characters, and "<release>-catalog"
+plus a component suffix would pass Kubernetes' 63-character limits (Service names
+are DNS-1035 labels; Job and ScaledObject names are copied into label values).
+*/}}
 {{- define "catalog.name" -}}
 {{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" }}
 {{- end }}
 
+{{/*
+"<release>-<name>" (or fullnameOverride, or the release alone when it already
+contains the name), made a DNS-1035 label: dots (which release names may hold)
+become dashes, and a release that starts with a digit goes after the name
+("catalog-1st"), since a Service name must start with a letter.
+*/}}
 {{- define "catalog.fullname" -}}
+{{- $full := "" }}
 {{- if .Values.fullnameOverride }}
-{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" }}
+{{- $full = .Values.fullnameOverride }}
 {{- else }}
 {{- $name := default .Chart.Name .Values.nameOverride }}
-{{- if contains $name .Release.Name }}
-{{- .Release.Name | trunc 63 | trimSuffix "-" }}
+{{- $release := .Release.Name | replace "." "-" }}
+{{- if contains $name $release }}
+{{- $full = $release }}
+{{- else if regexMatch "^[0-9]" $release }}
+{{- $full = printf "%s-%s" $name $release }}
 {{- else }}
-{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" }}
+{{- $full = printf "%s-%s" $release $name }}
 {{- end }}
+{{- end }}
+{{- include "catalog.fit" (dict "name" $full "suffix" "") }}
+{{- end }}
+
+{{/*
+The name of one component's resource: "<fullname>-<component>", e.g.
+(dict "ctx" $ "component" "worker-metrics") -> "rel-catalog-worker-metrics".
+*/}}
+{{- define "catalog.componentName" -}}
+{{- include "catalog.fit" (dict "name" (include "catalog.fullname" .ctx) "suffix" .component) }}
+{{- end }}
+
+{{/*
+"<name>-<suffix>" in at most 63 characters. When it is longer, the name is cut
+and 8 hex digits of the whole name's sha256 go before the suffix, so two long
+names that differ only past the cut stay different and the suffix stays readable:
+"<cut name>-<hash>-<suffix>". Pass (dict "name" ... "suffix" ...); suffix may be "".
+*/}}
+{{- define "catalog.fit" -}}
+{{- $whole := .name }}
+{{- if .suffix }}{{ $whole = printf "%s-%s" .name .suffix }}{{ end }}
+{{- if le (len $whole) 63 }}
+{{- $whole }}
+{{- else }}
+{{- $tail := printf "-%s" (sha256sum $whole | trunc 8) }}
+{{- if .suffix }}{{ $tail = printf "%s-%s" $tail .suffix }}{{ end }}
+{{- $cut := trunc (int (sub 63 (len $tail))) .name }}
+{{- printf "%s%s" (regexReplaceAll "-+$" $cut "") $tail }}
 {{- end }}
 {{- end }}
 
@@ -63,28 +106,41 @@ app.kubernetes.io/component: {{ .component }}
 
 {{/* The Secret holding DATABASE_URL, REDIS_URL, SECRET_KEY and API_KEYS. */}}
 {{- define "catalog.secretName" -}}
-{{- default (printf "%s-settings" (include "catalog.fullname" .)) .Values.secrets.existingSecret }}
+{{- default (include "catalog.componentName" (dict "ctx" . "component" "settings")) .Values.secrets.existingSecret }}
+{{- end }}
+
+{{/*
+A scalar as written in the values file or on the command line. Helm reads every
+number in a values file as a float64, whose default formatting turns 1000000
+into "1e+06" (and a pod reading CACHE_L1_MAX_ITEMS=1e+06 exits). JSON
+formatting writes whole numbers in full (below 1e21) and other numbers in their
+shortest form (0.5); strings and --set integers pass through unchanged.
+Numbers past 2^53 in a values file have already lost precision when helm read
+them: quote those ("12345678901234567890").
+*/}}
+{{- define "catalog.plain" -}}
+{{- if kindIs "string" . }}{{ . }}{{ else if kindIs "float64" . }}{{ toJson . }}{{ else }}{{ toString . }}{{ end }}
 {{- end }}
 
 {{/* Non-secret settings, as NAME: "value" (the ConfigMap's data and the migration job's env). */}}
 {{- define "catalog.settingsEnv" -}}
 ENVIRONMENT: {{ .Values.settings.environment | quote }}
 LOG_LEVEL: {{ .Values.settings.logLevel | quote }}
-REQUEST_TIMEOUT_SECONDS: {{ .Values.settings.requestTimeoutSeconds | toString | quote }}
-DB_POOL_MIN_SIZE: {{ .Values.settings.dbPoolMinSize | toString | quote }}
-DB_POOL_MAX_SIZE: {{ .Values.settings.dbPoolMaxSize | toString | quote }}
-DB_CONNECT_TIMEOUT_SECONDS: {{ .Values.settings.dbConnectTimeoutSeconds | toString | quote }}
-DB_STATEMENT_TIMEOUT_SECONDS: {{ .Values.settings.dbStatementTimeoutSeconds | toString | quote }}
-REDIS_COMMAND_TIMEOUT_SECONDS: {{ .Values.settings.redisCommandTimeoutSeconds | toString | quote }}
-KEEPALIVE_SECONDS: {{ .Values.settings.keepaliveSeconds | toString | quote }}
-SHUTDOWN_DRAIN_SECONDS: {{ .Values.settings.shutdownDrainSeconds | toString | quote }}
-GRACEFUL_TIMEOUT_SECONDS: {{ .Values.settings.gracefulTimeoutSeconds | toString | quote }}
-MAX_BODY_BYTES: {{ .Values.settings.maxBodyBytes | int64 | toString | quote }}
+REQUEST_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.requestTimeoutSeconds | quote }}
+DB_POOL_MIN_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMinSize | quote }}
+DB_POOL_MAX_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMaxSize | quote }}
+DB_CONNECT_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.dbConnectTimeoutSeconds | quote }}
+DB_STATEMENT_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.dbStatementTimeoutSeconds | quote }}
+REDIS_COMMAND_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.redisCommandTimeoutSeconds | quote }}
+KEEPALIVE_SECONDS: {{ include "catalog.plain" .Values.settings.keepaliveSeconds | quote }}
+SHUTDOWN_DRAIN_SECONDS: {{ include "catalog.plain" .Values.settings.shutdownDrainSeconds | quote }}
+GRACEFUL_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.gracefulTimeoutSeconds | quote }}
+MAX_BODY_BYTES: {{ include "catalog.plain" .Values.settings.maxBodyBytes | quote }}
 TRUSTED_PROXIES: {{ .Values.settings.trustedProxies | quote }}
 {{- /* The API stamps it on each job it enqueues; the worker enforces what the job carries. */}}
-JOB_MAX_ATTEMPTS: {{ .Values.worker.jobMaxAttempts | toString | quote }}
+JOB_MAX_ATTEMPTS: {{ include "catalog.plain" .Values.worker.jobMaxAttempts | quote }}
 {{- range $name, $value := .Values.settings.extraEnv }}
-{{ $name }}: {{ $value | toString | quote }}
+{{ $name }}: {{ include "catalog.plain" $value | quote }}
 {{- end }}
 {{- end }}
 
@@ -135,9 +191,9 @@ writes them there, and a fresh process is the only way every module is reloaded.
 {{/* The worker's job processes: worker.concurrency, or the CPU request rounded up. */}}
 {{- define "catalog.workerConcurrency" -}}
 {{- if gt (int .Values.worker.concurrency) 0 }}
-{{- .Values.worker.concurrency }}
+{{- include "catalog.plain" .Values.worker.concurrency }}
 {{- else }}
-{{- $cpu := toString .Values.worker.resources.requests.cpu }}
+{{- $cpu := include "catalog.plain" .Values.worker.resources.requests.cpu }}
 {{- if hasSuffix "m" $cpu }}
 {{- $milli := trimSuffix "m" $cpu | int }}
 {{- max 1 (div (add $milli 999) 1000) }}

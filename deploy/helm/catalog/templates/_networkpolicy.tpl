@@ -9,7 +9,7 @@
     - port: 53
       protocol: TCP
 - ports:
-    - port: {{ .ctx.Values.database.port }}
+    - port: {{ include "catalog.plain" .ctx.Values.database.port }}
       protocol: TCP
   {{- with $np.databasePeers }}
   to:
@@ -17,7 +17,7 @@
   {{- end }}
 {{- if .redis }}
 - ports:
-    - port: {{ .ctx.Values.redis.port }}
+    - port: {{ include "catalog.plain" .ctx.Values.redis.port }}
       protocol: TCP
   {{- with $np.redisPeers }}
   to:
