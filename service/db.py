@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from service.config import Settings
+from service.config import CommonSettings
 from service.errors import ServiceUnavailable
 from service.metrics import DB_POOL_ACQUIRE, DEPENDENCY_ERRORS, instrument_connection
 from service.resilience import CircuitBreaker
@@ -41,12 +41,17 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
-async def create_pool(settings: Settings) -> Pool:
+async def create_pool(settings: CommonSettings, *, min_size: int | None = None, max_size: int | None = None) -> Pool:
+    """The asyncpg pool of an API pod or a worker: sizes default to DB_POOL_MIN_SIZE / DB_POOL_MAX_SIZE.
+
+    One factory for both, so the timeouts and the release policy cannot drift
+    apart; the worker passes its own size (`worker_pool_max_size`).
+    """
     statement_timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
     pool = await asyncpg.create_pool(
         str(settings.database_url),
-        min_size=settings.db_pool_min_size,
-        max_size=settings.db_pool_max_size,
+        min_size=settings.db_pool_min_size if min_size is None else min_size,
+        max_size=settings.db_pool_max_size if max_size is None else max_size,
         timeout=settings.db_connect_timeout_seconds,
         # The client gives up a little after the server would have cancelled.
         command_timeout=settings.db_statement_timeout_seconds + 1.0,
@@ -58,9 +63,10 @@ async def create_pool(settings: Settings) -> Pool:
         },
         # asyncpg's default reset runs one more query on every release (UNLISTEN,
         # RESET ALL, CLOSE ALL, unlock advisory locks): a round trip per request.
-        # Request code here never leaves session state behind (no session SET,
-        # LISTEN, session advisory locks or cursors outside a transaction), so only
-        # the built-in part stays: an open transaction is still rolled back.
+        # Neither the request code nor the worker leaves session state behind on a
+        # pooled connection (no session SET, LISTEN, session advisory locks or
+        # cursors outside a transaction; the worker LISTENs on its own connection),
+        # so only the built-in part stays: an open transaction is still rolled back.
         reset=_keep_session,
         init=instrument_connection,
     )

@@ -23,9 +23,10 @@ from pathlib import Path
 import asyncpg
 
 from service import tracing
-from service.config import WorkerSettings, load_worker_settings
+from service.config import WorkerSettings, load_worker_settings, worker_pool_max_size
+from service.db import create_pool
 from service.logging import configure_logging
-from service.metrics import instrument_connection, instrument_pool, watch_event_loop
+from service.metrics import instrument_pool, watch_event_loop
 from service.worker import metrics
 from service.worker.http import ProbeServer
 from service.worker.pool import slot_pool
@@ -52,24 +53,6 @@ async def _readiness(worker: Worker, pool: asyncpg.Pool, within_seconds: float) 
     except Exception as error:  # noqa: BLE001 - any failure means "not ready"; the body names it
         return 503, {"status": "unavailable", "postgres": f"error: {type(error).__name__}"}
     return 200, {"status": "ok", "postgres": "ok"}
-
-
-async def _create_pool(settings: WorkerSettings, slots: int) -> asyncpg.Pool:
-    # Connections: one per running job (its outcome), plus claim, heartbeat and upkeep.
-    pool = await asyncpg.create_pool(
-        str(settings.database_url),
-        min_size=min(settings.db_pool_min_size, slots + 3),
-        max_size=settings.db_pool_max_size or slots + 3,
-        timeout=settings.db_connect_timeout_seconds,
-        command_timeout=settings.db_statement_timeout_seconds + 1.0,
-        init=instrument_connection,
-        server_settings={
-            "application_name": settings.service_name,
-            "statement_timeout": str(int(settings.db_statement_timeout_seconds * 1000)),
-        },
-    )
-    assert pool is not None
-    return pool
 
 
 async def _wind_down(worker: Worker, stop_requested: asyncio.Event, grace_seconds: float, signals: int) -> None:
@@ -107,7 +90,8 @@ async def run(settings: WorkerSettings) -> None:
     metrics.SLOTS.set(slots)
     claim_loop: asyncio.Task[None] | None = None
     async with contextlib.AsyncExitStack() as stack:
-        pool = await _create_pool(settings, slots)
+        max_size = settings.db_pool_max_size or worker_pool_max_size(slots)
+        pool = await create_pool(settings, min_size=min(settings.db_pool_min_size, max_size), max_size=max_size)
         stack.push_async_callback(pool.close)
         instrument_pool(pool)
         # The loop renews leases and answers probes: lag here costs leases (children run at nice +10).
