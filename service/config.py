@@ -241,12 +241,31 @@ class Settings(CommonSettings):
         return max(self.graceful_timeout_seconds - self.shutdown_drain_seconds - 1.0, 1.0)
 
 
+# A worker pod's PostgreSQL connections: one per slot (each job's outcome is written on its own),
+# plus the claim loop, the heartbeat and the upkeep (reaper, pruner, queue gauges) in the pool, plus
+# the LISTEN connection outside it. The chart computes the same numbers in _helpers.tpl
+# (catalog.workerPoolMaxSize, catalog.workerConnections); tests/deploy/test_chart_worker.py keeps
+# the two equal.
+WORKER_POOL_EXTRA_CONNECTIONS = 3
+WORKER_LISTEN_CONNECTIONS = 1
+
+
+def worker_pool_max_size(slots: int) -> int:
+    """The worker's pool size for `slots` job processes (DB_POOL_MAX_SIZE=0, the default)."""
+    return slots + WORKER_POOL_EXTRA_CONNECTIONS
+
+
+def worker_connections(slots: int) -> int:
+    """Every connection a worker pod with `slots` job processes opens: its pool and its LISTEN."""
+    return worker_pool_max_size(slots) + WORKER_LISTEN_CONNECTIONS
+
+
 class WorkerSettings(CommonSettings):
     """Configuration of the worker process (`python -m service.worker`); it needs no Redis."""
 
     service_name: str = Field("catalog-worker", min_length=1, max_length=63)
     db_pool_min_size: int = Field(1, ge=0, le=100)
-    db_pool_max_size: int = Field(0, ge=0, le=100)  # 0: the worker's slots plus 3 (claim, heartbeat, upkeep)
+    db_pool_max_size: int = Field(0, ge=0, le=100)  # 0: worker_pool_max_size(slots)
 
     # Child processes running jobs; 0 means one per CPU the pod may use (cgroup quota and affinity).
     worker_concurrency: int = Field(0, ge=0, le=256)

@@ -3,7 +3,22 @@ and how it scales (HPA, or KEDA on ready jobs); the minimal scenario runs withou
 
 from __future__ import annotations
 
-from tests.fixtures.chart import ALL_CRDS, CI, Manifest, container, defaults, env, name, pod_spec, render
+import re
+
+from service.config import worker_connections, worker_pool_max_size
+from tests.fixtures.chart import (
+    ALL_CRDS,
+    CI,
+    RELEASE,
+    Manifest,
+    container,
+    defaults,
+    env,
+    name,
+    pod_spec,
+    render,
+    template,
+)
 
 WORKER_CONTRACT_ENV = {"WORKER_CONCURRENCY", "WORKER_SHUTDOWN_GRACE_SECONDS", "METRICS_PORT"}
 
@@ -95,3 +110,29 @@ def test_minimal_scenario_has_fixed_replicas_and_no_worker() -> None:
     assert {obj["metadata"]["name"] for obj in rendered.all("Deployment")} == {name("api")}
     assert "NetworkPolicy" not in rendered.kinds()
     assert "Job" not in rendered.kinds()
+
+
+def test_the_worker_connection_numbers_are_the_ones_the_worker_computes() -> None:
+    """DB_POOL_MAX_SIZE and the connection guard's per-pod count follow service/config.py's functions."""
+    for slots in (1, 3, 7):
+        rendered = render(set_values={"worker.concurrency": slots, "database.connectionBudget": 1000})
+        assert env(rendered.get("Deployment", name("worker")), "worker")["DB_POOL_MAX_SIZE"] == str(
+            worker_pool_max_size(slots)
+        )
+        refused = template((), {"worker.concurrency": slots, "database.connectionBudget": 1}, ALL_CRDS, RELEASE)
+        assert refused.returncode != 0
+        numbers = {
+            key: int(value)
+            for key, value in re.findall(
+                r"(api max replicas \+ surge|settings\.dbPoolMaxSize|worker max replicas \+ surge) \((\d+)\)",
+                refused.stderr,
+            )
+        }
+        total = (
+            numbers["api max replicas + surge"] * numbers["settings.dbPoolMaxSize"]
+            + numbers["worker max replicas + surge"] * worker_connections(slots)
+            + 1  # the migration job
+        )
+        assert f"= {total};" in refused.stderr, refused.stderr
+        exact = render(set_values={"worker.concurrency": slots, "database.connectionBudget": total})
+        assert exact.has("Deployment", name("worker"))

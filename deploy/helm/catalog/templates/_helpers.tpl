@@ -203,6 +203,17 @@ writes them there, and a fresh process is the only way every module is reloaded.
 {{- end }}
 {{- end }}
 
+{{/* A worker pod's pool: one connection per job process, plus the claim loop, the heartbeat and the
+upkeep. service/config.py's worker_pool_max_size computes the same (tests/deploy/test_chart_worker.py). */}}
+{{- define "catalog.workerPoolMaxSize" -}}
+{{- add (int (include "catalog.workerConcurrency" .)) 3 }}
+{{- end }}
+
+{{/* Every connection a worker pod opens: its pool plus the LISTEN connection (worker_connections). */}}
+{{- define "catalog.workerConnections" -}}
+{{- add (int (include "catalog.workerPoolMaxSize" .)) 1 }}
+{{- end }}
+
 {{/* Highest replica count each component can reach (autoscaling maximum, else the fixed count). */}}
 {{- define "catalog.apiMaxReplicas" -}}
 {{- if .Values.api.autoscaling.enabled }}{{ .Values.api.autoscaling.maxReplicas }}{{ else }}{{ .Values.api.replicas }}{{ end }}
