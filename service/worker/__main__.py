@@ -18,6 +18,7 @@ import math
 import os
 import signal
 import socket
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
@@ -71,6 +72,25 @@ async def _wind_down(worker: Worker, stop_requested: asyncio.Event, grace_second
     second.cancel()
 
 
+def _probes(
+    worker: Worker, pool: asyncpg.Pool, within_seconds: float, claim_loop: Callable[[], asyncio.Task[None] | None]
+) -> ProbeServer:
+    """/livez: the claim loop has not crashed; /readyz: PostgreSQL answers and not draining; /startupz: started."""
+
+    async def livez() -> tuple[int, dict[str, str]]:
+        task = claim_loop()
+        crashed = task is not None and task.done() and not worker.stopping
+        return (503, {"status": "claim loop stopped"}) if crashed else (200, {"status": "ok"})
+
+    async def readyz() -> tuple[int, dict[str, str]]:
+        return await _readiness(worker, pool, within_seconds)
+
+    async def startupz() -> tuple[int, dict[str, str]]:
+        return (200, {"status": "ok"}) if worker.started else (503, {"status": "starting"})
+
+    return ProbeServer({"/livez": livez, "/readyz": readyz, "/startupz": startupz})
+
+
 async def run(settings: WorkerSettings) -> None:
     slots = settings.worker_concurrency or available_cpus()
     name = f"{socket.gethostname()}:{os.getpid()}"
@@ -100,18 +120,8 @@ async def run(settings: WorkerSettings) -> None:
         job_slots = stack.enter_context(slot_pool(slots, settings.log_level.value))
         worker = Worker(settings, pool, job_slots, name)
 
-        async def livez() -> tuple[int, dict[str, str]]:
-            crashed = claim_loop is not None and claim_loop.done() and not worker.stopping
-            return (503, {"status": "claim loop stopped"}) if crashed else (200, {"status": "ok"})
-
-        async def readyz() -> tuple[int, dict[str, str]]:
-            return await _readiness(worker, pool, settings.db_connect_timeout_seconds)
-
-        async def startupz() -> tuple[int, dict[str, str]]:
-            return (200, {"status": "ok"}) if worker.started else (503, {"status": "starting"})
-
         if settings.metrics_port:
-            probes = ProbeServer({"/livez": livez, "/readyz": readyz, "/startupz": startupz})
+            probes = _probes(worker, pool, settings.db_connect_timeout_seconds, lambda: claim_loop)
             server = await probes.serve("0.0.0.0", settings.metrics_port)  # noqa: S104 - a pod listens on all interfaces
             stack.callback(server.close)
         heartbeat = asyncio.create_task(worker.heartbeat(), name="heartbeat")
