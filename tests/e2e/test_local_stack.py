@@ -57,6 +57,19 @@ def stack() -> Iterator[dict[str, str]]:
         assert not still_open, f"`down` left ports {still_open} listening"
 
 
+def bench_module(stack: dict[str, str], module: str, *arguments: str) -> subprocess.CompletedProcess[str]:
+    """`python -m <module>` from bench/ (what `make loadtest`, `make drill` and `make profile` run) on the stack."""
+    return subprocess.run(
+        [sys.executable, "-m", module, *arguments],
+        cwd=ROOT,
+        env=stack | {"PYTHONPATH": str(ROOT / "bench")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
 def base(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{env['API_PORT']}"
 
@@ -137,17 +150,8 @@ def test_a_job_posted_through_nginx_is_run_by_the_worker_under_the_same_request_
 
 def test_the_load_test_judges_a_short_run_from_the_server_and_the_client(stack: dict[str, str], tmp_path: Path) -> None:
     """`make loadtest` against the stack: both views agree on the traffic, no job is lost, the report is whole."""
-    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
     arguments = ["--rate", "20", "--duration", "20s", "--seed-items", "300", "--results", str(tmp_path)]
-    run = subprocess.run(
-        [sys.executable, "-m", "loadtest", *arguments],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
+    run = bench_module(stack, "loadtest", *arguments)
     assert run.returncode in {0, 1}, run.stdout[-3000:] + run.stderr[-3000:]  # 2: it could not judge the run
     [directory] = tmp_path.iterdir()
     summary = orjson.loads((directory / "summary.json").read_bytes())
@@ -173,16 +177,7 @@ def test_the_load_test_judges_a_short_run_from_the_server_and_the_client(stack: 
 
 def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str, str]) -> None:
     """`make drill` mechanics on one short drill: Redis down 5 s, the API fails open, every job runs."""
-    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
-    run = subprocess.run(
-        [sys.executable, "-m", "loadtest.drills", "--only", "redis-stop", "--fault-seconds", "5", "--rate", "20"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = bench_module(stack, "loadtest.drills", "--only", "redis-stop", "--fault-seconds", "5", "--rate", "20")
     assert run.returncode in {0, 1}, run.stdout[-3000:] + run.stderr[-3000:]
     [directory] = (Path(stack["RUN_DIR"]) / "drills").iterdir()
     [result] = orjson.loads((directory / "drills.json").read_bytes())
@@ -201,16 +196,7 @@ def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str,
 
 
 def test_make_profile_records_a_flame_graph_of_an_api_pod_under_load(stack: dict[str, str]) -> None:
-    env = stack | {"PYTHONPATH": str(ROOT / "bench")}
-    run = subprocess.run(
-        [sys.executable, "-m", "loadtest.profile", "--rate", "20", "--duration", "8s"],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
+    run = bench_module(stack, "loadtest.profile", "--rate", "20", "--duration", "8s")
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     [directory] = (Path(stack["RUN_DIR"]) / "profile").iterdir()
     svg = (directory / "api-1.svg").read_text()
