@@ -82,6 +82,7 @@ bench:
 	$(UV) run python bench/export_memory.py || status=1; \
 	$(UV) run python bench/jobs.py || status=1; \
 	$(UV) run python bench/scale.py || status=1; \
+	$(UV) run python bench/page.py; \
 	exit $$status
 
 LOADTEST_ARGS = $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(HOST)) \

@@ -399,9 +399,12 @@ async def main_async(arguments: argparse.Namespace) -> int:
     (directory / "drills.md").write_text(
         "# Fault drills\n\nAlert rules: test profile (monitoring/generate.py --profile test).\n\n" + text + "\n"
     )
-    (directory / "drills.json").write_text(
-        json.dumps([asdict(r) | {"passed": r.passed} for r in results], indent=2) + "\n"
-    )
+    summary = {
+        "date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M"),
+        "rules_profile": "test",
+        "drills": [asdict(r) | {"passed": r.passed} for r in results],
+    }
+    (directory / "drills.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(text)
     print(f"drill: results {directory / 'drills.md'}")
     return 0 if results and all(r.passed for r in results) else 1

@@ -350,6 +350,7 @@ def main(argv: list[str]) -> int:
     (directory / "report.md").write_text(report.markdown(title, facts, verdicts, tables))
     (directory / "report.html").write_text(report.html_page(title, facts, verdicts, tables, charts))
     summary = {
+        "date": datetime.fromtimestamp(start, UTC).strftime("%Y-%m-%d %H:%M"),
         "passed": passed,
         "offered_rps": arguments.rate,
         "start": start,

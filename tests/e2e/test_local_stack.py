@@ -180,7 +180,7 @@ def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str,
     run = bench_module(stack, "loadtest.drills", "--only", "redis-stop", "--fault-seconds", "5", "--rate", "20")
     assert run.returncode in {0, 1}, run.stdout[-3000:] + run.stderr[-3000:]
     [directory] = (Path(stack["RUN_DIR"]) / "drills").iterdir()
-    [result] = orjson.loads((directory / "drills.json").read_bytes())
+    [result] = orjson.loads((directory / "drills.json").read_bytes())["drills"]
     assert result["drill"] == "redis-stop"
     assert result["requests"] >= 200, result  # 20 req/s over a 5 s baseline, the fault and the recovery
     assert result["failed_by_status"] == {}, result  # the cache and the rate limiter fail open
