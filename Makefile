@@ -58,8 +58,9 @@ down:
 status:
 	@python3 deploy/local/stack.py status
 
-clean: down
-	rm -rf .run
+# Also removes the PostgreSQL data kept outside .run/ when the clone is private (see stack.json).
+clean:
+	@python3 deploy/local/stack.py clean
 
 bench:
 	@bash deploy/local/bootstrap.sh bench

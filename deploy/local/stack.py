@@ -9,6 +9,11 @@ State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
 started here unless DATABASE_URL / REDIS_URL point at servers you run. Every
 port is an environment variable (see PORTS below). Stdlib only, so `down`
 works even without the project's virtualenv.
+
+When RUN_DIR sits where the `postgres` user cannot go (a clone in root's
+mode-0700 home), PostgreSQL's data and nginx's temporary files live in a
+directory under /var/tmp named by a hash of RUN_DIR, recorded as `spill_dir`
+in stack.json; `down` and `clean` find it there.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ class Stack:
     redis_url: str = ""
     own_postgres: bool = True
     own_redis: bool = True
+    spill_dir: str = ""  # where PostgreSQL's data and nginx's temp files go when RUN_DIR is private
     pids: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -90,10 +96,16 @@ class Stack:
         data.setdefault("metrics_ports", [])  # written by an older version
         data.setdefault("prometheus_port", 9090)
         data.setdefault("worker_metrics_port", 9466)
+        data.setdefault("spill_dir", "")
         return cls(**data)
 
+    @property
+    def shared_dir(self) -> Path:
+        """Where files other users (postgres, nginx's workers) must reach go."""
+        return Path(self.spill_dir) if self.spill_dir else self.run_dir
+
     def postgres(self) -> servers.Postgres:
-        return servers.Postgres(self.run_dir / "postgres", self.postgres_port, durable=True)
+        return servers.Postgres(self.shared_dir / "postgres", self.postgres_port, durable=True)
 
     def redis(self) -> servers.Redis:
         return servers.Redis(self.run_dir / "redis", self.redis_port)
@@ -169,16 +181,19 @@ def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str
 
 def render_nginx(stack: Stack) -> Path:
     directory = stack.run_dir / "nginx"
+    directory.mkdir(parents=True, exist_ok=True)
+    temp = stack.shared_dir / "nginx-tmp"
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (directory / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        (temp / sub).mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:  # nginx workers drop to `nobody` and write request bodies here
-        for path in [directory / "tmp", *(directory / "tmp").iterdir()]:
+        for path in [temp, *temp.iterdir()]:
             path.chmod(0o777)
     upstreams = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in stack.pod_ports)
     max_body = os.environ.get("MAX_BODY_BYTES", "1048576")
     text = (ROOT / "deploy" / "nginx" / "local.conf.template").read_text()
     for key, value in {
         "RUN_DIR": str(stack.run_dir),
+        "TEMP_DIR": str(temp),
         "API_PORT": str(stack.api_port),
         "UPSTREAM_SERVERS": upstreams,
         "MAX_BODY_BYTES": max_body,
@@ -320,6 +335,8 @@ def up() -> int:
         )
         return 1
     stack.run_dir.mkdir(parents=True, exist_ok=True)
+    if not servers.reachable_by("postgres", stack.run_dir):
+        stack.spill_dir = str(servers.spill_directory(stack.run_dir))
     try:
         _start_backends(stack)
         _start_pods(stack)
@@ -391,8 +408,20 @@ def down(run_dir: Path | None = None) -> int:
         "stopped: Prometheus, nginx, worker, API pods"
         + (", Redis" if stack.own_redis else "")
         + (", PostgreSQL" if stack.own_postgres else "")
-        + f" (data kept in {run_dir})"
+        + f" (data kept in {stack.shared_dir if stack.own_postgres else run_dir})"
     )
+    return 0
+
+
+def clean() -> int:
+    """`make clean`: stop everything, then remove RUN_DIR and the spill directory, if any."""
+    run_dir = Stack.from_environment().run_dir
+    stack = Stack.load(run_dir)
+    down(run_dir)
+    if stack is not None and stack.spill_dir:
+        shutil.rmtree(stack.spill_dir, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"removed {run_dir}" + (f" and {stack.spill_dir}" if stack is not None and stack.spill_dir else ""))
     return 0
 
 
@@ -407,9 +436,9 @@ def status() -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"up": up, "down": down, "status": status}
+    commands = {"up": up, "down": down, "status": status, "clean": clean}
     if len(argv) != 2 or argv[1] not in commands:
-        print(f"usage: {argv[0]} up|down|status", file=sys.stderr)
+        print(f"usage: {argv[0]} {'|'.join(commands)}", file=sys.stderr)
         return 2
     try:
         return commands[argv[1]]()
