@@ -111,6 +111,12 @@ def reachable_by(user: str, path: Path) -> bool:
 SPILL_ROOT = Path("/var/tmp")  # noqa: S108 - every user can reach it; entries are checked before use
 
 
+def spill_path(stands_in_for: Path) -> Path:
+    """The name `spill_directory` gives (nothing is created)."""
+    digest = hashlib.sha256(str(stands_in_for.resolve()).encode()).hexdigest()[:16]
+    return SPILL_ROOT / f"catalog-{digest}"
+
+
 def spill_directory(stands_in_for: Path) -> Path:
     """A root-owned, world-traversable directory for state that other users (postgres, nginx's
     workers) must reach but `stands_in_for` cannot hold: its parents shut them out.
@@ -119,8 +125,7 @@ def spill_directory(stands_in_for: Path) -> Path:
     shared: an existing entry is used only if it is a real directory (not a symlink) that root owns
     and nobody else may write to, and entries are created inside it by root alone.
     """
-    digest = hashlib.sha256(str(stands_in_for.resolve()).encode()).hexdigest()[:16]
-    path = SPILL_ROOT / f"catalog-{digest}"
+    path = spill_path(stands_in_for)
     try:
         os.mkdir(path, 0o755)
     except FileExistsError:

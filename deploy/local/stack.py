@@ -492,14 +492,14 @@ def up() -> int:
         stack = requested
     nginx_binary()  # fail before starting anything if something is missing
     prometheus_binary()
-    stack.run_dir.mkdir(parents=True, exist_ok=True)
-    if not stack.spill_dir and not servers.reachable_by("postgres", stack.run_dir):
-        stack.spill_dir = str(servers.spill_directory(stack.run_dir))
     missing = [component for component in _components(stack) if not _running(stack, component)]
     busy = _busy_ports(stack, missing)
     if busy:
         print("make up: " + "\n         ".join(busy), file=sys.stderr)
         return 1
+    stack.run_dir.mkdir(parents=True, exist_ok=True)
+    if not stack.spill_dir and not servers.reachable_by("postgres", stack.run_dir):
+        stack.spill_dir = str(servers.spill_directory(stack.run_dir))
     if repairing:
         print(f"already running: {', '.join(c for c in _components(stack) if c not in missing)}")
         print(f"starting: {', '.join(missing) or 'nothing, everything runs'}")

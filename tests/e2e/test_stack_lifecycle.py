@@ -285,6 +285,7 @@ def test_up_never_writes_to_a_server_it_did_not_start(backends: Backends, variab
         assert f"port {taken} ({variable}) is taken by a server `make up` did not start" in refused.stderr
         assert ("DATABASE_URL" if variable == "POSTGRES_PORT" else "REDIS_URL") in refused.stderr
         assert not (run_dir / "stack.json").exists()  # nothing was started
+        assert not servers.spill_path(run_dir).exists()  # nor any directory made for it
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
     has_catalog = subprocess.run(
@@ -312,4 +313,5 @@ def test_up_names_the_variable_of_a_taken_port(tmp_path: Path) -> None:
         finally:
             shutil.rmtree(run_dir, ignore_errors=True)
     assert refused.returncode == 1
+    assert not servers.spill_path(run_dir).exists()
     assert f"port {port} (PROMETHEUS_PORT, for prometheus) is already in use: set PROMETHEUS_PORT" in refused.stderr
