@@ -13,7 +13,6 @@ import hashlib
 import os
 import shutil
 import sys
-import tempfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -59,8 +58,7 @@ class Backends:
 
 @pytest.fixture(scope="session")
 def backends() -> Iterator[Backends]:
-    workdir = Path(tempfile.mkdtemp(prefix="catalog-tests-"))
-    os.chmod(workdir, 0o755)  # the postgres user must reach its directory inside
+    workdir = servers.server_workdir("catalog-tests-")  # the postgres user must reach its directory inside
     postgres = redis_server = None
     try:
         database_url = os.environ.get("DATABASE_URL")
@@ -87,8 +85,7 @@ def backends() -> Iterator[Backends]:
 @contextmanager
 def dedicated_backends(*postgres_settings: str) -> Iterator[Backends]:
     """A PostgreSQL and a Redis for one test alone: it may stop and restart them."""
-    workdir = Path(tempfile.mkdtemp(prefix="catalog-dedicated-"))
-    os.chmod(workdir, 0o755)
+    workdir = servers.server_workdir("catalog-dedicated-")
     postgres = servers.Postgres(workdir / "postgres", servers.free_port(), settings=postgres_settings)
     redis_server = servers.Redis(workdir / "redis", servers.free_port())
     try:

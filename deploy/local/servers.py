@@ -20,6 +20,7 @@ import signal
 import socket
 import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -136,6 +137,20 @@ def spill_directory(stands_in_for: Path) -> Path:
             ) from None
     path.chmod(0o755)
     return path
+
+
+def server_workdir(prefix: str) -> Path:
+    """A fresh directory for throwaway servers that the postgres user can reach (mode 0755).
+
+    In the system's temporary directory unless that is private (libpam-tmpdir's /tmp/user/0,
+    a TMPDIR inside root's home): then under SPILL_ROOT.
+    """
+    base = Path(tempfile.gettempdir())
+    if not reachable_by("postgres", base):
+        base = SPILL_ROOT
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    workdir.chmod(0o755)
+    return workdir
 
 
 def _run(command: list[str], what: str) -> None:
