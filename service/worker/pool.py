@@ -12,7 +12,7 @@ ignore SIGINT and SIGTERM (the worker decides when they stop).
 
 Guarantee: when the worker dies, by any signal or exit, the kernel SIGKILLs
 the fork server and, through it, every job process, within milliseconds (tested
-with SIGKILL, SIGTERM then SIGKILL, SIGSEGV, SIGHUP and SIGABRT: under a second,
+with SIGKILL, SIGTERM then SIGKILL, SIGSEGV, SIGUSR1 and SIGABRT: under a second,
 outside a container where the worker is not PID 1). A job whose worker is gone
 must not keep running: its lease expires and another worker runs it again.
 

@@ -320,7 +320,7 @@ def _seconds_until_dead(processes: list[psutil.Process], since: float, limit: fl
         (signal.SIGKILL,),
         (signal.SIGTERM, signal.SIGKILL),  # killed in the middle of its graceful wind-down
         (signal.SIGSEGV,),  # a crash in a C extension
-        (signal.SIGHUP,),  # a signal the worker does not handle: the default action ends it
+        (signal.SIGUSR1,),  # a signal the worker does not handle: the default action ends it
         (signal.SIGABRT,),
     ],
     ids=lambda signals: "-then-".join(sig.name for sig in signals),
