@@ -1,6 +1,7 @@
 # The gates, the same ones CI runs (.ci/run calls `make test`).
 #   make up      start the whole system locally (nginx -> 2 API pods, a job worker, PostgreSQL, Redis, Prometheus)
 #   make down    stop it (data stays in .run/; `make clean` removes it)
+#   make restart-api  replace the API pods one at a time, as a rolling update does (no request fails)
 #   make test    lint + type check + the whole test suite
 #   make lint    ruff (lint and format check) + mypy --strict
 #   make bench   benchmarks under bench/, results in bench/results/
@@ -18,8 +19,8 @@
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
-.PHONY: help install tools chart-sync chart image test lint format up down status clean bench monitoring loadtest drill \
-	profile kind-up kind-down
+.PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
+	loadtest drill profile kind-up kind-down
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -68,11 +69,15 @@ up: install
 down:
 	@python3 deploy/local/stack.py down
 
+restart-api: install
+	$(UV) run python deploy/local/stack.py restart-api
+
 status:
 	@python3 deploy/local/stack.py status
 
-clean: down
-	rm -rf .run
+# Also removes the PostgreSQL data kept outside .run/ when the clone is private (see stack.json).
+clean:
+	@python3 deploy/local/stack.py clean
 
 bench:
 	@bash deploy/local/bootstrap.sh bench

@@ -45,8 +45,7 @@ class Backends:
 
 @contextmanager
 def throwaway_backends() -> Iterator[Backends]:
-    workdir = Path(tempfile.mkdtemp(prefix="catalog-bench-"))
-    workdir.chmod(0o755)
+    workdir = servers.server_workdir("catalog-bench-")  # the postgres user must reach its directory inside
     postgres = servers.Postgres(workdir / "postgres", servers.free_port(), settings=("max_connections=300",))
     redis = servers.Redis(workdir / "redis", servers.free_port())
     try:

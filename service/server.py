@@ -6,6 +6,13 @@ Ours first keeps serving for SHUTDOWN_DRAIN_SECONDS with `/readyz` answering
 pod leave before connections are refused; then uvicorn's graceful shutdown
 stops accepting, lets in-flight requests finish, and runs the lifespan
 shutdown that closes the pools, all within gunicorn's graceful timeout.
+
+Every response sent during the drain says `Connection: close`, and the server
+closes the connection after it. A proxy holding keep-alive connections to this
+pod (nginx's upstream keepalive) then stops reusing them while the pod is still
+serving, instead of finding them closed under its next request when the drain
+ends: nginx never retries a POST it has started sending, so that request
+would be lost.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from types import FrameType
 from typing import Any, ClassVar
 
 from gunicorn.arbiter import Arbiter
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
@@ -27,6 +35,25 @@ from uvicorn_worker import UvicornWorker
 from service.state import Lifecycle
 
 logger = logging.getLogger("service.server")
+
+
+def close_connections_while_draining(app: ASGIApp, lifecycle: Lifecycle) -> ASGIApp:
+    """`Connection: close` on every HTTP response that starts while the pod drains."""
+
+    async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start" and lifecycle.draining:
+                # uvicorn sends it and closes the connection once the response is complete.
+                message = {**message, "headers": [*message.get("headers", ()), (b"connection", b"close")]}
+            await send(message)
+
+        await app(scope, receive, send_closing)
+
+    return wrapped
 
 
 class DrainingServer(Server):
@@ -72,7 +99,7 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn sh
         lifecycle = getattr(self.wsgi, "lifecycle", None)
         if not isinstance(lifecycle, Lifecycle):
             raise TypeError("DrainingUvicornWorker serves apps built by service.app.create_app()")
-        self.config.app = self.wsgi
+        self.config.app = close_connections_while_draining(self.wsgi, lifecycle)
         # In-flight requests get what is left of gunicorn's graceful timeout after the drain.
         self.config.timeout_graceful_shutdown = lifecycle.shutdown_budget_seconds
         server = DrainingServer(self.config, lifecycle, master_pid=self.ppid)

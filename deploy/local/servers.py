@@ -3,18 +3,24 @@
 Used by the test suite (a fresh pair per session, under a temporary
 directory) and by `make up` (a pair under .run/ that outlives the command).
 PostgreSQL refuses to run as root, so as root every PostgreSQL command runs
-as the `postgres` system user in a directory it owns.
+as the `postgres` system user in a directory it owns. When that directory
+would sit where `postgres` cannot go (a clone in root's mode-0700 home),
+`spill_directory` gives a place it can reach, under /var/tmp, named by a hash
+of the path it stands in for, so the same clone finds the same data again.
 """
 
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import shutil
 import signal
 import socket
+import stat
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +40,25 @@ def port_open(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.2)
         return sock.connect_ex((host, port)) == 0
+
+
+def process_alive(pid: int) -> bool:
+    """`pid` runs (a zombie, dead but not yet reaped, does not count)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False  # exited since kill(0)
+    except (OSError, IndexError):
+        return True  # no /proc: trust kill(0)
+    return state != "Z"
 
 
 def postgres_bindir() -> Path:
@@ -74,6 +99,58 @@ def _as_postgres_user(command: list[str]) -> list[str]:
             "running as root needs the `postgres` system user (apt-get install postgresql)"
         ) from None
     return ["runuser", "-u", "postgres", "--", *command]
+
+
+def reachable_by(user: str, path: Path) -> bool:
+    """Whether `user` can reach `path` (search permission on it and every parent). Not root: always."""
+    if not _running_as_root():
+        return True
+    check = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(path)], capture_output=True, check=False)
+    return check.returncode == 0
+
+
+SPILL_ROOT = Path("/var/tmp")  # noqa: S108 - every user can reach it; entries are checked before use
+
+
+def spill_path(stands_in_for: Path) -> Path:
+    """The name `spill_directory` gives (nothing is created)."""
+    digest = hashlib.sha256(str(stands_in_for.resolve()).encode()).hexdigest()[:16]
+    return SPILL_ROOT / f"catalog-{digest}"
+
+
+def spill_directory(stands_in_for: Path) -> Path:
+    """A root-owned, world-traversable directory for state that other users (postgres, nginx's
+    workers) must reach but `stands_in_for` cannot hold: its parents shut them out.
+
+    The name is a hash of `stands_in_for`, so the same clone finds the same data again. /var/tmp is
+    shared: an existing entry is used only if it is a real directory (not a symlink) that root owns
+    and nobody else may write to, and entries are created inside it by root alone.
+    """
+    path = spill_path(stands_in_for)
+    try:
+        os.mkdir(path, 0o755)
+    except FileExistsError:
+        info = os.lstat(path)
+        if not stat.S_ISDIR(info.st_mode) or info.st_uid != 0 or info.st_mode & 0o022:
+            raise MissingDependency(
+                f"{path} exists but is not a directory only root can write to: remove it and try again"
+            ) from None
+    path.chmod(0o755)
+    return path
+
+
+def server_workdir(prefix: str) -> Path:
+    """A fresh directory for throwaway servers that the postgres user can reach (mode 0755).
+
+    In the system's temporary directory unless that is private (libpam-tmpdir's /tmp/user/0,
+    a TMPDIR inside root's home): then under SPILL_ROOT.
+    """
+    base = Path(tempfile.gettempdir())
+    if not reachable_by("postgres", base):
+        base = SPILL_ROOT
+    workdir = Path(tempfile.mkdtemp(prefix=prefix, dir=base))
+    workdir.chmod(0o755)
+    return workdir
 
 
 def _run(command: list[str], what: str) -> None:
@@ -164,6 +241,15 @@ class Postgres:
             "pg_ctl start",
         )
 
+    def running(self) -> bool:
+        """This cluster's postmaster is alive and listening on `port` (not just any server there)."""
+        try:
+            lines = (self.datadir / "postmaster.pid").read_text().splitlines()
+            pid, port = int(lines[0]), int(lines[3])
+        except (OSError, ValueError, IndexError):
+            return False
+        return port == self.port and process_alive(pid) and port_open(self.port)
+
     def stop(self, mode: str = "fast") -> None:
         if not (self.datadir / "postmaster.pid").exists():
             return
@@ -243,6 +329,14 @@ class Redis:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not listen on {self.port}; see {self.directory / 'redis.log'}")
             time.sleep(0.05)
+
+    def running(self) -> bool:
+        """This server (by its pid file) is alive and listening on `port`."""
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return process_alive(pid) and port_open(self.port)
 
     def stop(self) -> None:
         try:

@@ -6,9 +6,24 @@
     Prometheus :9090 scrapes the pods' metrics ports :9464, :9465 and the worker's :9466
 
 State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
-started here unless DATABASE_URL / REDIS_URL point at servers you run. Every
-port is an environment variable (see PORTS below). Stdlib only, so `down`
-works even without the project's virtualenv.
+started here unless DATABASE_URL / REDIS_URL point at servers you run; a port
+something else already answers on is refused, never written to. Every port is
+an environment variable (see PORT_VARIABLES). Stdlib only, so `down` works even
+without the project's virtualenv.
+
+`up` on a running stack starts only what is missing (a dead pod, the worker,
+nginx, Prometheus, PostgreSQL, Redis) and leaves the rest serving.
+`restart-api` rolls the API pods one at a time the way a Deployment's rolling
+update does: the pod leaves nginx's upstream first (the endpoint is removed;
+nginx reloads, and its old workers finish what they were sending it), then it
+gets SIGTERM and drains, its replacement starts, and it rejoins the upstream
+once /readyz answers 200. Nothing is sent to a pod that is stopping or still
+starting, so no request fails.
+
+When RUN_DIR sits where the `postgres` user cannot go (a clone in root's
+mode-0700 home), PostgreSQL's data and nginx's temporary files live in a
+directory under /var/tmp named by a hash of RUN_DIR, recorded as `spill_dir`
+in stack.json; `down` and `clean` find it there.
 """
 
 from __future__ import annotations
@@ -47,6 +62,7 @@ class Stack:
     redis_url: str = ""
     own_postgres: bool = True
     own_redis: bool = True
+    spill_dir: str = ""  # where PostgreSQL's data and nginx's temp files go when RUN_DIR is private
     pids: dict[str, int] = field(default_factory=dict)
 
     @classmethod
@@ -90,10 +106,16 @@ class Stack:
         data.setdefault("metrics_ports", [])  # written by an older version
         data.setdefault("prometheus_port", 9090)
         data.setdefault("worker_metrics_port", 9466)
+        data.setdefault("spill_dir", "")
         return cls(**data)
 
+    @property
+    def shared_dir(self) -> Path:
+        """Where files other users (postgres, nginx's workers) must reach go."""
+        return Path(self.spill_dir) if self.spill_dir else self.run_dir
+
     def postgres(self) -> servers.Postgres:
-        return servers.Postgres(self.run_dir / "postgres", self.postgres_port, durable=True)
+        return servers.Postgres(self.shared_dir / "postgres", self.postgres_port, durable=True)
 
     def redis(self) -> servers.Redis:
         return servers.Redis(self.run_dir / "redis", self.redis_port)
@@ -113,14 +135,18 @@ def nginx_binary() -> str:
     return found
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+alive = servers.process_alive
+
+# The variable that sets each port: named in every "port in use" message.
+PORT_VARIABLES = {
+    "api_port": "API_PORT",
+    "pod_ports": "API_POD_PORTS",
+    "metrics_ports": "API_POD_METRICS_PORTS",
+    "prometheus_port": "PROMETHEUS_PORT",
+    "worker_metrics_port": "WORKER_METRICS_PORT",
+    "postgres_port": "POSTGRES_PORT",
+    "redis_port": "REDIS_PORT",
+}
 
 
 def wait_http(url: str, within_seconds: float, expect: int = 200) -> bool:
@@ -167,18 +193,25 @@ def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str
     return env
 
 
-def render_nginx(stack: Stack) -> Path:
+def render_nginx(stack: Stack, out_of_rotation: frozenset[int] = frozenset()) -> Path:
+    """nginx.conf for the stack; pods whose index is in `out_of_rotation` are marked `down`."""
     directory = stack.run_dir / "nginx"
+    directory.mkdir(parents=True, exist_ok=True)
+    temp = stack.shared_dir / "nginx-tmp"
     for sub in ("body", "proxy", "fastcgi", "uwsgi", "scgi"):
-        (directory / "tmp" / sub).mkdir(parents=True, exist_ok=True)
+        (temp / sub).mkdir(parents=True, exist_ok=True)
     if os.geteuid() == 0:  # nginx workers drop to `nobody` and write request bodies here
-        for path in [directory / "tmp", *(directory / "tmp").iterdir()]:
+        for path in [temp, *temp.iterdir()]:
             path.chmod(0o777)
-    upstreams = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in stack.pod_ports)
+    upstreams = "\n".join(
+        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s{' down' if index in out_of_rotation else ''};"
+        for index, port in enumerate(stack.pod_ports, start=1)
+    )
     max_body = os.environ.get("MAX_BODY_BYTES", "1048576")
     text = (ROOT / "deploy" / "nginx" / "local.conf.template").read_text()
     for key, value in {
         "RUN_DIR": str(stack.run_dir),
+        "TEMP_DIR": str(temp),
         "API_PORT": str(stack.api_port),
         "UPSTREAM_SERVERS": upstreams,
         "MAX_BODY_BYTES": max_body,
@@ -193,17 +226,18 @@ class StackError(RuntimeError):
     """Something did not start; the message says what and where to look."""
 
 
-def _start_backends(stack: Stack) -> None:
+def _start_backends(stack: Stack, missing: list[str]) -> None:
+    """Start our PostgreSQL / Redis if missing, then create the database and migrate (both idempotent)."""
     if stack.own_postgres:
         postgres = stack.postgres()
-        if not servers.port_open(stack.postgres_port):
+        if "postgres" in missing:
             postgres.start()
         if not postgres.has_database(DATABASE_NAME):
             postgres.create_database(DATABASE_NAME)
         stack.database_url = postgres.url(DATABASE_NAME)
     if stack.own_redis:
         redis = stack.redis()
-        if not servers.port_open(stack.redis_port):
+        if "redis" in missing:
             redis.start()
         stack.redis_url = redis.url()
     stack.save()
@@ -212,22 +246,79 @@ def _start_backends(stack: Stack) -> None:
         raise StackError("migrations failed; see the lines above")
 
 
-def _start_pods(stack: Stack) -> None:
-    for index, (port, metrics_port) in enumerate(zip(stack.pod_ports, stack.metrics_ports, strict=True), start=1):
-        with (stack.run_dir / f"api-{index}.log").open("ab") as log:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
-                cwd=ROOT,
-                env=app_environment(stack, port, metrics_port),
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        stack.pids[f"api-{index}"] = process.pid
-        stack.save()
-    for index, port in enumerate(stack.pod_ports, start=1):
-        if not wait_http(f"http://127.0.0.1:{port}/readyz", 30):
+def _start_pod(stack: Stack, index: int) -> None:
+    port, metrics_port = stack.pod_ports[index - 1], stack.metrics_ports[index - 1]
+    with (stack.run_dir / f"api-{index}.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
+            cwd=ROOT,
+            env=app_environment(stack, port, metrics_port),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    stack.pids[f"api-{index}"] = process.pid
+    stack.save()
+
+
+def _wait_pods_ready(stack: Stack, indices: list[int]) -> None:
+    for index in indices:
+        if not wait_http(f"http://127.0.0.1:{stack.pod_ports[index - 1]}/readyz", 30):
             raise StackError(f"api-{index} did not become ready; see {stack.run_dir / f'api-{index}.log'}")
+
+
+def _start_pods(stack: Stack, indices: list[int]) -> None:
+    """Start the pods `indices`; while nginx runs, they join its upstream only once ready."""
+    if not indices:
+        return
+    routed = alive(stack.pids.get("nginx", 0))
+    if routed:
+        _set_rotation(stack, out=frozenset(indices))
+    for index in indices:
+        _start_pod(stack, index)
+    _wait_pods_ready(stack, indices)
+    if routed:
+        _set_rotation(stack, out=frozenset())
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of `pid`, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def _set_rotation(stack: Stack, out: frozenset[int]) -> None:
+    """Route to every pod but those in `out`; returns once no nginx worker of the old configuration is left.
+
+    nginx reloads gracefully: new workers start with the new upstream, the old ones stop
+    accepting, finish the requests they were serving and exit. Once they are gone nothing
+    can send another request to a pod taken out.
+    """
+    master = stack.pids["nginx"]
+    config = render_nginx(stack, out_of_rotation=out)
+    check = subprocess.run(
+        [nginx_binary(), "-t", "-q", "-c", str(config), "-p", str(config.parent)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        raise StackError(f"nginx rejected {config}:\n{check.stderr}")
+    old_workers = _children(master)
+    os.kill(master, signal.SIGHUP)
+    deadline = time.monotonic() + 60  # past proxy_read_timeout: every old request has ended by then
+    while old_workers & _children(master) or not _children(master) - old_workers:
+        if time.monotonic() > deadline:
+            raise StackError(f"nginx did not finish reloading; see {config.parent / 'error.log'}")
+        time.sleep(0.05)
 
 
 def worker_environment(stack: Stack) -> dict[str, str]:
@@ -302,35 +393,135 @@ def _start_prometheus(stack: Stack) -> None:
         raise StackError(f"Prometheus did not become ready; see {directory / 'prometheus.log'}")
 
 
+def _components(stack: Stack) -> list[str]:
+    """Everything `up` runs, in start order."""
+    return [
+        *(["postgres"] if stack.own_postgres else []),
+        *(["redis"] if stack.own_redis else []),
+        *(f"api-{index}" for index in range(1, len(stack.pod_ports) + 1)),
+        "worker",
+        "nginx",
+        "prometheus",
+    ]
+
+
+def _running(stack: Stack, component: str) -> bool:
+    if component == "postgres":
+        return stack.postgres().running()
+    if component == "redis":
+        return stack.redis().running()
+    return alive(stack.pids.get(component, 0))
+
+
+def _ports(stack: Stack, component: str) -> list[tuple[int, str]]:
+    """The ports `component` listens on, each with the variable that sets it."""
+    if component.startswith("api-"):
+        index = int(component.removeprefix("api-")) - 1
+        return [(stack.pod_ports[index], "API_POD_PORTS"), (stack.metrics_ports[index], "API_POD_METRICS_PORTS")]
+    field_name = {
+        "postgres": "postgres_port",
+        "redis": "redis_port",
+        "worker": "worker_metrics_port",
+        "nginx": "api_port",
+        "prometheus": "prometheus_port",
+    }[component]
+    return [(getattr(stack, field_name), PORT_VARIABLES[field_name])]
+
+
+def _busy_ports(stack: Stack, missing: list[str]) -> list[str]:
+    """Ports a missing component needs that something else holds, each as a line saying what to do."""
+    busy: list[str] = []
+    # An API pod whose gunicorn master was killed leaves its uvicorn worker behind for up to
+    # a second (it notices the master is gone on its next tick): give such ports a moment.
+    deadline = time.monotonic() + 3
+    for component in missing:
+        for port, variable in _ports(stack, component):
+            while servers.port_open(port) and component.startswith("api-") and time.monotonic() < deadline:
+                time.sleep(0.1)
+            if not servers.port_open(port):
+                continue
+            if component == "postgres":
+                busy.append(
+                    f"port {port} (POSTGRES_PORT) is taken by a server `make up` did not start; `make up` writes "
+                    "only to servers it started or that DATABASE_URL names: set POSTGRES_PORT to a free port, "
+                    "or DATABASE_URL to use that server"
+                )
+            elif component == "redis":
+                busy.append(
+                    f"port {port} (REDIS_PORT) is taken by a server `make up` did not start; `make up` writes "
+                    "only to servers it started or that REDIS_URL names: set REDIS_PORT to a free port, "
+                    "or REDIS_URL to use that server"
+                )
+            else:
+                busy.append(
+                    f"port {port} ({variable}, for {component}) is already in use: set {variable} to a free one"
+                )
+    return busy
+
+
+def _changed_settings(running: Stack, requested: Stack) -> list[str]:
+    changed = [
+        variable
+        for field_name, variable in PORT_VARIABLES.items()
+        if getattr(running, field_name) != getattr(requested, field_name)
+    ]
+    if running.own_postgres != requested.own_postgres or (
+        not requested.own_postgres and running.database_url != requested.database_url
+    ):
+        changed.append("DATABASE_URL")
+    if running.own_redis != requested.own_redis or (
+        not requested.own_redis and running.redis_url != requested.redis_url
+    ):
+        changed.append("REDIS_URL")
+    return changed
+
+
 def up() -> int:
-    stack = Stack.from_environment()
-    previous = Stack.load(stack.run_dir)
-    if previous is not None and any(alive(pid) for pid in previous.pids.values()):
-        print(f"already running (see {previous.state_file}); `make down` first", file=sys.stderr)
-        return 1
+    requested = Stack.from_environment()
+    stack = Stack.load(requested.run_dir)
+    repairing = stack is not None and any(_running(stack, component) for component in _components(stack))
+    if stack is not None and repairing:
+        changed = _changed_settings(stack, requested)
+        if changed:
+            print(
+                f"note: the stack is running with other {', '.join(changed)}; keeping those "
+                "(`make down` first to change them)",
+                file=sys.stderr,
+            )
+    else:
+        stack = requested
     nginx_binary()  # fail before starting anything if something is missing
     prometheus_binary()
-    ports = [stack.api_port, *stack.pod_ports, *stack.metrics_ports, stack.prometheus_port, stack.worker_metrics_port]
-    busy = [port for port in ports if servers.port_open(port)]
+    missing = [component for component in _components(stack) if not _running(stack, component)]
+    busy = _busy_ports(stack, missing)
     if busy:
-        print(
-            f"port(s) {busy} already in use: set API_PORT / API_POD_PORTS / API_POD_METRICS_PORTS / "
-            "PROMETHEUS_PORT / WORKER_METRICS_PORT to free ones",
-            file=sys.stderr,
-        )
+        print("make up: " + "\n         ".join(busy), file=sys.stderr)
         return 1
     stack.run_dir.mkdir(parents=True, exist_ok=True)
+    if not stack.spill_dir and not servers.reachable_by("postgres", stack.run_dir):
+        stack.spill_dir = str(servers.spill_directory(stack.run_dir))
+    if repairing:
+        print(f"already running: {', '.join(c for c in _components(stack) if c not in missing)}")
+        print(f"starting: {', '.join(missing) or 'nothing, everything runs'}")
     try:
-        _start_backends(stack)
-        _start_pods(stack)
-        _start_worker(stack)
-        _start_nginx(stack)
-        _start_prometheus(stack)
+        _start_backends(stack, missing)
+        _start_pods(stack, [int(c.removeprefix("api-")) for c in missing if c.startswith("api-")])
+        if "worker" in missing:
+            _start_worker(stack)
+        if "nginx" in missing:
+            _start_nginx(stack)
+        if "prometheus" in missing:
+            _start_prometheus(stack)
     except (StackError, RuntimeError) as error:
         print(f"make up failed: {error}", file=sys.stderr)
-        down(stack.run_dir)
+        if not repairing:
+            down(stack.run_dir)
         return 1
+    _print_summary(stack)
+    return 0
 
+
+def _print_summary(stack: Stack) -> None:
     base = f"http://127.0.0.1:{stack.api_port}"
     key_line = (
         f"  API key (writes)     {development_key(stack)[0]}   (also in {stack.run_dir / 'api-key'})"
@@ -346,11 +537,33 @@ Catalog API is up (development mode).
   Pod metrics          {", ".join(f"http://127.0.0.1:{port}/metrics" for port in stack.metrics_ports)}
   Job worker           http://127.0.0.1:{stack.worker_metrics_port}/metrics (POST {base}/v1/jobs)
   Prometheus           http://127.0.0.1:{stack.prometheus_port}
-  PostgreSQL           {stack.database_url}
+  PostgreSQL           {stack.database_url}{f"   (data in {stack.postgres().directory})" if stack.own_postgres else ""}
   Redis                {stack.redis_url}
   Logs                 {stack.run_dir}/api-*.log, worker.log, nginx/access.log
 {key_line}
-Stop everything with `make down`.""")
+Stop everything with `make down`; roll the API pods with `make restart-api`.""")
+
+
+def restart_api() -> int:
+    """Replace the API pods one at a time; each leaves nginx's rotation before it stops."""
+    run_dir = Stack.from_environment().run_dir
+    stack = Stack.load(run_dir)
+    if stack is None or not alive(stack.pids.get("nginx", 0)):
+        raise StackError(f"nginx is not running (state: {run_dir / 'stack.json'}): `make up` first")
+    for index in range(1, len(stack.pod_ports) + 1):
+        name = f"api-{index}"
+        started = time.monotonic()
+        _set_rotation(stack, out=frozenset({index}))
+        if alive(stack.pids.get(name, 0)):
+            # SIGTERM: the pod drains (readyz 503) and finishes in-flight requests; nginx sends it nothing new.
+            _stop_pid(stack.pids[name], signal.SIGTERM, 40)
+        for port, variable in _ports(stack, name):
+            if servers.port_open(port):
+                raise StackError(f"port {port} ({variable}) of {name} is still taken after it stopped")
+        _start_pod(stack, index)
+        _wait_pods_ready(stack, [index])
+        _set_rotation(stack, out=frozenset())
+        print(f"{name} replaced (pid {stack.pids[name]}) in {time.monotonic() - started:.1f} s")
     return 0
 
 
@@ -391,8 +604,20 @@ def down(run_dir: Path | None = None) -> int:
         "stopped: Prometheus, nginx, worker, API pods"
         + (", Redis" if stack.own_redis else "")
         + (", PostgreSQL" if stack.own_postgres else "")
-        + f" (data kept in {run_dir})"
+        + f" (data kept in {stack.shared_dir if stack.own_postgres else run_dir})"
     )
+    return 0
+
+
+def clean() -> int:
+    """`make clean`: stop everything, then remove RUN_DIR and the spill directory, if any."""
+    run_dir = Stack.from_environment().run_dir
+    stack = Stack.load(run_dir)
+    down(run_dir)
+    if stack is not None and stack.spill_dir:
+        shutil.rmtree(stack.spill_dir, ignore_errors=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    print(f"removed {run_dir}" + (f" and {stack.spill_dir}" if stack is not None and stack.spill_dir else ""))
     return 0
 
 
@@ -407,9 +632,9 @@ def status() -> int:
 
 
 def main(argv: list[str]) -> int:
-    commands = {"up": up, "down": down, "status": status}
+    commands = {"up": up, "down": down, "status": status, "restart-api": restart_api, "clean": clean}
     if len(argv) != 2 or argv[1] not in commands:
-        print(f"usage: {argv[0]} up|down|status", file=sys.stderr)
+        print(f"usage: {argv[0]} {'|'.join(commands)}", file=sys.stderr)
         return 2
     try:
         return commands[argv[1]]()

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 import asyncpg
 import httpx
+import orjson
 import psutil
 import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
@@ -221,3 +222,47 @@ async def test_a_client_that_leaves_mid_export_gives_its_connection_back(
             await asyncio.sleep(0.1)
         assert exposition.headers["content-type"].startswith("application/openmetrics-text")
         assert counts == [1.0]
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> tuple[int, dict[str, str]]:
+    """One request on an open connection; the status and headers of its response (body read and dropped)."""
+    writer.write(request)
+    await writer.drain()
+    head = (await reader.readuntil(b"\r\n\r\n")).decode().split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in head[1:] if line)
+    await reader.readexactly(int(headers.get("content-length", "0")))
+    return int(head[0].split()[1]), headers
+
+
+async def test_a_draining_pod_answers_connection_close_on_a_reused_keepalive_connection(
+    start_api: Callable[..., ApiProcess], db: asyncpg.Connection
+) -> None:
+    api = start_api(SHUTDOWN_DRAIN_SECONDS="3", GRACEFUL_TIMEOUT_SECONDS="10")
+    get = b"GET /v1/items?limit=1 HTTP/1.1\r\nHost: t\r\n\r\n"
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    status, headers = await _exchange(reader, writer, get)
+    assert (status, headers.get("connection")) == (200, None)  # kept alive while the pod is in service
+    api.signal(signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    # The same connection, reused during the drain: served, told to close, and closed.
+    status, headers = await _exchange(reader, writer, get)
+    assert (status, headers.get("connection")) == (200, "close")
+    assert await asyncio.wait_for(reader.read(1), 2) == b""  # the pod closed it after the response
+    writer.close()
+    # A write on a fresh connection during the drain, and the probes: the same.
+    body = orjson.dumps(ITEM)
+    reader, writer = await asyncio.open_connection("127.0.0.1", api.port)
+    status, headers = await _exchange(
+        reader,
+        writer,
+        b"POST /v1/items HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        + f"Authorization: {WRITER['Authorization']}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+        + body,
+    )
+    assert (status, headers.get("connection")) == (201, "close")
+    writer.close()
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        ready = await http.get("/readyz")
+    assert (ready.status_code, ready.headers.get("connection")) == (503, "close")

@@ -7,6 +7,7 @@ drill takes seconds; the mechanisms are the ones production runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import shutil
 import signal
@@ -299,3 +300,60 @@ async def test_old_finished_jobs_are_pruned_and_waiting_ones_kept(db: asyncpg.Co
     assert await repository.prune(db, retention_hours=168) == 3
     left = {row["id"] for row in await db.fetch("SELECT id FROM jobs")}
     assert left == {old[3], recent}
+
+
+def _dead(process: psutil.Process) -> bool:
+    """Gone, or a zombie waiting to be reaped (it runs nothing any more)."""
+    try:
+        return process.status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def _seconds_until_dead(processes: list[psutil.Process], since: float, limit: float) -> float:
+    while not all(_dead(process) for process in processes) and time.monotonic() - since < limit:
+        time.sleep(0.01)
+    return time.monotonic() - since
+
+
+@pytest.mark.parametrize(
+    "signals",
+    [
+        (signal.SIGKILL,),
+        (signal.SIGTERM, signal.SIGKILL),  # killed in the middle of its graceful wind-down
+        (signal.SIGSEGV,),  # a crash in a C extension
+        (signal.SIGUSR1,),  # a signal the worker does not handle: the default action ends it
+        (signal.SIGABRT,),
+    ],
+    ids=lambda signals: "-then-".join(sig.name for sig in signals),
+)
+async def test_job_processes_die_within_a_second_of_their_worker(
+    start_worker: Callable[..., WorkerProcess], db: asyncpg.Connection, signals: tuple[signal.Signals, ...]
+) -> None:
+    # Outside a container the worker is not PID 1: nothing kills its descendants for it.
+    worker = start_worker(WORKER_CONCURRENCY="2", JOB_LEASE_SECONDS="30")
+    psutil.Process(worker.pid).rlimit(psutil.RLIMIT_CORE, (0, 0))  # SIGSEGV/SIGABRT: no core file
+    jobs = [await enqueue(db, "cpu.burn", {"milliseconds": 20_000}) for _ in range(2)]
+    for job_id in jobs:
+        await wait_until(lambda: _state_is(db, job_id, "running"), 10, "both jobs to start")  # noqa: B023
+    await asyncio.sleep(1.5)
+    descendants = job_children(worker)  # the fork server, its job processes, the resource tracker
+    jobs_processes = [process for process in descendants if process.ppid() != worker.pid]
+    assert len(jobs_processes) == 2, descendants
+    assert all(process.cpu_times().user > 0.1 for process in jobs_processes), "the jobs are not running"
+    try:
+        for sig in signals[:-1]:
+            worker.signal(sig)
+            await asyncio.sleep(0.3)
+        worker.signal(signals[-1])
+        killed = time.monotonic()
+        worker.wait(5)
+        seconds = _seconds_until_dead(descendants, since=killed, limit=5)
+        left = [process for process in descendants if not _dead(process)]
+        print(f"{'-then-'.join(sig.name for sig in signals)}: no job process left {seconds:.3f} s after the kill")
+        assert not left, f"{left} outlived the worker by {seconds:.1f} s"
+        assert seconds < 1.0
+    finally:
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()

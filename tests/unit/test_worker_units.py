@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -10,6 +12,7 @@ import pytest
 from service.config import ConfigurationError, load_worker_settings
 from service.worker.__main__ import available_cpus
 from service.worker.runner import retry_delay
+from tests.fixtures.paths import ROOT
 
 
 def test_available_cpus_follows_the_cgroup_quota(tmp_path: Path) -> None:
@@ -64,3 +67,17 @@ def test_bad_worker_settings_name_the_variable(
     with pytest.raises(ConfigurationError) as caught:
         load_worker_settings()
     assert message in str(caught.value.code)
+
+
+def test_a_job_process_whose_parent_is_already_gone_exits_at_once() -> None:
+    """The death signal only covers deaths after prctl: a process already orphaned must not go on."""
+    code = "import os; from service.worker.pool import die_with; die_with(os.getppid() + 1); print('still running')"
+    orphan = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (orphan.returncode, orphan.stdout) == (1, "")
+    code = "import os; from service.worker.pool import die_with; die_with(os.getppid()); print('still running')"
+    child = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
+    )
+    assert (child.returncode, child.stdout) == (0, "still running\n")
