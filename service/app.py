@@ -120,6 +120,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         openapi_url="/openapi.json" if docs else None,
         docs_url="/docs" if docs else None,
         redoc_url=None,
+        # Starlette would answer `/v1/items/` with a redirect to an absolute URL built from
+        # the client's Host header. A trailing slash is simply another path here: 404.
+        redirect_slashes=False,
         telemetry=tracing.FASTAPI_TELEMETRY_OFF,  # type: ignore[arg-type]  # our middleware traces
     )
     app.state.lifecycle = lifecycle
