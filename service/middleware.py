@@ -27,12 +27,14 @@ from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceUnavailable, problem_response
 from service.logging import request_id_var
 from service.metrics import route_template
+from service.numbers import MAX_DIGITS
 
 access_logger = logging.getLogger("service.access")
 logger = logging.getLogger(__name__)
 
 PROBE_PATHS: Final = frozenset({"/livez", "/readyz", "/startupz"})
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_ASCII_DIGITS: Final = re.compile(rb"[0-9]+")
 
 
 def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
@@ -145,10 +147,10 @@ class RequestLimitsMiddleware:
         limit = self.max_body_bytes
         for name, value in headers:
             if name == b"content-length":
-                if not value.isdigit():
+                if not _ASCII_DIGITS.fullmatch(value):  # ASCII digits only: no sign, space or "²"
                     await problem_response(400, detail="Content-Length is not a number.")(scope, receive, send)
                     return
-                if int(value) > limit:
+                if len(value) > MAX_DIGITS or int(value) > limit:  # (int() refuses over 4300 digits)
                     too_large = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
                     await too_large.to_response()(scope, receive, send)
                     return

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BeforeValidator
 from starlette.responses import Response, StreamingResponse
 
 from service.auth import read_access, requires
@@ -21,6 +22,7 @@ from service.db import Database
 from service.errors import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 from service.items import repository
 from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpdate
+from service.numbers import ascii_int, parse_decimal
 from service.pagination import decode_cursor, encode_cursor
 from service.resilience import Bulkhead
 from service.responses import json_response
@@ -80,7 +82,7 @@ async def create_item(body: ItemCreate, conn: ConnectionDep) -> Response:
 @router.get("", response_model=ItemPage)
 async def list_items(
     state: ReadStateDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    limit: Annotated[int, BeforeValidator(ascii_int), Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
 ) -> Response:
     key = state["settings"].secret_key.get_secret_value().encode()
@@ -96,10 +98,10 @@ async def list_items(
 def _parse_ids(raw: str) -> list[int]:
     ids: list[int] = []
     for part in raw.split(","):
-        candidate = part.strip()
-        if not candidate.isdigit() or not 1 <= int(candidate) < 2**63:
-            raise BadRequest(f"ids must be comma-separated positive integers; got {candidate[:32]!r}.")
-        ids.append(int(candidate))
+        item_id = parse_decimal(part)
+        if not item_id:  # None (not 1-19 ASCII digits, or past bigint) or 0
+            raise BadRequest(f"ids must be comma-separated positive integers (ASCII digits); got {part[:32]!r}.")
+        ids.append(item_id)
     unique = list(dict.fromkeys(ids))
     if len(unique) > MAX_BATCH_IDS:
         raise BadRequest(f"At most {MAX_BATCH_IDS} ids per request.")
