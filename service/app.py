@@ -27,7 +27,7 @@ from service import health, tracing
 from service.auth import KeyRing
 from service.cache import LocalTTLCache, TwoLevelCache
 from service.config import Settings, load_settings
-from service.db import UNAVAILABLE_ERRORS, Database, create_pool
+from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
 from service.jobs.router import router as jobs_router
@@ -126,7 +126,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         telemetry=tracing.FASTAPI_TELEMETRY_OFF,  # type: ignore[arg-type]  # our middleware traces
     )
     app.state.lifecycle = lifecycle
-    install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)
+    install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS, invalid_data=INVALID_DATA_ERRORS)
     app.include_router(items_router)  # the hot routes are matched first
     app.include_router(jobs_router)
     app.include_router(health.router)
@@ -167,6 +167,10 @@ _RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimi
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    # Cancel again until it ends: a library that swallows one cancellation (redis-py's
+    # pubsub read was seen to) must not keep shutdown waiting forever.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -195,6 +195,7 @@ class TwoLevelCache:
         While the subscription is down, messages may be missed, so L1 is cleared
         on every (re)subscription; until then its TTL bounds staleness.
         """
+        task = asyncio.current_task()
         while True:
             try:
                 async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
@@ -204,11 +205,17 @@ class TwoLevelCache:
                         # A bounded wait (not listen()) so the client's health check runs
                         # and a silently dead connection is noticed.
                         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        if task is not None and task.cancelling():
+                            # redis-py's get_message can swallow a cancellation that lands in its
+                            # read timeout (seen: shutdown waiting forever for this task).
+                            raise asyncio.CancelledError
                         if message is not None and message["type"] == "message":
                             self.l1.delete(message["data"].decode())
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from None
                 DEPENDENCY_ERRORS.labels("redis", "cache_subscribe").inc()
                 logger.warning("cache invalidation subscription lost", extra={"error": repr(error)})
                 self.l1.clear()
