@@ -41,6 +41,17 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# What "the request carried a value PostgreSQL will not store" looks like: SQLSTATE class 22
+# (invalid text representation, numeric out of range, character not in repertoire, string
+# too long, ...; asyncpg raises DataError too for an argument it cannot encode, e.g. an int
+# past int4/int8 or a lone surrogate) and the CHECK / NOT NULL constraints. Answered 422.
+INVALID_DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.DataError,
+    asyncpg.CheckViolationError,
+    asyncpg.NotNullViolationError,
+)
+
+
 async def create_pool(settings: Settings) -> Pool:
     statement_timeout_ms = int(settings.db_statement_timeout_seconds * 1000)
     pool = await asyncpg.create_pool(
