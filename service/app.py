@@ -34,6 +34,7 @@ from service.jobs.router import router as jobs_router
 from service.metrics import HttpMetricsMiddleware, instrument_pool, watch_event_loop
 from service.middleware import (
     PROBE_PATHS,
+    HeadMiddleware,
     RequestBudgetMiddleware,
     RequestContextMiddleware,
     RequestLimitsMiddleware,
@@ -130,7 +131,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(items_router)  # the hot routes are matched first
     app.include_router(jobs_router)
     app.include_router(health.router)
+    _add_middleware(app, settings)
+    return app
+
+
+def _add_middleware(app: FastAPI, settings: Settings) -> None:
     # add_middleware() wraps: the last added runs first. Read bottom-up for request order.
+    app.add_middleware(HeadMiddleware)  # innermost: every layer above sees HEAD, the routes see GET
     app.add_middleware(RequestBudgetMiddleware, seconds=settings.request_timeout_seconds)
     app.add_middleware(
         RateLimitMiddleware,
@@ -160,7 +167,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestContextMiddleware, response_headers=security_headers(settings))
     # Outermost: the client address every layer (rate limits, logs) sees is the proxy-resolved one.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
-    return app
 
 
 _RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]

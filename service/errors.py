@@ -20,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -180,9 +181,28 @@ async def _handle_validation(_: Request, exc: Exception) -> Response:
     return _validation_errors(exc)
 
 
-async def _handle_http(_: Request, exc: Exception) -> Response:
+async def _handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return problem_response(exc.status_code, detail=exc.detail if exc.status_code != 404 else None, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # The router names only the first route that matched the path; list every method served there.
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request.app.router, request.scope))}
+    return problem_response(exc.status_code, detail=exc.detail if exc.status_code != 404 else None, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(router: Any, scope: Mapping[str, Any]) -> list[str]:
+    """The methods some route serves at this scope's path; HEAD wherever GET is (see HeadMiddleware)."""
+    allowed = []
+    for method in _METHODS:
+        probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""), "method": method}
+        if any(route.matches(dict(probe))[0] is Match.FULL for route in router.routes):
+            allowed.append(method)
+    if "GET" in allowed and "HEAD" not in allowed:
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
+    return allowed
 
 
 async def _handle_database_unavailable(request: Request, exc: Exception) -> Response:

@@ -6,6 +6,7 @@
   access line per request (probes excluded).
 - `RequestBudgetMiddleware`: the whole request must reach its first response
   byte within REQUEST_TIMEOUT_SECONDS, or it is cancelled and answered 503.
+- `HeadMiddleware`: HEAD is answered as GET without the body, on every route.
 - `RequestLimitsMiddleware`: refuses over-long request lines (414), too many or
   too large headers (431) and bodies over the limit (413), whatever server or
   HTTP parser runs the app.
@@ -113,6 +114,44 @@ def _incoming_request_id(scope: Scope) -> str | None:
             # Accept only ids that are safe to log and echo; otherwise make our own.
             return value.decode("ascii") if _VALID_REQUEST_ID.match(value) else None
     return None
+
+
+class HeadMiddleware:
+    """HEAD is GET without the body (RFC 9110 section 9.3.2), wherever GET is served.
+
+    The route runs as GET (same status, same headers, Content-Length included);
+    the body is dropped. Once the headers are out the exchange is over, so the
+    route is told the client disconnected: a streamed body (the CSV export) is
+    cancelled by Starlette at once instead of being produced in full. Every
+    other layer sees the method HEAD, so logs and metrics say what was sent.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def send_headers_only(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body" and not answered:
+                answered = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def disconnect_once_answered() -> Message:
+            return {"type": "http.disconnect"} if answered else await receive()
+
+        # In place, not a copy: the router records the matched route in this scope for the outer layers.
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, disconnect_once_answered, send_headers_only)
+        finally:
+            scope["method"] = "HEAD"
 
 
 class RequestLimitsMiddleware:

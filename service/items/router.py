@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import orjson
@@ -136,9 +136,12 @@ async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingRespons
     header = await anext(chunks)
 
     async def body() -> AsyncIterator[bytes]:
-        yield header
-        async for chunk in chunks:
-            yield chunk
+        try:
+            yield header
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # stopped early (client gone, HEAD answered): the connection goes back now
 
     return StreamingResponse(
         body(),
@@ -147,7 +150,7 @@ async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingRespons
     )
 
 
-async def _export_csv(db: Database, exports: Bulkhead) -> AsyncIterator[bytes]:
+async def _export_csv(db: Database, exports: Bulkhead) -> AsyncGenerator[bytes, None]:
     """The header line, then one CSV chunk per cursor batch; memory is one batch at most.
 
     At most EXPORT_MAX_CONCURRENT exports run per pod: each holds a connection
