@@ -153,6 +153,10 @@ async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingRespons
 async def _export_csv(db: Database, exports: Bulkhead) -> AsyncGenerator[bytes, None]:
     """The header line, then one CSV chunk per cursor batch; memory is one batch at most.
 
+    RFC 4180 for every value the API accepts (CRLF line ends; fields with a comma,
+    quote, CR or LF quoted), and text cells starting with = + - @ tab CR (or ')
+    prefixed with ' so a spreadsheet does not run them (OWASP's advice); see `neutralise`.
+
     At most EXPORT_MAX_CONCURRENT exports run per pod: each holds a connection
     and a CPU share for as long as its client reads.
     """
@@ -160,11 +164,13 @@ async def _export_csv(db: Database, exports: Bulkhead) -> AsyncGenerator[bytes, 
         raise ServiceUnavailable("Too many exports are running on this instance; retry shortly.")
     try:
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # RFC 4180: CRLF line ends, and (QUOTE_MINIMAL) any field holding a comma, a quote,
+        # CR or LF is quoted, quotes doubled; with "\n" as terminator a bare CR went unquoted.
+        writer = csv.writer(buffer, lineterminator="\r\n")
         async with db.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             # One snapshot for the whole export; a slow reader may idle up to a minute between chunks.
             await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
-            yield (",".join(repository.COLUMNS) + "\n").encode()
+            yield (",".join(repository.COLUMNS) + "\r\n").encode()
             async for batch in repository.stream_all(conn):
                 writer.writerows(_csv_rows(batch))
                 yield buffer.getvalue().encode()
@@ -174,13 +180,27 @@ async def _export_csv(db: Database, exports: Bulkhead) -> AsyncGenerator[bytes, 
         exports.leave()
 
 
+# OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading formula trigger (or apostrophe) gets a "'" before it.
+
+    Apostrophes are escaped too, so the rule reverses exactly: drop one leading "'" from a
+    text cell to get the stored value. Numeric columns are ints and are left alone
+    (a negative number is data, not a formula; none of ours can be negative anyway).
+    """
+    return "'" + text if text.startswith((*_FORMULA_TRIGGERS, "'")) else text
+
+
 def _csv_rows(batch: Sequence[repository.Row]) -> list[tuple[Any, ...]]:
     return [
         (
             r["id"],
-            r["sku"],
-            r["name"],
-            r["category"],
+            neutralise(r["sku"]),
+            neutralise(r["name"]),
+            neutralise(r["category"]),
             r["price_cents"],
             r["stock"],
             r["created_at"].isoformat(),
