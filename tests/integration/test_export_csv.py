@@ -61,7 +61,7 @@ async def test_awkward_values_round_trip_through_the_csv_module(
     assert raw.endswith(b"\r\n")
 
     reader = csv.reader(io.StringIO(raw.decode("utf-8"), newline=""), strict=True)
-    header, *rows = list(reader)
+    _header, *rows = list(reader)
     assert len(rows) == len(created) + 1
     for row, item in zip(rows, created, strict=False):
         assert int(row[0]) == item["id"]
