@@ -4,6 +4,8 @@
   the worst-case staleness if an invalidation message is missed.
 - L2: Redis, shared by every pod (CACHE_L2_TTL_SECONDS).
 - Single flight: concurrent misses for one key in one process wait for one load.
+  A waiter never inherits the leader's cancellation (its timeout, its client
+  leaving): it loads again itself. The leader's errors are shared.
 - Invalidation: after a write commits, the writer bumps the key's version,
   deletes the L2 entry and publishes the key; every pod drops its L1 entry.
   A reader that loaded from PostgreSQL stores into L2 only if the version is
@@ -46,6 +48,11 @@ if current == ARGV[2] then
 end
 return 0
 """
+
+
+def _being_cancelled() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 class LocalTTLCache:
@@ -112,16 +119,25 @@ class TwoLevelCache:
             _L1_HIT.inc()
             return value
         _L1_MISS.inc()
-        pending = self._inflight.get(key)
-        if pending is not None:
-            return await asyncio.shield(pending)
+        while (pending := self._inflight.get(key)) is not None:
+            try:
+                return await asyncio.shield(pending)
+            except asyncio.CancelledError:
+                # The leader was cancelled (its request timed out or its client left): that
+                # is no failure of ours. Unless this request is itself being cancelled, load
+                # again (or join whoever took over).
+                if not pending.cancelled() or _being_cancelled():
+                    raise
         future: asyncio.Future[bytes | None] = asyncio.get_running_loop().create_future()
         self._inflight[key] = future
         try:
             value = await self._read_through(key, load)
-        except BaseException as error:
+        except Exception as error:
             future.set_exception(error)
             future.exception()  # retrieved here: waiters re-raise it, nobody else needs to
+            raise
+        except BaseException:
+            future.cancel()  # waiters retry rather than inherit this request's cancellation
             raise
         else:
             future.set_result(value)

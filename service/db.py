@@ -103,7 +103,7 @@ class Database:
                 "The database is unavailable; retry shortly.",
                 retry_after_seconds=max(1, round(self.breaker.reset_seconds)),
             )
-        failed = False
+        failed = cancelled = False
         try:
             # asyncio.timeout rather than acquire(timeout=): that one wraps every
             # acquire in asyncio.wait_for, a new task per request.
@@ -119,8 +119,13 @@ class Database:
             failed = True
             DEPENDENCY_ERRORS.labels("postgres", type(error).__name__).inc()
             raise
+        except asyncio.CancelledError:
+            cancelled = True  # no answer either way: neither closes nor opens the circuit
+            raise
         finally:
             if failed:
                 self.breaker.failure()
+            elif cancelled:
+                self.breaker.abandon()
             else:
                 self.breaker.success()

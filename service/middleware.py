@@ -27,7 +27,7 @@ from service import tracing
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceUnavailable, problem_response
 from service.logging import request_id_var
-from service.metrics import route_template
+from service.metrics import CLIENT_CLOSED, route_template
 from service.numbers import MAX_DIGITS
 
 access_logger = logging.getLogger("service.access")
@@ -82,14 +82,19 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this request is cancelled: the client left, or shutdown
+                status = status or CLIENT_CLOSED
+                raise
+            # A cancellation that leaked from another task (a shared future): an error like any other.
+            logger.exception("unhandled cancellation", extra={"path": scope["path"]})
+            status = await _answer_500(status, scope, receive, send_with_id)
         except Exception:
             # Handled here rather than in Starlette's outermost ServerErrorMiddleware so
             # the traceback is logged with the request id and the 500 carries the header.
             logger.exception("unhandled exception", extra={"path": scope["path"]})
-            if status == 0:
-                await problem_response(500)(scope, receive, send_with_id)
-            else:
-                status = 500  # the response was cut short; the client sees a broken stream
+            status = await _answer_500(status, scope, receive, send_with_id)
         finally:
             if scope["path"] not in PROBE_PATHS:
                 access_logger.info(
@@ -106,6 +111,13 @@ class RequestContextMiddleware:
             if span is not None:
                 tracing.end_request_span(span, span_token, route_template(scope), status or 500, scope["path"])
             request_id_var.reset(token)
+
+
+async def _answer_500(status: int, scope: Scope, receive: Receive, send: Send) -> int:
+    """A bare 500 problem if nothing was sent yet; the status the access log records either way."""
+    if status == 0:
+        await problem_response(500)(scope, receive, send)
+    return 500  # (once started, the response was cut short: the client sees a broken stream)
 
 
 def _incoming_request_id(scope: Scope) -> str | None:
