@@ -27,7 +27,7 @@ from service import health, tracing
 from service.auth import KeyRing
 from service.cache import LocalTTLCache, TwoLevelCache
 from service.config import Settings, load_settings
-from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool
+from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool, create_probe_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
 from service.jobs.router import router as jobs_router
@@ -77,6 +77,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 stack.callback(server.shutdown)
             pool = await create_pool(settings)
             stack.push_async_callback(pool.close)
+            probe_pool = await create_probe_pool(settings)
+            stack.push_async_callback(probe_pool.close)
             instrument_pool(pool)
             lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
             stack.push_async_callback(_cancel, lag_watch)
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             state: State = {
                 "settings": settings,
                 "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
+                "probe_pool": probe_pool,
                 "redis": client,
                 "keys": KeyRing(settings.api_keys),
                 "cache": cache,

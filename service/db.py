@@ -79,6 +79,31 @@ async def create_pool(settings: Settings) -> Pool:
     return pool
 
 
+async def create_probe_pool(settings: Settings) -> Pool:
+    """One connection of its own for /readyz, outside the request pool.
+
+    Readiness asks "does PostgreSQL answer?", not "is a pool connection free?":
+    through the request pool a saturated pod (every connection busy for a
+    moment) turned unready, and with every pod saturated at once the Service
+    lost all its endpoints: load became an outage. One more connection per pod.
+    """
+    pool = await asyncpg.create_pool(
+        str(settings.database_url),
+        min_size=1,
+        max_size=1,
+        timeout=settings.db_connect_timeout_seconds,
+        command_timeout=settings.readiness_timeout_seconds,
+        max_inactive_connection_lifetime=0,  # kept open: a probe must not pay for a new connection
+        server_settings={
+            "application_name": f"{settings.service_name}-probe",
+            "statement_timeout": str(int(settings.readiness_timeout_seconds * 1000)),
+        },
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool
+
+
 async def _keep_session(_: asyncpg.Connection) -> None:
     return None
 

@@ -16,7 +16,7 @@ from fastapi import Depends, Request
 from service.auth import KeyRing, read_access
 from service.cache import TwoLevelCache
 from service.config import Settings
-from service.db import Connection, Database
+from service.db import Connection, Database, Pool
 from service.ratelimit import RateLimiter
 from service.resilience import Bulkhead
 
@@ -34,6 +34,7 @@ class Lifecycle:
 class State(TypedDict):
     settings: Settings
     db: Database
+    probe_pool: Pool  # one connection for /readyz, outside the request pool
     redis: redis.Redis
     keys: KeyRing
     cache: TwoLevelCache | None  # None when CACHE_ENABLED is false
@@ -56,6 +57,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_database(request: Request) -> Database:
     return _state(request)["db"]
+
+
+async def get_probe_pool(request: Request) -> Pool:
+    return _state(request)["probe_pool"]
 
 
 async def get_redis(request: Request) -> redis.Redis:
@@ -83,6 +88,7 @@ async def get_connection(request: Request) -> AsyncIterator[Connection]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
+ProbePoolDep = Annotated[Pool, Depends(get_probe_pool)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 CacheDep = Annotated[TwoLevelCache | None, Depends(get_cache)]
 ExportsDep = Annotated[Bulkhead, Depends(get_exports)]
