@@ -84,7 +84,8 @@ async def test_readiness_holds_while_the_request_pool_is_saturated_and_fails_whe
     )
     admin = await asyncpg.connect(dedicated.database_url)
     await admin.execute(
-        "INSERT INTO items (sku, name, category, price_cents, stock) VALUES ('a', 'a', 'c', 1, 1), ('b', 'b', 'c', 1, 1)"
+        "INSERT INTO items (sku, name, category, price_cents, stock) "
+        "VALUES ('a', 'a', 'c', 1, 1), ('b', 'b', 'c', 1, 1)"
     )
     async with lifespan_client(create_app(settings)) as client:
         lock = await TableLock(admin).hold()
