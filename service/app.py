@@ -90,8 +90,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             if settings.cache_enabled:
                 local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
                 cache = TwoLevelCache(
-                    client, redis_breaker, namespace=namespace, l1=local, l2_ttl_seconds=settings.cache_l2_ttl_seconds
+                    client,
+                    redis_breaker,
+                    namespace=namespace,
+                    l1=local,
+                    l2_ttl_seconds=settings.cache_l2_ttl_seconds,
+                    debt_pool=probe_pool,  # a few statements a second; off the request pool like the probe
                 )
+                await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL
+                keeper = asyncio.create_task(cache.keep_trust(), name="cache-trust")
+                stack.push_async_callback(_cancel, keeper)
                 listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
                 stack.push_async_callback(_cancel, listener)
             state: State = {
