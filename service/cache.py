@@ -328,6 +328,7 @@ class TwoLevelCache:
     async def _redis(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
         if not self.breaker.allow():
             return None
+        trial = self.breaker.is_open  # let through while open: this call is the half-open trial
         started = time.perf_counter()
         try:
             result = await call()
@@ -342,7 +343,8 @@ class TwoLevelCache:
             logger.warning("cache bypassed: redis unavailable", extra={"operation": operation, "error": repr(error)})
             return None
         except asyncio.CancelledError:
-            self.breaker.abandon()
+            if trial:
+                self.breaker.abandon()
             raise
         elapsed = time.perf_counter() - started
         _REDIS_CALLS[operation].observe(elapsed)

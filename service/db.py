@@ -128,6 +128,7 @@ class Database:
                 "The database is unavailable; retry shortly.",
                 retry_after_seconds=max(1, round(self.breaker.reset_seconds)),
             )
+        trial = self.breaker.is_open  # let through while open: this call is the half-open trial
         failed = cancelled = False
         try:
             # asyncio.timeout rather than acquire(timeout=): that one wraps every
@@ -151,6 +152,7 @@ class Database:
             if failed:
                 self.breaker.failure()
             elif cancelled:
-                self.breaker.abandon()
+                if trial:
+                    self.breaker.abandon()
             else:
                 self.breaker.success()
