@@ -27,13 +27,14 @@ from service import health, tracing
 from service.auth import KeyRing
 from service.cache import LocalTTLCache, TwoLevelCache
 from service.config import Settings, load_settings
-from service.db import UNAVAILABLE_ERRORS, Database, create_pool
+from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool, create_probe_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
 from service.jobs.router import router as jobs_router
 from service.metrics import HttpMetricsMiddleware, instrument_pool, watch_event_loop
 from service.middleware import (
     PROBE_PATHS,
+    HeadMiddleware,
     RequestBudgetMiddleware,
     RequestContextMiddleware,
     RequestLimitsMiddleware,
@@ -72,6 +73,8 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             stack.callback(server.shutdown)
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
+        probe_pool = await create_probe_pool(settings)
+        stack.push_async_callback(probe_pool.close)
         instrument_pool(pool)
         lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
         stack.push_async_callback(_cancel, lag_watch)
@@ -83,13 +86,22 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
         if settings.cache_enabled:
             local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
             cache = TwoLevelCache(
-                client, redis_breaker, namespace=namespace, l1=local, l2_ttl_seconds=settings.cache_l2_ttl_seconds
+                client,
+                redis_breaker,
+                namespace=namespace,
+                l1=local,
+                l2_ttl_seconds=settings.cache_l2_ttl_seconds,
+                debt_pool=probe_pool,  # a few statements a second; off the request pool like the probe
             )
+            await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL
+            keeper = asyncio.create_task(cache.keep_trust(), name="cache-trust")
+            stack.push_async_callback(_cancel, keeper)
             listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
             stack.push_async_callback(_cancel, listener)
         state: State = {
             "settings": settings,
             "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
+            "probe_pool": probe_pool,
             "redis": client,
             "keys": KeyRing(settings.api_keys),
             "cache": cache,
@@ -146,8 +158,10 @@ def middleware(settings: Settings) -> list[Middleware]:
             writes=settings.rate_limit_writes,
             fail_open=settings.rate_limit_fail_open,
         ),
-        # Last: the time budget covers the handler, not the layers above.
+        # The time budget covers the handler, not the layers above.
         Middleware(RequestBudgetMiddleware, seconds=settings.request_timeout_seconds),
+        # Last: every layer above sees HEAD; the routes see GET (and the body is dropped on the way out).
+        Middleware(HeadMiddleware),
     ]
 
 
@@ -155,7 +169,7 @@ def create_app(settings: Settings | None = None) -> CatalogApp:
     """The app for `settings` (default: from the environment), with its middleware, error handlers and routes."""
     settings = settings or load_settings()
     app = CatalogApp(settings, lifespan=lifespan, middleware=middleware(settings))
-    install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS)
+    install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS, invalid_data=INVALID_DATA_ERRORS)
     app.include_router(items_router)  # the hot routes are matched first
     app.include_router(jobs_router)
     app.include_router(health.router)
@@ -166,6 +180,10 @@ _RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimi
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:
-    task.cancel()
+    # Cancel again until it ends: a library that swallows one cancellation (redis-py's
+    # pubsub read was seen to) must not keep shutdown waiting forever.
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
     with contextlib.suppress(asyncio.CancelledError):
         await task

@@ -23,12 +23,15 @@ from pydantic import (
     SecretStr,
     UrlConstraints,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
 from pydantic_core import MultiHostUrl
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from pydantic_settings.exceptions import SettingsError
+
+from service.numbers import ascii_decimal, ascii_int
 
 # A well-known key is acceptable only in development, where `make up` and the
 # tests run; production must bring its own.
@@ -44,7 +47,7 @@ PostgresUrl = Annotated[
 
 # Every scope an API key can carry; a key with an unknown scope is a configuration error.
 SCOPES = frozenset({"items:read", "items:write", "jobs:write"})
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(second|minute|hour)\s*$")
+_RATE = re.compile(r"([0-9]{1,12})/(second|minute|hour)")  # [0-9]: \d would take "٣"
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600}
 
 
@@ -80,7 +83,7 @@ class Rate(BaseModel):
 
 def _parse_rate(value: object) -> object:
     if isinstance(value, str):
-        match = _RATE.match(value)
+        match = _RATE.fullmatch(value)
         if match is None:
             raise ValueError('expected "<count>/<second|minute|hour>", e.g. "120/minute"')
         return {"count": int(match[1]), "period_seconds": _PERIODS[match[2]]}
@@ -128,6 +131,19 @@ class CommonSettings(BaseSettings):
 
     # Jobs: attempts allowed per job, stamped on each job when it is enqueued.
     job_max_attempts: int = Field(5, ge=1, le=100)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _numbers_are_ascii(cls, value: object, info: ValidationInfo) -> object:
+        """A number from the environment is ASCII digits (pydantic alone takes "+1", " 1", "1_000", "1.0")."""
+        if info.field_name is None or not isinstance(value, str):
+            return value
+        annotation = cls.model_fields[info.field_name].annotation
+        if annotation is int:
+            return ascii_int(value)
+        if annotation is float:
+            return ascii_decimal(value)
+        return value
 
 
 class Settings(CommonSettings):

@@ -19,7 +19,7 @@ from contextlib import asynccontextmanager
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from service.config import CommonSettings
+from service.config import CommonSettings, Settings
 from service.errors import ServiceUnavailable
 from service.metrics import DB_POOL_ACQUIRE, DEPENDENCY_ERRORS, instrument_connection
 from service.resilience import CircuitBreaker
@@ -38,6 +38,17 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
+)
+
+
+# What "the request carried a value PostgreSQL will not store" looks like: SQLSTATE class 22
+# (invalid text representation, numeric out of range, character not in repertoire, string
+# too long, ...; asyncpg raises DataError too for an argument it cannot encode, e.g. an int
+# past int4/int8 or a lone surrogate) and the CHECK / NOT NULL constraints. Answered 422.
+INVALID_DATA_ERRORS: tuple[type[Exception], ...] = (
+    asyncpg.DataError,
+    asyncpg.CheckViolationError,
+    asyncpg.NotNullViolationError,
 )
 
 
@@ -74,6 +85,31 @@ async def create_pool(settings: CommonSettings, *, min_size: int | None = None, 
     return pool
 
 
+async def create_probe_pool(settings: Settings) -> Pool:
+    """One connection of its own for /readyz, outside the request pool.
+
+    Readiness asks "does PostgreSQL answer?", not "is a pool connection free?":
+    through the request pool a saturated pod (every connection busy for a
+    moment) turned unready, and with every pod saturated at once the Service
+    lost all its endpoints: load became an outage. One more connection per pod.
+    """
+    pool = await asyncpg.create_pool(
+        str(settings.database_url),
+        min_size=1,
+        max_size=1,
+        timeout=settings.db_connect_timeout_seconds,
+        command_timeout=settings.readiness_timeout_seconds,
+        max_inactive_connection_lifetime=0,  # kept open: a probe must not pay for a new connection
+        server_settings={
+            "application_name": f"{settings.service_name}-probe",
+            "statement_timeout": str(int(settings.readiness_timeout_seconds * 1000)),
+        },
+        reset=_keep_session,
+    )
+    assert pool is not None
+    return pool
+
+
 async def _keep_session(_: asyncpg.Connection) -> None:
     return None
 
@@ -98,7 +134,8 @@ class Database:
                 "The database is unavailable; retry shortly.",
                 retry_after_seconds=max(1, round(self.breaker.reset_seconds)),
             )
-        failed = False
+        trial = self.breaker.is_open  # let through while open: this call is the half-open trial
+        failed = cancelled = False
         try:
             # asyncio.timeout rather than acquire(timeout=): that one wraps every
             # acquire in asyncio.wait_for, a new task per request.
@@ -114,8 +151,14 @@ class Database:
             failed = True
             DEPENDENCY_ERRORS.labels("postgres", type(error).__name__).inc()
             raise
+        except asyncio.CancelledError:
+            cancelled = True  # no answer either way: neither closes nor opens the circuit
+            raise
         finally:
             if failed:
                 self.breaker.failure()
+            elif cancelled:
+                if trial:
+                    self.breaker.abandon()
             else:
                 self.breaker.success()

@@ -1,7 +1,9 @@
 """Errors: one hierarchy, one rendering (RFC 9457 problem+json), one place for handlers.
 
 Domain code raises a `ProblemError` subclass; it carries its HTTP status, a
-title and a problem type. Any other exception is logged with its traceback
+title and a problem type. A value PostgreSQL refuses despite validation (its
+data-exception class: invalid text, out of range, a NUL byte; or a CHECK or
+NOT NULL constraint) is a 422 `/problems/invalid-value`, never a 500. Any other exception is logged with its traceback
 and answered with a bare 500 by `RequestContextMiddleware`: no stack traces,
 SQL or driver messages ever reach a client.
 """
@@ -18,6 +20,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
+from starlette.routing import Match
 
 logger = logging.getLogger(__name__)
 
@@ -142,8 +145,10 @@ def _validation_errors(exc: RequestValidationError) -> Response:
     for error in exc.errors():
         if error.get("type") == "json_invalid":
             malformed = True
-        location = [str(part) for part in error.get("loc", ())]
-        problems.append({"location": location, "message": error.get("msg", ""), "type": error.get("type", "")})
+        location = [_printable(str(part)) for part in error.get("loc", ())]
+        problems.append(
+            {"location": location, "message": _printable(error.get("msg", "")), "type": error.get("type", "")}
+        )
     if malformed:
         return problem_response(
             400,
@@ -161,6 +166,11 @@ def _validation_errors(exc: RequestValidationError) -> Response:
     )
 
 
+def _printable(text: str) -> str:
+    """`text` as valid UTF-8: a lone surrogate from a JSON escape ("\\ud800" as a field name) becomes its escape."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 async def _handle_problem(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProblemError)
     return exc.to_response()
@@ -171,9 +181,28 @@ async def _handle_validation(_: Request, exc: Exception) -> Response:
     return _validation_errors(exc)
 
 
-async def _handle_http(_: Request, exc: Exception) -> Response:
+async def _handle_http(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, StarletteHTTPException)
-    return problem_response(exc.status_code, detail=exc.detail if exc.status_code != 404 else None, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        # The router names only the first route that matched the path; list every method served there.
+        headers = {**(headers or {}), "Allow": ", ".join(allowed_methods(request.app.router, request.scope))}
+    return problem_response(exc.status_code, detail=exc.detail if exc.status_code != 404 else None, headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(router: Any, scope: Mapping[str, Any]) -> list[str]:
+    """The methods some route serves at this scope's path; HEAD wherever GET is (see HeadMiddleware)."""
+    allowed = []
+    for method in _METHODS:
+        probe = {"type": "http", "path": scope["path"], "root_path": scope.get("root_path", ""), "method": method}
+        if any(route.matches(dict(probe))[0] is Match.FULL for route in router.routes):
+            allowed.append(method)
+    if "GET" in allowed and "HEAD" not in allowed:
+        allowed.insert(allowed.index("GET") + 1, "HEAD")
+    return allowed
 
 
 async def _handle_database_unavailable(request: Request, exc: Exception) -> Response:
@@ -184,10 +213,30 @@ async def _handle_database_unavailable(request: Request, exc: Exception) -> Resp
     return ServiceUnavailable("The database is unavailable or too slow; retry shortly.").to_response()
 
 
-def install_error_handlers(app: FastAPI, database_unavailable: tuple[type[Exception], ...]) -> None:
-    """Register the handlers; `database_unavailable` are the errors answered as 503."""
+async def _handle_invalid_data(request: Request, exc: Exception) -> Response:
+    # Validation should have refused the value first; the log says which check is missing.
+    logger.warning(
+        "database refused a value",
+        extra={"error": type(exc).__name__, "sqlstate": getattr(exc, "sqlstate", None), "path": request.url.path},
+    )
+    return problem_response(
+        422,
+        title="Value not storable",
+        detail="A value in the request cannot be stored (out of range, or text the database refuses).",
+        problem_type="/problems/invalid-value",
+    )
+
+
+def install_error_handlers(
+    app: FastAPI,
+    database_unavailable: tuple[type[Exception], ...],
+    invalid_data: tuple[type[Exception], ...] = (),
+) -> None:
+    """Register the handlers; `database_unavailable` are the errors answered as 503, `invalid_data` as 422."""
     app.add_exception_handler(ProblemError, _handle_problem)
     app.add_exception_handler(RequestValidationError, _handle_validation)
     app.add_exception_handler(StarletteHTTPException, _handle_http)
     for exc_type in database_unavailable:
         app.add_exception_handler(exc_type, _handle_database_unavailable)
+    for exc_type in invalid_data:
+        app.add_exception_handler(exc_type, _handle_invalid_data)

@@ -2,7 +2,9 @@
 
 - `/livez`: the event loop answers; no I/O, so a slow database never gets a
   healthy pod restarted.
-- `/readyz`: PostgreSQL answers within READINESS_TIMEOUT_SECONDS (else 503);
+- `/readyz`: PostgreSQL answers within READINESS_TIMEOUT_SECONDS (else 503),
+  asked on a connection of the probe's own, never one of the request pool's:
+  a saturated pool is load, and must not turn every pod unready at once;
   Redis is checked too but only reported (`degraded`): without it the pod
   still serves, from PostgreSQL. 503 as soon as the pod starts draining so
   the load balancer stops routing to it.
@@ -17,8 +19,9 @@ from typing import Any
 from fastapi import APIRouter, Request
 from starlette.responses import Response
 
+from service.db import Pool
 from service.responses import json_response
-from service.state import DatabaseDep, RedisDep, SettingsDep, lifecycle
+from service.state import ProbePoolDep, RedisDep, SettingsDep, lifecycle
 
 router = APIRouter(include_in_schema=False)
 
@@ -47,15 +50,21 @@ async def _check(probe: Any, within_seconds: float) -> str:
     return "ok"
 
 
+async def _select_one(pool: Pool) -> None:
+    async with pool.acquire() as connection:
+        await connection.fetchval("SELECT 1")
+
+
 @router.get("/readyz")
-async def readyz(request: Request, settings: SettingsDep, db: DatabaseDep, redis: RedisDep) -> Response:
+async def readyz(request: Request, settings: SettingsDep, probe_pool: ProbePoolDep, redis: RedisDep) -> Response:
     """PostgreSQL is hard (503 without it); Redis is soft (200, reported as degraded)."""
     if lifecycle(request).draining:
         return _probe(503, {"status": "draining"})
     timeout = settings.readiness_timeout_seconds
-    # The probes bypass the circuit breakers: they are how recovery gets noticed.
+    # The probes bypass the circuit breakers: they are how recovery gets noticed. PostgreSQL
+    # is asked on the probe's own connection: a busy request pool is load, not unreadiness.
     postgres, cache = await asyncio.gather(
-        _check(db.pool.fetchval("SELECT 1", timeout=timeout), timeout),
+        _check(_select_one(probe_pool), timeout),
         _check(redis.ping(), timeout),
     )
     checks = {"postgres": postgres, "redis": cache}

@@ -6,6 +6,7 @@
   access line per request (probes excluded).
 - `RequestBudgetMiddleware`: the whole request must reach its first response
   byte within REQUEST_TIMEOUT_SECONDS, or it is cancelled and answered 503.
+- `HeadMiddleware`: HEAD is answered as GET without the body, on every route.
 - `RequestLimitsMiddleware`: refuses over-long request lines (414), too many or
   too large headers (431) and bodies over the limit (413), whatever server or
   HTTP parser runs the app.
@@ -26,13 +27,15 @@ from service import tracing
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceUnavailable, problem_response
 from service.logging import request_id_var
-from service.metrics import route_template
+from service.metrics import CLIENT_CLOSED, route_template
+from service.numbers import MAX_DIGITS
 
 access_logger = logging.getLogger("service.access")
 logger = logging.getLogger(__name__)
 
 PROBE_PATHS: Final = frozenset({"/livez", "/readyz", "/startupz"})
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_ASCII_DIGITS: Final = re.compile(rb"[0-9]+")
 
 
 def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
@@ -79,14 +82,19 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is not None and task.cancelling():  # this request is cancelled: the client left, or shutdown
+                status = status or CLIENT_CLOSED
+                raise
+            # A cancellation that leaked from another task (a shared future): an error like any other.
+            logger.exception("unhandled cancellation", extra={"path": scope["path"]})
+            status = await _answer_500(status, scope, receive, send_with_id)
         except Exception:
             # Handled here rather than in Starlette's outermost ServerErrorMiddleware so
             # the traceback is logged with the request id and the 500 carries the header.
             logger.exception("unhandled exception", extra={"path": scope["path"]})
-            if status == 0:
-                await problem_response(500)(scope, receive, send_with_id)
-            else:
-                status = 500  # the response was cut short; the client sees a broken stream
+            status = await _answer_500(status, scope, receive, send_with_id)
         finally:
             if scope["path"] not in PROBE_PATHS:
                 access_logger.info(
@@ -105,12 +113,57 @@ class RequestContextMiddleware:
             request_id_var.reset(token)
 
 
+async def _answer_500(status: int, scope: Scope, receive: Receive, send: Send) -> int:
+    """A bare 500 problem if nothing was sent yet; the status the access log records either way."""
+    if status == 0:
+        await problem_response(500)(scope, receive, send)
+    return 500  # (once started, the response was cut short: the client sees a broken stream)
+
+
 def _incoming_request_id(scope: Scope) -> str | None:
     for name, value in scope["headers"]:
         if name == b"x-request-id":
             # Accept only ids that are safe to log and echo; otherwise make our own.
             return value.decode("ascii") if _VALID_REQUEST_ID.match(value) else None
     return None
+
+
+class HeadMiddleware:
+    """HEAD is GET without the body (RFC 9110 section 9.3.2), wherever GET is served.
+
+    The route runs as GET (same status, same headers, Content-Length included);
+    the body is dropped. Once the headers are out the exchange is over, so the
+    route is told the client disconnected: a streamed body (the CSV export) is
+    cancelled by Starlette at once instead of being produced in full. Every
+    other layer sees the method HEAD, so logs and metrics say what was sent.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        answered = False
+
+        async def send_headers_only(message: Message) -> None:
+            nonlocal answered
+            if message["type"] == "http.response.start":
+                await send(message)
+            elif message["type"] == "http.response.body" and not answered:
+                answered = True
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+        async def disconnect_once_answered() -> Message:
+            return {"type": "http.disconnect"} if answered else await receive()
+
+        # In place, not a copy: the router records the matched route in this scope for the outer layers.
+        scope["method"] = "GET"
+        try:
+            await self.app(scope, disconnect_once_answered, send_headers_only)
+        finally:
+            scope["method"] = "HEAD"
 
 
 class RequestLimitsMiddleware:
@@ -145,10 +198,10 @@ class RequestLimitsMiddleware:
         limit = self.max_body_bytes
         for name, value in headers:
             if name == b"content-length":
-                if not value.isdigit():
+                if not _ASCII_DIGITS.fullmatch(value):  # ASCII digits only: no sign, space or "²"
                     await problem_response(400, detail="Content-Length is not a number.")(scope, receive, send)
                     return
-                if int(value) > limit:
+                if len(value) > MAX_DIGITS or int(value) > limit:  # (int() refuses over 4300 digits)
                     too_large = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
                     await too_large.to_response()(scope, receive, send)
                     return

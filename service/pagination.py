@@ -10,12 +10,14 @@ import base64
 import binascii
 import hashlib
 import hmac
+import re
 import struct
 
 from service.errors import InvalidCursor
 
 _ID = struct.Struct(">q")
 _TAG_BYTES = 16
+_CURSOR = re.compile(r"[A-Za-z0-9_-]{32}")  # 24 bytes, base64url without padding
 _CONTEXT = b"items-cursor-v1:"  # a new cursor format gets a new context, so old tokens fail cleanly
 
 
@@ -29,6 +31,9 @@ def encode_cursor(key: bytes, last_id: int) -> str:
 
 
 def decode_cursor(key: bytes, cursor: str) -> int:
+    # Exactly what encode_cursor makes: the decoder alone would skip stray characters.
+    if not _CURSOR.fullmatch(cursor):
+        raise InvalidCursor("The cursor is not one this API issued.")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError):

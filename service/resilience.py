@@ -32,6 +32,7 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_in_flight = False
+        self._trial_started_at = 0.0
         BREAKER_OPEN.labels(name).set(0)
 
     @property
@@ -39,13 +40,26 @@ class CircuitBreaker:
         return self._opened_at is not None
 
     def allow(self) -> bool:
-        """May a call be attempted now? (In half-open state, only one trial at a time.)"""
+        """May a call be attempted now? (In half-open state, only one trial at a time.)
+
+        A trial that reports neither success nor failure within `reset_seconds`
+        (its request was cancelled, its client left) is abandoned: the next caller
+        gets a trial, so one cancelled request cannot keep the circuit open for good.
+        """
         if self._opened_at is None:
             return True
-        if self._trial_in_flight or self._clock() - self._opened_at < self.reset_seconds:
+        now = self._clock()
+        if now - self._opened_at < self.reset_seconds:
+            return False
+        if self._trial_in_flight and now - self._trial_started_at < self.reset_seconds:
             return False
         self._trial_in_flight = True
+        self._trial_started_at = now
         return True
+
+    def abandon(self) -> None:
+        """The call `allow()` let through ended without an answer (cancelled): free the trial slot."""
+        self._trial_in_flight = False
 
     def success(self) -> None:
         if self._opened_at is not None:

@@ -17,7 +17,7 @@ from service import tracing
 from service.auth import KeyRing, read_access
 from service.cache import TwoLevelCache
 from service.config import Settings
-from service.db import Connection, Database
+from service.db import Connection, Database, Pool
 from service.ratelimit import RateLimiter
 from service.resilience import Bulkhead
 
@@ -47,6 +47,9 @@ class CatalogApp(FastAPI):
             openapi_url="/openapi.json" if docs else None,
             docs_url="/docs" if docs else None,
             redoc_url=None,
+            # Starlette would answer `/v1/items/` with a redirect to an absolute URL built from
+            # the client's Host header. A trailing slash is simply another path here: 404.
+            redirect_slashes=False,
             telemetry=tracing.FASTAPI_TELEMETRY_OFF,  # type: ignore[arg-type]  # our middleware traces
             **kwargs,
         )
@@ -65,6 +68,7 @@ def lifecycle(request: Request) -> Lifecycle:
 class State(TypedDict):
     settings: Settings
     db: Database
+    probe_pool: Pool  # one connection for /readyz, outside the request pool
     redis: redis.Redis
     keys: KeyRing
     cache: TwoLevelCache | None  # None when CACHE_ENABLED is false
@@ -87,6 +91,10 @@ async def get_settings(request: Request) -> Settings:
 
 async def get_database(request: Request) -> Database:
     return _state(request)["db"]
+
+
+async def get_probe_pool(request: Request) -> Pool:
+    return _state(request)["probe_pool"]
 
 
 async def get_redis(request: Request) -> redis.Redis:
@@ -114,6 +122,7 @@ async def get_connection(request: Request) -> AsyncIterator[Connection]:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 DatabaseDep = Annotated[Database, Depends(get_database)]
+ProbePoolDep = Annotated[Pool, Depends(get_probe_pool)]
 RedisDep = Annotated[redis.Redis, Depends(get_redis)]
 CacheDep = Annotated[TwoLevelCache | None, Depends(get_cache)]
 ExportsDep = Annotated[Bulkhead, Depends(get_exports)]

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import csv
 import io
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
+from pydantic import BeforeValidator
 from starlette.responses import Response, StreamingResponse
 
 from service.auth import read_access, requires
@@ -21,6 +22,7 @@ from service.db import Database
 from service.errors import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
 from service.items import repository
 from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpdate
+from service.numbers import ascii_int, parse_decimal
 from service.pagination import decode_cursor, encode_cursor
 from service.resilience import Bulkhead
 from service.responses import json_response
@@ -80,7 +82,7 @@ async def create_item(body: ItemCreate, conn: ConnectionDep) -> Response:
 @router.get("", response_model=ItemPage)
 async def list_items(
     state: ReadStateDep,
-    limit: Annotated[int, Query(ge=1, le=100, description="Page size.")] = 20,
+    limit: Annotated[int, BeforeValidator(ascii_int), Query(ge=1, le=100, description="Page size.")] = 20,
     cursor: Annotated[str | None, Query(max_length=200, description="`next_cursor` of the previous page.")] = None,
 ) -> Response:
     key = state["settings"].secret_key.get_secret_value().encode()
@@ -96,10 +98,10 @@ async def list_items(
 def _parse_ids(raw: str) -> list[int]:
     ids: list[int] = []
     for part in raw.split(","):
-        candidate = part.strip()
-        if not candidate.isdigit() or not 1 <= int(candidate) < 2**63:
-            raise BadRequest(f"ids must be comma-separated positive integers; got {candidate[:32]!r}.")
-        ids.append(int(candidate))
+        item_id = parse_decimal(part)
+        if not item_id:  # None (not 1-19 ASCII digits, or past bigint) or 0
+            raise BadRequest(f"ids must be comma-separated positive integers (ASCII digits); got {part[:32]!r}.")
+        ids.append(item_id)
     unique = list(dict.fromkeys(ids))
     if len(unique) > MAX_BATCH_IDS:
         raise BadRequest(f"At most {MAX_BATCH_IDS} ids per request.")
@@ -134,9 +136,12 @@ async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingRespons
     header = await anext(chunks)
 
     async def body() -> AsyncIterator[bytes]:
-        yield header
-        async for chunk in chunks:
-            yield chunk
+        try:
+            yield header
+            async for chunk in chunks:
+                yield chunk
+        finally:
+            await chunks.aclose()  # stopped early (client gone, HEAD answered): the connection goes back now
 
     return StreamingResponse(
         body(),
@@ -145,8 +150,12 @@ async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingRespons
     )
 
 
-async def _export_csv(db: Database, exports: Bulkhead) -> AsyncIterator[bytes]:
+async def _export_csv(db: Database, exports: Bulkhead) -> AsyncGenerator[bytes, None]:
     """The header line, then one CSV chunk per cursor batch; memory is one batch at most.
+
+    RFC 4180 for every value the API accepts (CRLF line ends; fields with a comma,
+    quote, CR or LF quoted), and text cells starting with = + - @ tab CR (or ')
+    prefixed with ' so a spreadsheet does not run them (OWASP's advice); see `neutralise`.
 
     At most EXPORT_MAX_CONCURRENT exports run per pod: each holds a connection
     and a CPU share for as long as its client reads.
@@ -155,11 +164,13 @@ async def _export_csv(db: Database, exports: Bulkhead) -> AsyncIterator[bytes]:
         raise ServiceUnavailable("Too many exports are running on this instance; retry shortly.")
     try:
         buffer = io.StringIO()
-        writer = csv.writer(buffer, lineterminator="\n")
+        # RFC 4180: CRLF line ends, and (QUOTE_MINIMAL) any field holding a comma, a quote,
+        # CR or LF is quoted, quotes doubled; with "\n" as terminator a bare CR went unquoted.
+        writer = csv.writer(buffer, lineterminator="\r\n")
         async with db.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
             # One snapshot for the whole export; a slow reader may idle up to a minute between chunks.
             await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
-            yield (",".join(repository.COLUMNS) + "\n").encode()
+            yield (",".join(repository.COLUMNS) + "\r\n").encode()
             async for batch in repository.stream_all(conn):
                 writer.writerows(_csv_rows(batch))
                 yield buffer.getvalue().encode()
@@ -169,13 +180,27 @@ async def _export_csv(db: Database, exports: Bulkhead) -> AsyncIterator[bytes]:
         exports.leave()
 
 
+# OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.
+_FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def neutralise(text: str) -> str:
+    """A text cell a spreadsheet shows as text: a leading formula trigger (or apostrophe) gets a "'" before it.
+
+    Apostrophes are escaped too, so the rule reverses exactly: drop one leading "'" from a
+    text cell to get the stored value. Numeric columns are ints and are left alone
+    (a negative number is data, not a formula; none of ours can be negative anyway).
+    """
+    return "'" + text if text.startswith((*_FORMULA_TRIGGERS, "'")) else text
+
+
 def _csv_rows(batch: Sequence[repository.Row]) -> list[tuple[Any, ...]]:
     return [
         (
             r["id"],
-            r["sku"],
-            r["name"],
-            r["category"],
+            neutralise(r["sku"]),
+            neutralise(r["name"]),
+            neutralise(r["category"]),
             r["price_cents"],
             r["stock"],
             r["created_at"].isoformat(),

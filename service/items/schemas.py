@@ -5,13 +5,26 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+
+def storable_text(value: str) -> str:
+    """What a PostgreSQL text column can hold: no NUL (pydantic already refuses lone surrogates)."""
+    if "\x00" in value:
+        raise ValueError("must not contain the NUL character (\\u0000), which PostgreSQL text cannot store")
+    return value
+
+
+# The pattern already keeps NUL out of a sku; free text needs the check.
 Sku = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")
 ]
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
-Category = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(storable_text)
+]
+Category = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(storable_text)
+]
 # PostgreSQL bigint / integer bounds, so a valid request can never overflow a column.
 PriceCents = Annotated[int, Field(ge=0, le=2**63 - 1)]
 Stock = Annotated[int, Field(ge=0, le=2**31 - 1)]

@@ -36,14 +36,44 @@ Writer = Annotated[Principal, Depends(require_scope("jobs:write"))]
 # Printable ASCII without spaces at the ends, as the Idempotency-Key draft expects of a key.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,198}[\x21-\x7e])?$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")
+# W3C Trace Context: printable ASCII list members, at most 512 characters in all.
+_TRACESTATE = re.compile(r"^[\x20-\x7e]{0,512}$")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def _invalid(location: list[str | int], message: str, error_type: str) -> RequestValidationError:
     return RequestValidationError([{"loc": ("body", *location), "msg": message, "type": error_type}])
 
 
+def _unstorable(value: Any, location: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    """The location of the first string (key or value) a jsonb column cannot hold: NUL or a lone surrogate."""
+    if isinstance(value, str):
+        return None if _storable(value) else location
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not _storable(key):
+                return (*location, key)
+            found = _unstorable(item, (*location, key))
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _unstorable(item, (*location, index))
+            if found is not None:
+                return found
+    return None
+
+
+def _storable(text: str) -> bool:
+    # jsonb refuses \u0000; a lone surrogate (a JSON "\ud800" escape) is not UTF-8 at all.
+    return "\x00" not in text and not _SURROGATE.search(text)
+
+
 def validate_job(body: JobCreate) -> tuple[JobKind, dict[str, Any]]:
     """The kind from the registry and the params as its model normalises them; 422 otherwise."""
+    bad = _unstorable(body.params, ("params",))
+    if bad is not None:
+        raise _invalid(list(bad), "must not contain NUL (\\u0000) or a lone surrogate", "string_unicode")
     kind = KINDS.get(body.kind)
     if kind is None:
         raise _invalid(["kind"], f"unknown job kind; known kinds: {', '.join(sorted(KINDS))}", "unknown_kind")
@@ -96,7 +126,9 @@ async def create_job(
     trace_headers = tracing.inject_current() if tracing.enabled else {}
     if not trace_headers and _TRACEPARENT.match(request.headers.get("traceparent", "")):
         # (a malformed header starts no trace: W3C Trace Context says to ignore it)
-        trace_headers = {key: request.headers[key] for key in ("traceparent", "tracestate") if key in request.headers}
+        trace_headers = {"traceparent": request.headers["traceparent"]}
+        if _TRACESTATE.match(request.headers.get("tracestate", "\x00")):
+            trace_headers["tracestate"] = request.headers["tracestate"]
     traceparent = trace_headers.get("traceparent")
     row, created = await repository.enqueue(
         conn,

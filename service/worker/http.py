@@ -6,6 +6,9 @@
 - `/startupz`: the worker finished starting (pools open, children forked);
 - `/metrics`: Prometheus exposition, OpenMetrics when the scraper asks for it.
 
+HEAD is answered wherever GET is, with GET's status and headers and no body;
+any other method is 405 with `Allow: GET, HEAD`.
+
 A few GET endpoints with tiny answers do not need a web framework: this is a
 bounded asyncio server (one request per connection, size and time limits).
 """
@@ -44,10 +47,13 @@ class ProbeServer:
         except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
             writer.close()
             return
+        allow = "Allow: GET, HEAD\r\n" if status == 405 else ""
         headers = (
             f"HTTP/1.1 {status} {_REASONS.get(status, '')}\r\nContent-Type: {content_type}\r\n"
-            f"Content-Length: {len(body)}\r\nCache-Control: no-store\r\nConnection: close\r\n\r\n"
+            f"Content-Length: {len(body)}\r\n{allow}Cache-Control: no-store\r\nConnection: close\r\n\r\n"
         )
+        if head.startswith(b"HEAD "):
+            body = b""  # HEAD: GET's status and headers (Content-Length included), no body (RFC 9110)
         with contextlib.suppress(ConnectionError):
             writer.write(headers.encode() + body)
             await writer.drain()

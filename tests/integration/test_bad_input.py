@@ -26,6 +26,61 @@ def chunks(data: bytes, size: int = 65536) -> Any:
 
 _json = {"content-type": "application/json"}
 
+# Numbers are ASCII digits and nothing else (issue: superscript two passed str.isdigit() and int() raised: 500).
+NOT_NUMBERS = {
+    "superscript two": "\u00b2",
+    "arabic-indic three": "\u0663",
+    "full-width one": "\uff11",
+    "plus sign": "+1",
+    "leading space": " 1",
+    "trailing space": "1 ",
+    "underscore": "1_000",
+    "decimal point": "1.0",
+    "exponent": "1e3",
+    "negative": "-1",
+    "empty": "",
+    "beyond bigint": str(2**63),
+    "beyond int() digits": "9" * 5000,
+}
+
+
+def _sender(method: str, url: str, **kwargs: Any) -> Request:
+    async def send(client: httpx.AsyncClient) -> httpx.Response:
+        return await client.request(method, url, **kwargs)
+
+    return send
+
+
+def _number_cases() -> dict[str, tuple[Request, int]]:
+    cases: dict[str, tuple[Request, int]] = {}
+    for name, text in NOT_NUMBERS.items():
+        batch_status = 422 if name == "beyond int() digits" else 400  # (longer than the ids parameter may be)
+        cases[f"batch id: {name}"] = (
+            _sender("GET", "/v1/items:batch", params={"ids": f"1,{text}"}),
+            batch_status,
+        )
+        if name != "beyond int() digits":  # (past the request-line limit: 414)
+            cases[f"limit: {name}"] = (_sender("GET", "/v1/items", params={"limit": text}), 422)
+        # Paths take [0-9]+ only: anything else is no such resource; digits past bigint are a 422.
+        path_status = 422 if name == "beyond bigint" else 404
+        if name not in {"empty", "beyond int() digits"}:
+            cases[f"item id: {name}"] = (_sender("GET", f"/v1/items/{text}"), path_status)
+            cases[f"patch id: {name}"] = (_sender("PATCH", f"/v1/items/{text}", json={"stock": 1}), path_status)
+        if name not in {"empty", "leading space", "trailing space"}:  # (h11/httpx refuse those themselves)
+            cases[f"content-length: {name}"] = (
+                _sender("POST", "/v1/items", content=b"{}", headers={**_json, "content-length": text.encode()}),
+                413 if name in {"beyond int() digits", "beyond bigint"} else 400,
+            )
+    cases["batch id zero"] = (lambda c: c.get("/v1/items:batch", params={"ids": "0"}), 400)
+    cases["batch id with spaces"] = (lambda c: c.get("/v1/items:batch", params={"ids": "1, 2"}), 400)
+    cases["batch empty id"] = (lambda c: c.get("/v1/items:batch", params={"ids": "1,,2"}), 400)
+    cases["cursor with a stray character"] = (lambda c: c.get("/v1/items", params={"cursor": "A" * 32 + "!"}), 400)
+    cases["cursor with non-ascii"] = (lambda c: c.get("/v1/items", params={"cursor": "\u0663" * 32}), 400)
+    return cases
+
+
+NUMBER_CASES = _number_cases()
+
 CASES: dict[str, tuple[Request, int]] = {
     "malformed json": (lambda c: c.post("/v1/items", content=b'{"sku": "a",', headers=_json), 400),
     "wrong type": (lambda c: c.post("/v1/items", json={**ITEM, "price_cents": "1999"}), 422),
@@ -64,6 +119,7 @@ CASES: dict[str, tuple[Request, int]] = {
     "batch non-numeric id": (lambda c: c.get("/v1/items:batch", params={"ids": "1,abc"}), 400),
     "batch no ids": (lambda c: c.get("/v1/items:batch"), 422),
     "unknown route": (lambda c: c.get("/v1/nothing-here"), 404),
+    **NUMBER_CASES,
     "wrong method": (lambda c: c.put("/v1/items/1", json=ITEM), 405),
     "request line too long": (lambda c: c.get("/v1/items", params={"cursor": "a" * 9000}), 414),
     "too many headers": (lambda c: c.get("/v1/items", headers={f"x-h{n}": "v" for n in range(150)}), 431),

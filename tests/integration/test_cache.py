@@ -32,7 +32,7 @@ class Loader:
 
 @contextlib.asynccontextmanager
 async def pod(url: str, namespace: str = "t", l1_ttl: float = 60.0) -> AsyncIterator[TwoLevelCache]:
-    """One pod's cache: its own Redis client, L1 and invalidation listener."""
+    """One pod's cache: its own Redis client, L1, trust keeper and invalidation listener."""
     client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
     cache = TwoLevelCache(
         client,
@@ -41,14 +41,18 @@ async def pod(url: str, namespace: str = "t", l1_ttl: float = 60.0) -> AsyncIter
         l1=LocalTTLCache(100, l1_ttl),
         l2_ttl_seconds=60,
     )
-    listener = asyncio.create_task(cache.listen_for_invalidations(retry_seconds=0.1))
-    await asyncio.sleep(0.1)  # subscribed
+    tasks = [
+        asyncio.create_task(cache.listen_for_invalidations(retry_seconds=0.1)),
+        asyncio.create_task(cache.keep_trust()),
+    ]
+    await asyncio.sleep(0.1)  # subscribed, trusted
     try:
         yield cache
     finally:
-        listener.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await listener
+        for task in tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         await client.aclose()
 
 
@@ -140,3 +144,31 @@ async def test_redis_down_means_reads_go_to_the_database_quickly() -> None:
         assert loader.calls == 20
         assert cache.breaker.is_open  # after 3 failures Redis is not even tried
         assert elapsed < 1.0
+
+
+async def test_a_pod_that_missed_the_invalidation_message_still_reads_the_write(flushed: str) -> None:
+    """Pub/sub lost: the reader's L1 entry is checked against the version in Redis on every read."""
+    async with pod(flushed) as writer:
+        client = redis.Redis.from_url(flushed, socket_timeout=0.5)
+        deaf = TwoLevelCache(  # no listener: every invalidation message is lost
+            client, CircuitBreaker("redis", 3, 1.0), namespace="t", l1=LocalTTLCache(100, 60), l2_ttl_seconds=60
+        )
+        try:
+            assert await deaf.get("item:1", Loader(b"old")) == b"old"
+            assert await deaf.get("item:1", Loader(b"unused")) == b"old"  # L1 hit, validated
+            await writer.invalidate("item:1")
+            assert await deaf.get("item:1", Loader(b"new")) == b"new"  # at once, not after the L1 TTL
+        finally:
+            await client.aclose()
+
+
+async def test_without_a_trust_token_nothing_is_served_from_the_cache(flushed: str) -> None:
+    """The token lapses when no pod could confirm that no write missed Redis: reads go to the loader."""
+    async with pod(flushed) as cache:
+        assert await cache.get("item:1", Loader(b"cached")) == b"cached"
+        probe = redis.Redis.from_url(flushed)
+        await probe.delete(cache.trust_key)
+        fresh = Loader(b"from-postgres")
+        assert await cache.get("item:1", fresh) == b"from-postgres"
+        assert fresh.calls == 1
+        await probe.aclose()

@@ -124,7 +124,7 @@ async def test_csv_export_streams_every_row(client: httpx.AsyncClient, db: async
 
 async def test_csv_export_of_empty_catalog_is_just_the_header(client: httpx.AsyncClient) -> None:
     response = await client.get("/v1/items/export.csv")
-    assert response.text == "id,sku,name,category,price_cents,stock,created_at,updated_at\n"
+    assert response.text == "id,sku,name,category,price_cents,stock,created_at,updated_at\r\n"  # RFC 4180: CRLF
 
 
 async def test_request_id_is_taken_from_the_proxy_or_generated(client: httpx.AsyncClient) -> None:

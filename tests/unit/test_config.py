@@ -87,3 +87,47 @@ def test_pool_bounds_are_checked(env: pytest.MonkeyPatch) -> None:
     env.setenv("DB_POOL_MAX_SIZE", "10")
     [line] = error_lines(env)
     assert "DB_POOL_MIN_SIZE" in line
+
+
+@pytest.mark.parametrize(
+    ("variable", "text"),
+    [
+        ("DB_POOL_MAX_SIZE", "²"),
+        ("DB_POOL_MAX_SIZE", "\u0663"),  # Arabic-Indic three: int() would take it
+        ("DB_POOL_MAX_SIZE", "\uff11"),  # full-width one
+        ("DB_POOL_MAX_SIZE", "+1"),
+        ("DB_POOL_MAX_SIZE", " 1"),
+        ("DB_POOL_MAX_SIZE", "1_0"),
+        ("DB_POOL_MAX_SIZE", "1.0"),
+        ("DB_POOL_MAX_SIZE", "-1"),
+        ("DB_POOL_MAX_SIZE", ""),
+        ("MAX_REQUESTS", str(2**63)),
+        ("MAX_REQUESTS", "9" * 5000),
+        ("PORT", "\u0668\u0660\u0660\u0660"),
+        ("REQUEST_TIMEOUT_SECONDS", "\u0661\u0660"),
+        ("REQUEST_TIMEOUT_SECONDS", "1_0"),
+        ("REQUEST_TIMEOUT_SECONDS", "1e1"),
+        ("REQUEST_TIMEOUT_SECONDS", "+10"),
+        ("REQUEST_TIMEOUT_SECONDS", "inf"),
+        ("REQUEST_TIMEOUT_SECONDS", "nan"),
+        ("SHUTDOWN_DRAIN_SECONDS", "-1"),
+        ("RATE_LIMIT_READS", "\u0663/minute"),
+        ("RATE_LIMIT_READS", "+3/minute"),
+        ("RATE_LIMIT_READS", "1_000/minute"),
+        ("RATE_LIMIT_READS", "9999999999999/minute"),
+    ],
+)
+def test_numbers_are_ascii_digits_and_a_bad_one_is_named(env: pytest.MonkeyPatch, variable: str, text: str) -> None:
+    env.setenv(variable, text)
+    [line] = error_lines(env)
+    assert line.startswith(f"configuration error: {variable} is invalid:"), line
+
+
+def test_plain_numbers_still_load(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DB_POOL_MAX_SIZE", "7")
+    env.setenv("REQUEST_TIMEOUT_SECONDS", "12.5")
+    env.setenv("SHUTDOWN_DRAIN_SECONDS", "0")
+    env.setenv("RATE_LIMIT_READS", "600/minute")
+    settings = load_settings()
+    assert (settings.db_pool_max_size, settings.request_timeout_seconds) == (7, 12.5)
+    assert settings.rate_limit_reads.count == 600

@@ -64,3 +64,30 @@ def test_bulkhead_refuses_beyond_its_limit_and_frees_on_leave() -> None:
     assert not bulkhead.try_enter()
     bulkhead.leave()
     assert bulkhead.try_enter()
+
+
+def test_a_trial_that_never_reports_back_does_not_keep_the_circuit_open() -> None:
+    """The half-open trial's request was cancelled: neither success() nor failure() ever came."""
+    clock = Clock()
+    breaker = CircuitBreaker("dep", failure_threshold=1, reset_seconds=2, clock=clock)
+    breaker.failure()
+    clock.now += 2
+    assert breaker.allow()  # the trial goes out... and its caller is cancelled
+    assert not breaker.allow()  # one trial at a time
+    clock.now += 1.9
+    assert not breaker.allow()
+    clock.now += 0.2
+    assert breaker.allow()  # abandoned after reset_seconds: a new trial
+    breaker.success()
+    assert not breaker.is_open
+
+
+def test_an_abandoned_trial_frees_the_slot_at_once() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("dep", failure_threshold=1, reset_seconds=2, clock=clock)
+    breaker.failure()
+    clock.now += 2
+    assert breaker.allow()
+    breaker.abandon()
+    assert breaker.allow()
+    assert breaker.is_open  # abandoning says nothing about the dependency
