@@ -274,7 +274,7 @@ def _image_layout(target: str) -> dict[str, str]:
             words = args.split()
             current = words[2] if len(words) == 3 else ""
             stages[current] = [(keyword, args)]
-        else:
+        elif stages:  # ARGs before the first FROM belong to no stage
             stages[current].append((keyword, args))
     layout: dict[str, str] = {}
     stage = target
