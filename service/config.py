@@ -257,13 +257,21 @@ class Settings(CommonSettings):
         return max(self.graceful_timeout_seconds - self.shutdown_drain_seconds - 1.0, 1.0)
 
 
-# A worker pod's PostgreSQL connections: one per slot (each job's outcome is written on its own),
+# A pod's PostgreSQL connections, counted by the chart's connection budget. A worker pod: one per slot (each job's outcome is written on its own),
 # plus the claim loop, the heartbeat and the upkeep (reaper, pruner, queue gauges) in the pool, plus
 # the LISTEN connection outside it. The chart computes the same numbers in _helpers.tpl
 # (catalog.workerPoolMaxSize, catalog.workerConnections); tests/deploy/test_chart_worker.py keeps
 # the two equal.
 WORKER_POOL_EXTRA_CONNECTIONS = 3
 WORKER_LISTEN_CONNECTIONS = 1
+# An API pod's: its request pool (DB_POOL_MAX_SIZE) plus the one connection /readyz has to itself
+# (service/db.py create_probe_pool); the chart's catalog.apiConnections says the same.
+API_PROBE_CONNECTIONS = 1
+
+
+def api_connections(pool_max_size: int) -> int:
+    """Every connection an API pod opens with DB_POOL_MAX_SIZE=`pool_max_size`."""
+    return pool_max_size + API_PROBE_CONNECTIONS
 
 
 def worker_pool_max_size(slots: int) -> int:

@@ -54,15 +54,16 @@ GUARDS: dict[str, tuple[Values, list[str], Values]] = {
         ["settings.keepaliveSeconds (60)", "proxy.upstreamKeepaliveTimeoutSeconds (60)"],
         {"settings.keepaliveSeconds": 61},
     ),
-    # Defaults: api (6 max + 1 surge) x 10 + worker (4 max + 1 surge) x (1 slot + 4) + 1 migration = 96.
+    # Defaults: api (6 max + 1 surge) x (10 + 1 for /readyz) + worker (4 max + 1 surge) x (1 slot + 4)
+    # + 1 migration = 103.
     "connections above the database budget": (
-        {"database.connectionBudget": 95},
-        ["database.connectionBudget (95)", "settings.dbPoolMaxSize (10)", "= 96"],
-        {"database.connectionBudget": 96},
+        {"database.connectionBudget": 102},
+        ["database.connectionBudget (102)", "settings.dbPoolMaxSize (10)", "= 103"],
+        {"database.connectionBudget": 103},
     ),
     "connections with a bigger pool": (
         {"settings.dbPoolMaxSize": 20},
-        ["database.connectionBudget (100)", "settings.dbPoolMaxSize (20)", "= 166"],
+        ["database.connectionBudget (110)", "settings.dbPoolMaxSize (20)", "= 173"],
         {"settings.dbPoolMaxSize": 10},
     ),
     "connections when KEDA may add many workers": (

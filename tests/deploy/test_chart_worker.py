@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from service.config import worker_connections, worker_pool_max_size
+from service.config import api_connections, worker_connections, worker_pool_max_size
 from tests.fixtures.chart import (
     ALL_CRDS,
     CI,
@@ -112,8 +112,8 @@ def test_minimal_scenario_has_fixed_replicas_and_no_worker() -> None:
     assert "Job" not in rendered.kinds()
 
 
-def test_the_worker_connection_numbers_are_the_ones_the_worker_computes() -> None:
-    """DB_POOL_MAX_SIZE and the connection guard's per-pod count follow service/config.py's functions."""
+def test_the_connection_numbers_are_the_ones_the_service_computes() -> None:
+    """DB_POOL_MAX_SIZE and the connection guard's per-pod counts follow service/config.py's functions."""
     for slots in (1, 3, 7):
         rendered = render(set_values={"worker.concurrency": slots, "database.connectionBudget": 1000})
         assert env(rendered.get("Deployment", name("worker")), "worker")["DB_POOL_MAX_SIZE"] == str(
@@ -129,7 +129,7 @@ def test_the_worker_connection_numbers_are_the_ones_the_worker_computes() -> Non
             )
         }
         total = (
-            numbers["api max replicas + surge"] * numbers["settings.dbPoolMaxSize"]
+            numbers["api max replicas + surge"] * api_connections(numbers["settings.dbPoolMaxSize"])
             + numbers["worker max replicas + surge"] * worker_connections(slots)
             + 1  # the migration job
         )

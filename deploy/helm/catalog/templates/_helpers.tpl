@@ -209,6 +209,11 @@ upkeep. service/config.py's worker_pool_max_size computes the same (tests/deploy
 {{- add (int (include "catalog.workerConcurrency" .)) 3 }}
 {{- end }}
 
+{{/* Every connection an API pod opens: its request pool plus /readyz's own (api_connections). */}}
+{{- define "catalog.apiConnections" -}}
+{{- add (int .Values.settings.dbPoolMaxSize) 1 }}
+{{- end }}
+
 {{/* Every connection a worker pod opens: its pool plus the LISTEN connection (worker_connections). */}}
 {{- define "catalog.workerConnections" -}}
 {{- add (int (include "catalog.workerPoolMaxSize" .)) 1 }}
