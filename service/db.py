@@ -30,7 +30,10 @@ Connection = asyncpg.Connection | PoolConnectionProxy
 
 # What "the database is unavailable" looks like: refused or lost connections (OSError
 # covers refused, reset, unreachable and TimeoutError), a server shutting down or
-# starting, too many connections, pool-acquire and statement timeouts.
+# starting, too many connections, pool-acquire and statement timeouts. InternalClientError
+# too: with PostgreSQL stopped under load (`make drill`'s postgres-stop) asyncpg raised "cannot
+# switch to state 12; another operation (2) is in progress" from a connection the shutdown had
+# broken mid-statement, and it reached the client as a 500.
 UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     OSError,
     asyncpg.PostgresConnectionError,
@@ -38,6 +41,7 @@ UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.AdminShutdownError,
     asyncpg.TooManyConnectionsError,
     asyncpg.QueryCanceledError,
+    asyncpg.InternalClientError,
 )
 
 

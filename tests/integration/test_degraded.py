@@ -12,6 +12,7 @@ import asyncio
 import time
 from collections.abc import Awaitable, Callable, Iterator
 
+import asyncpg
 import httpx
 import pytest
 import redis.asyncio as redis
@@ -121,3 +122,18 @@ async def test_postgres_down_then_back(dedicated: Backends) -> None:
         await eventually(serving)
         assert (await client.get("/readyz")).status_code == 200
         assert (await client.post("/v1/items", json=new_item(4))).status_code == 201
+
+
+async def test_a_connection_broken_mid_statement_is_a_503_not_a_500(backends: Backends) -> None:
+    """asyncpg's InternalClientError (seen when PostgreSQL stopped under load) answers like an outage."""
+    app = create_app(make_settings(backends))
+
+    async def broken() -> None:
+        raise asyncpg.InternalClientError("cannot switch to state 12; another operation (2) is in progress")
+
+    app.add_api_route("/v1/broken-connection", broken)
+    async with lifespan_client(app) as client:
+        response = await client.get("/v1/broken-connection")
+    assert response.status_code == 503
+    assert response.headers["content-type"] == "application/problem+json"
+    assert "retry-after" in response.headers
