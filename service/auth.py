@@ -80,10 +80,12 @@ def requires(scope: str) -> Any:
     return Depends(require_scope(scope))
 
 
-_read_items = require_scope("items:read")
+def read_access(scope: str) -> Callable[[Request], Awaitable[None]]:
+    """A dependency for one domain's reads: public unless READS_REQUIRE_KEY is set; then the key needs `scope`."""
+    required = require_scope(scope)
 
+    async def dependency(request: Request) -> None:
+        if request.scope["state"]["settings"].reads_require_key:
+            await required(request)
 
-async def read_access(request: Request) -> None:
-    """Reads are public unless READS_REQUIRE_KEY is set; then they need the `items:read` scope."""
-    if request.scope["state"]["settings"].reads_require_key:
-        await _read_items(request)
+    return dependency

@@ -46,7 +46,7 @@ PostgresUrl = Annotated[
 
 
 # Every scope an API key can carry; a key with an unknown scope is a configuration error.
-SCOPES = frozenset({"items:read", "items:write", "jobs:write"})
+SCOPES = frozenset({"items:read", "items:write", "jobs:read", "jobs:write"})
 _RATE = re.compile(r"([0-9]{1,12})/(second|minute|hour)")  # [0-9]: \d would take "٣"
 _PERIODS = {"second": 1, "minute": 60, "hour": 3600}
 
@@ -257,11 +257,12 @@ class Settings(CommonSettings):
         return max(self.graceful_timeout_seconds - self.shutdown_drain_seconds - 1.0, 1.0)
 
 
-# A pod's PostgreSQL connections, counted by the chart's connection budget. A worker pod: one per slot (each job's outcome is written on its own),
-# plus the claim loop, the heartbeat and the upkeep (reaper, pruner, queue gauges) in the pool, plus
-# the LISTEN connection outside it. The chart computes the same numbers in _helpers.tpl
-# (catalog.workerPoolMaxSize, catalog.workerConnections); tests/deploy/test_chart_worker.py keeps
-# the two equal.
+# A pod's PostgreSQL connections, as the chart's connection budget counts them. A worker pod: one
+# per slot (each job's outcome is written on its own), plus the claim loop, the heartbeat and the
+# upkeep (reaper, pruner, queue gauges) in the pool, plus the LISTEN connection outside it. The
+# chart computes the same numbers in _helpers.tpl (catalog.workerPoolMaxSize,
+# catalog.workerConnections, catalog.apiConnections); tests/deploy/test_chart_worker.py keeps the
+# two equal.
 WORKER_POOL_EXTRA_CONNECTIONS = 3
 WORKER_LISTEN_CONNECTIONS = 1
 # An API pod's: its request pool (DB_POOL_MAX_SIZE) plus the one connection /readyz has to itself

@@ -75,11 +75,6 @@ class BadRequest(ProblemError):
     title = "Bad Request"
 
 
-class InvalidCursor(BadRequest):
-    title = "Invalid cursor"
-    problem_type = "/problems/invalid-cursor"
-
-
 class Unauthorized(ProblemError):
     status = 401
     title = "Unauthorized"
@@ -102,14 +97,6 @@ class Conflict(ProblemError):
     status = 409
     title = "Conflict"
     problem_type = "/problems/conflict"
-
-
-class IdempotencyKeyReused(ProblemError):
-    """The same Idempotency-Key came with a different request body (draft-ietf-httpapi-idempotency-key-header)."""
-
-    status = 422
-    title = "Idempotency-Key reused"
-    problem_type = "/problems/idempotency-key-reused"
 
 
 class PayloadTooLarge(ProblemError):

@@ -13,7 +13,15 @@ import hmac
 import re
 import struct
 
-from service.errors import InvalidCursor
+from service.errors import BadRequest
+
+
+class InvalidCursor(BadRequest):
+    """A cursor this API did not issue, or one edited since: 400."""
+
+    title = "Invalid cursor"
+    problem_type = "/problems/invalid-cursor"
+
 
 _ID = struct.Struct(">q")
 _TAG_BYTES = 16

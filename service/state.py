@@ -6,7 +6,7 @@ globals, so a test (or a fork) can build an app with other resources.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Any, TypedDict, cast
 
@@ -109,10 +109,18 @@ async def get_exports(request: Request) -> Bulkhead:
     return _state(request)["exports"]
 
 
-async def readable_state(request: Request) -> State:
-    """The state, for a request allowed to read (READS_REQUIRE_KEY): one dependency on hot read paths."""
-    await read_access(request)
-    return _state(request)
+def readable_state(scope: str) -> Callable[[Request], Awaitable[State]]:
+    """A dependency: the state, for a request allowed to read with `scope` (READS_REQUIRE_KEY).
+
+    One dependency instead of two on hot read paths (FastAPI resolves each for every request).
+    """
+    check = read_access(scope)
+
+    async def dependency(request: Request) -> State:
+        await check(request)
+        return _state(request)
+
+    return dependency
 
 
 async def get_connection(request: Request) -> AsyncIterator[Connection]:
@@ -129,4 +137,3 @@ ExportsDep = Annotated[Bulkhead, Depends(get_exports)]
 ConnectionDep = Annotated[Connection, Depends(get_connection)]
 # Reads take everything through this one dependency: each FastAPI dependency costs
 # about 8 us per request, a third of a cache hit (bench/results/request_path.md).
-ReadStateDep = Annotated[State, Depends(readable_state)]

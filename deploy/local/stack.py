@@ -172,7 +172,7 @@ def development_key(stack: Stack) -> tuple[str, str]:
     entry = {
         "name": "development",
         "sha256": hashlib.sha256(key.encode()).hexdigest(),
-        "scopes": ["items:read", "items:write", "jobs:write"],
+        "scopes": ["items:read", "items:write", "jobs:read", "jobs:write"],
     }
     return key, json.dumps([entry])
 

@@ -13,34 +13,30 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi import APIRouter, Depends, Path, Query
 from pydantic import BeforeValidator
 from starlette.responses import Response, StreamingResponse
 
 from service.auth import read_access, requires
 from service.db import Database
-from service.errors import BadRequest, NotFound, ServiceUnavailable, UnsupportedMediaType
+from service.errors import BadRequest, NotFound, ServiceUnavailable
+from service.guards import require_json_body
 from service.items import repository
 from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpdate
 from service.numbers import ascii_int, parse_decimal
 from service.pagination import decode_cursor, encode_cursor
 from service.resilience import Bulkhead
 from service.responses import json_response
-from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, ReadStateDep
+from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, State, readable_state
 
+# The state, for a request allowed to read items: one dependency on the hot read paths.
+ReadStateDep = Annotated[State, Depends(readable_state("items:read"))]
 MAX_BATCH_IDS = 100
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
 
 
-async def require_json_body(request: Request) -> None:
-    """415 for a body that does not claim to be JSON (runs before FastAPI validates the body)."""
-    content_type = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
-    if content_type != "application/json" and not content_type.endswith("+json"):
-        raise UnsupportedMediaType("Send the body as application/json.")
-
-
 router = APIRouter(prefix="/v1/items", tags=["items"])
-_reads = [Depends(read_access)]
+_reads = [Depends(read_access("items:read"))]
 # Authenticate first: a caller without a key learns nothing about the body's problems.
 _writes = [requires("items:write")]
 _writes_json = [*_writes, Depends(require_json_body)]

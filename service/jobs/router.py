@@ -21,9 +21,10 @@ from starlette.responses import Response
 
 from service import tracing
 from service.auth import Principal, read_access, require_scope
-from service.errors import Conflict, IdempotencyKeyReused, NotFound
-from service.items.router import require_json_body
+from service.errors import Conflict, NotFound
+from service.guards import require_json_body
 from service.jobs import repository
+from service.jobs.errors import IdempotencyKeyReused
 from service.jobs.kinds import KINDS, JobKind
 from service.jobs.schemas import Job, JobCreate
 from service.logging import request_id_var
@@ -154,7 +155,7 @@ async def create_job(
     return _job_response(job, status=202, headers=headers)
 
 
-@router.get("/{job_id:uuid}", response_model=Job, dependencies=[Depends(read_access)])
+@router.get("/{job_id:uuid}", response_model=Job, dependencies=[Depends(read_access("jobs:read"))])
 async def get_job(job_id: JobId, conn: ConnectionDep) -> Response:
     row = await repository.get(conn, job_id)
     if row is None:

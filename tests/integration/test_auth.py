@@ -17,7 +17,7 @@ from service.config import ApiKeySpec
 from tests.fixtures.app import lifespan_client, make_settings
 from tests.fixtures.backends import Backends
 from tests.fixtures.items import ITEM, snapshot
-from tests.fixtures.keys import READER_KEY, WRITER, WRITER_KEY
+from tests.fixtures.keys import READER_KEY, TEST_API_KEYS, WRITER, WRITER_KEY
 from tests.fixtures.paths import ROOT
 
 WRITES = [
@@ -116,3 +116,22 @@ def test_apikeys_command_prints_a_key_and_only_its_hash_for_the_settings() -> No
     )
     assert bad.returncode == 2
     assert "unknown scopes" in bad.stderr
+
+
+async def test_job_reads_have_a_scope_of_their_own(backends: Backends, db: asyncpg.Connection) -> None:
+    job_reader = "cat_test-job-reader"
+    digest = hashlib.sha256(job_reader.encode()).hexdigest()
+    keys = [*TEST_API_KEYS, {"name": "test-job-reader", "sha256": digest, "scopes": ["jobs:read"]}]
+    app = create_app(make_settings(backends, reads_require_key=True, api_keys=keys))
+    async with lifespan_client(app) as client:
+        created = await client.post(
+            "/v1/jobs", json={"kind": "cpu.burn", "params": {"milliseconds": 0}}, headers=WRITER
+        )
+        assert created.status_code == 202, created.text
+        job = created.headers["location"]
+        assert (await client.get(job)).status_code == 401
+        items_reader = {"Authorization": f"Bearer {READER_KEY}"}
+        assert (await client.get(job, headers=items_reader)).status_code == 403  # items:read reads no job
+        jobs_reader = {"Authorization": f"Bearer {job_reader}"}
+        assert (await client.get(job, headers=jobs_reader)).status_code == 200
+        assert (await client.get("/v1/items", headers=jobs_reader)).status_code == 403  # nor jobs:read an item

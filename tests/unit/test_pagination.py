@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.errors import InvalidCursor
-from service.pagination import decode_cursor, encode_cursor
+from service.pagination import InvalidCursor, decode_cursor, encode_cursor
 
 KEY = b"k" * 32
 
