@@ -53,21 +53,18 @@ import asyncpg
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 
-from service import tracing
 from service.db import UNAVAILABLE_ERRORS, Pool
 from service.errors import ServiceUnavailable
-from service.metrics import CACHE_REQUESTS, DEPENDENCY_CALL_DURATION, DEPENDENCY_ERRORS
-from service.resilience import CircuitBreaker
+from service.metrics import CACHE_REQUESTS, DEPENDENCY_ERRORS
+from service.resilience import CircuitBreaker, CircuitOpen, DependencyCall
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 # Bound once: `.labels()` on every lookup would cost more than an L1 hit itself.
 _L1_HIT, _L1_MISS = CACHE_REQUESTS.labels("l1", "hit"), CACHE_REQUESTS.labels("l1", "miss")
 _L2_HIT, _L2_MISS = CACHE_REQUESTS.labels("l2", "hit"), CACHE_REQUESTS.labels("l2", "miss")
-_REDIS_SPAN = {"db.system.name": "redis"}
-_REDIS_CALLS = {
-    op: DEPENDENCY_CALL_DURATION.labels("redis", f"cache_{op}") for op in ("get", "fill", "invalidate", "trust")
-}
+_REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
+_REDIS_OPERATIONS = ("get", "fill", "invalidate", "trust")
 
 _DOWN: tuple[type[BaseException], ...] = (ServiceUnavailable, *UNAVAILABLE_ERRORS)
 _DATABASE_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
@@ -166,6 +163,10 @@ class TwoLevelCache:
         # Where writes that could not reach Redis record the keys they changed; None only in
         # single-process tests (then nothing makes such a write safe for other processes).
         self.debt_pool = debt_pool
+        self._calls = {
+            operation: DependencyCall("redis", f"cache_{operation}", breaker, _REDIS_FAILURES)
+            for operation in _REDIS_OPERATIONS
+        }
         self._fill = client.register_script(_FILL_IF_UNCHANGED)
         self._keep = client.register_script(_KEEP_TRUST)
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
@@ -326,32 +327,15 @@ class TwoLevelCache:
             await asyncio.sleep(TRUST_SECONDS / 4)
 
     async def _redis(self, operation: str, call: Callable[[], Awaitable[T]]) -> T | None:
-        if not self.breaker.allow():
-            return None
-        trial = self.breaker.is_open  # let through while open: this call is the half-open trial
-        started = time.perf_counter()
+        """The result of one Redis call, or None when Redis is unavailable (the cache steps aside)."""
         try:
-            result = await call()
-        except (RedisError, OSError) as error:
-            _REDIS_CALLS[operation].observe(time.perf_counter() - started)
-            if tracing.enabled and tracing.recording_parent():
-                tracing.record_client_span(
-                    f"redis cache_{operation}", time.perf_counter() - started, _REDIS_SPAN, error
-                )
-            self.breaker.failure()
-            DEPENDENCY_ERRORS.labels("redis", f"cache_{operation}").inc()
+            with self._calls[operation]():
+                return await call()
+        except CircuitOpen:
+            return None
+        except _REDIS_FAILURES as error:
             logger.warning("cache bypassed: redis unavailable", extra={"operation": operation, "error": repr(error)})
             return None
-        except asyncio.CancelledError:
-            if trial:
-                self.breaker.abandon()
-            raise
-        elapsed = time.perf_counter() - started
-        _REDIS_CALLS[operation].observe(elapsed)
-        if tracing.enabled and tracing.recording_parent():
-            tracing.record_client_span(f"redis cache_{operation}", elapsed, _REDIS_SPAN)
-        self.breaker.success()
-        return result
 
     async def listen_for_invalidations(self, *, retry_seconds: float = 1.0) -> None:
         """Run for the life of the process: drop L1 entries other pods invalidated.

@@ -21,8 +21,8 @@ from asyncpg.pool import PoolConnectionProxy
 
 from service.config import CommonSettings, Settings
 from service.errors import ServiceUnavailable
-from service.metrics import DB_POOL_ACQUIRE, DEPENDENCY_ERRORS, instrument_connection
-from service.resilience import CircuitBreaker
+from service.metrics import DB_POOL_ACQUIRE, instrument_connection
+from service.resilience import CircuitBreaker, CircuitOpen, DependencyCall
 
 Pool = asyncpg.Pool
 # A plain connection (tests, migrations) or one borrowed from the pool: the repository takes either.
@@ -125,6 +125,9 @@ class Database:
         self.pool = pool
         self.breaker = breaker
         self.acquire_timeout_seconds = acquire_timeout_seconds
+        # Statements are timed one by one (service/metrics.py's query logger); this counts the
+        # borrowing and what happens on the connection against the breaker, errors by type.
+        self._call = DependencyCall("postgres", None, breaker, UNAVAILABLE_ERRORS, timed=False)
 
     @asynccontextmanager
     async def connection(self) -> AsyncIterator[Connection]:
@@ -133,14 +136,14 @@ class Database:
         Failures that mean "PostgreSQL is unavailable" (raised while acquiring or
         while the caller uses the connection) count against the breaker.
         """
-        if not self.breaker.allow():
+        try:
+            attempt = self._call()
+        except CircuitOpen:
             raise ServiceUnavailable(
                 "The database is unavailable; retry shortly.",
                 retry_after_seconds=max(1, round(self.breaker.reset_seconds)),
-            )
-        trial = self.breaker.is_open  # let through while open: this call is the half-open trial
-        failed = cancelled = False
-        try:
+            ) from None
+        with attempt:
             # asyncio.timeout rather than acquire(timeout=): that one wraps every
             # acquire in asyncio.wait_for, a new task per request.
             waiting_since = time.perf_counter()
@@ -151,18 +154,3 @@ class Database:
                 yield connection
             finally:
                 await self.pool.release(connection)
-        except UNAVAILABLE_ERRORS as error:
-            failed = True
-            DEPENDENCY_ERRORS.labels("postgres", type(error).__name__).inc()
-            raise
-        except asyncio.CancelledError:
-            cancelled = True  # no answer either way: neither closes nor opens the circuit
-            raise
-        finally:
-            if failed:
-                self.breaker.failure()
-            elif cancelled:
-                if trial:
-                    self.breaker.abandon()
-            else:
-                self.breaker.success()

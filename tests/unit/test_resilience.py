@@ -1,9 +1,14 @@
-"""Circuit breaker states and the local TTL cache, on a fake clock."""
+"""Circuit breaker states, dependency calls and the local TTL cache, on a fake clock."""
 
 from __future__ import annotations
 
+import asyncio
+
+import pytest
+from prometheus_client import REGISTRY
+
 from service.cache import LocalTTLCache
-from service.resilience import Bulkhead, CircuitBreaker
+from service.resilience import Bulkhead, CircuitBreaker, CircuitOpen, DependencyCall
 
 
 class Clock:
@@ -91,3 +96,38 @@ def test_an_abandoned_trial_frees_the_slot_at_once() -> None:
     breaker.abandon()
     assert breaker.allow()
     assert breaker.is_open  # abandoning says nothing about the dependency
+
+
+def _errors(operation: str) -> float:
+    value = REGISTRY.get_sample_value("dependency_errors_total", {"dependency": "unit", "operation": operation})
+    return value or 0.0
+
+
+def test_a_dependency_call_accounts_for_failures_answers_and_cancellations() -> None:
+    clock = Clock()
+    breaker = CircuitBreaker("unit", failure_threshold=2, reset_seconds=5, clock=clock)
+    call = DependencyCall("unit", "op", breaker, (OSError,))
+    before = _errors("op")
+    for _ in range(2):
+        with pytest.raises(ConnectionResetError), call():
+            raise ConnectionResetError  # an OSError: the dependency failed
+    assert _errors("op") == before + 2
+    assert breaker.is_open
+    with pytest.raises(CircuitOpen):
+        call()  # refused at once, nothing attempted
+    clock.now += 5
+    with pytest.raises(asyncio.CancelledError), call():
+        raise asyncio.CancelledError  # the half-open trial's request went away: neither answer
+    assert breaker.is_open
+    with pytest.raises(KeyError), call():  # the next caller gets the trial; a non-failure ending is an answer
+        raise KeyError("not the dependency's fault")
+    assert not breaker.is_open
+    assert _errors("op") == before + 2
+
+
+def test_a_dependency_call_without_an_operation_counts_errors_by_type() -> None:
+    breaker = CircuitBreaker("unit", failure_threshold=5, reset_seconds=5)
+    before = _errors("TimeoutError")
+    with pytest.raises(TimeoutError), DependencyCall("unit", None, breaker, (OSError,), timed=False)():
+        raise TimeoutError
+    assert _errors("TimeoutError") == before + 1
