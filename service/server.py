@@ -12,7 +12,9 @@ closes the connection after it. A proxy holding keep-alive connections to this
 pod (nginx's upstream keepalive) then stops reusing them while the pod is still
 serving, instead of finding them closed under its next request when the drain
 ends: nginx never retries a POST it has started sending, so that request
-would be lost.
+would be lost. For the same reason the end of the drain does not reset
+connections the kernel queued or that have not delivered their request yet
+(see DrainingServer.shutdown).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 from types import FrameType
@@ -35,6 +38,8 @@ from uvicorn_worker import UvicornWorker
 from service.state import Lifecycle
 
 logger = logging.getLogger("service.server")
+# How long, once the drain ends, a connection that has sent nothing yet may take to send its request.
+_UNREAD_CONNECTION_GRACE_SECONDS = 0.5
 
 
 def close_connections_while_draining(app: ASGIApp, lifecycle: Lifecycle) -> ASGIApp:
@@ -72,6 +77,27 @@ class DrainingServer(Server):
             return
         self.lifecycle.draining = True
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn's shutdown, without resetting connections whose request is already on its way.
+
+        Closing the listening socket resets every connection the kernel queued but the loop has
+        not accepted yet, and uvicorn then closes each connection that has not sent a request yet:
+        a proxy that connected a moment earlier has written its request into it, and loses it
+        (nginx does not retry a POST it sent). So first let the loop accept what is queued, then
+        stop listening, and give connections that have not been read yet a moment to deliver
+        their request; uvicorn serves it (with `Connection: close`) before exiting.
+        """
+        for _ in range(2):  # the accept callbacks of the next loop iteration run after us once
+            await asyncio.sleep(0)
+        for server in self.servers:
+            server.close()
+        for _ in range(int(_UNREAD_CONNECTION_GRACE_SECONDS / 0.01)):
+            # `cycle` is None on a connection uvicorn has not read a request from yet.
+            if all(getattr(connection, "cycle", False) is not None for connection in self.server_state.connections):
+                break
+            await asyncio.sleep(0.01)
+        await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
         if self.drain_deadline is not None and time.monotonic() >= self.drain_deadline:
