@@ -20,7 +20,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only; no display here or in CI
 import matplotlib.pyplot as plt
 from matplotlib.axes import Axes
-from matplotlib.ticker import ScalarFormatter
+from matplotlib.ticker import NullFormatter, ScalarFormatter
 
 from loadtest.prometheus import HISTOGRAM, Prometheus, Series
 from loadtest.slis import Verdict
@@ -134,6 +134,7 @@ class Charts:
             axes.axhline(alert * 1000, linestyle="-.", color=color, linewidth=1, label=f"{name} alert")
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(ScalarFormatter())
+        axes.yaxis.set_minor_formatter(NullFormatter())
         _finish(axes, "Latency percentiles (server: solid, client: dashed)", "milliseconds (log)", from_zero=False)
         return self._save(figure, "latency.png")
 
