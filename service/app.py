@@ -59,6 +59,23 @@ def _breaker(name: str, settings: Settings) -> CircuitBreaker:
     return CircuitBreaker(name, settings.breaker_failure_threshold, settings.breaker_reset_seconds)
 
 
+async def _start_limiter(
+    settings: Settings, client: redis.Redis, breaker: CircuitBreaker, stack: contextlib.AsyncExitStack
+) -> RateLimiter:
+    """The rate limiter and its reconciler task; at exit the task stops, then the pending counts are sent."""
+    limiter = RateLimiter(
+        client,
+        breaker,
+        settings.service_name,
+        local_share=settings.rate_limit_local_share,
+        sync_seconds=settings.rate_limit_sync_seconds,
+    )
+    reconciler = asyncio.create_task(limiter.run(), name="rate-limit-sync")
+    stack.push_async_callback(limiter.close)
+    stack.push_async_callback(_cancel, reconciler)
+    return limiter
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or load_settings()
     lifecycle = Lifecycle(
@@ -97,7 +114,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "redis": client,
                 "keys": KeyRing(settings.api_keys),
                 "cache": cache,
-                "limiter": RateLimiter(client, redis_breaker, namespace) if settings.rate_limit_enabled else None,
+                "limiter": (
+                    await _start_limiter(settings, client, redis_breaker, stack)
+                    if settings.rate_limit_enabled
+                    else None
+                ),
                 "exports": Bulkhead("export", settings.export_max_concurrent),
             }
             # Everything allocated so far lives as long as the process: move it out of

@@ -160,6 +160,11 @@ class Settings(CommonSettings):
     rate_limit_reads: Annotated[Rate, NoDecode] = Rate(count=1200, period_seconds=60)
     rate_limit_writes: Annotated[Rate, NoDecode] = Rate(count=120, period_seconds=60)
     rate_limit_fail_open: bool = True
+    # Far from its limit a counter is counted in the pod and reconciled with Redis in the
+    # background; each pod may admit at most floor(limit x share) requests Redis has not
+    # confirmed, so the limit holds across pods within pods x that (service/ratelimit.py).
+    rate_limit_local_share: float = Field(0.01, ge=0, le=0.1)
+    rate_limit_sync_seconds: float = Field(0.5, ge=0.01, le=60)
 
     # Item cache: in-process L1 in front of Redis L2.
     cache_enabled: bool = True
