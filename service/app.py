@@ -62,7 +62,7 @@ def _breaker(name: str, settings: Settings) -> CircuitBreaker:
 async def _start_limiter(
     settings: Settings, client: redis.Redis, breaker: CircuitBreaker, stack: contextlib.AsyncExitStack
 ) -> RateLimiter:
-    """The rate limiter and its reconciler task; at exit the task stops, then the pending counts are sent."""
+    """The rate limiter and its reconciler task; at exit the task stops and the pending counts are sent."""
     limiter = RateLimiter(
         client,
         breaker,
@@ -70,9 +70,8 @@ async def _start_limiter(
         local_share=settings.rate_limit_local_share,
         sync_seconds=settings.rate_limit_sync_seconds,
     )
-    reconciler = asyncio.create_task(limiter.run(), name="rate-limit-sync")
+    limiter.start()
     stack.push_async_callback(limiter.close)
-    stack.push_async_callback(_cancel, reconciler)
     return limiter
 
 
@@ -175,7 +174,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # Inside the request context (which turns exceptions into 500s) so exceptions are
     # counted; outside the limits and the rate limiter so their 413/429s are counted too.
     app.add_middleware(HttpMetricsMiddleware, excluded_paths=PROBE_PATHS)
-    app.add_middleware(RequestContextMiddleware, response_headers=security_headers(settings))
+    app.add_middleware(
+        RequestContextMiddleware,
+        response_headers=security_headers(settings),
+        access_log_sample_rate=settings.access_log_sample_rate,
+    )
     # Outermost: the client address every layer (rate limits, logs) sees is the proxy-resolved one.
     app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies)
     return app

@@ -149,9 +149,9 @@ class RateLimiter:
     """Fixed-window counters in Redis, counted locally far from the limit (see the module docstring).
 
     `local_share` is RATE_LIMIT_LOCAL_SHARE (0 makes every decision exact);
-    `sync_seconds` is RATE_LIMIT_SYNC_SECONDS. Call `run()` as a task for the
-    life of the process (it reconciles local counts) and `close()` at shutdown
-    (it sends what is pending).
+    `sync_seconds` is RATE_LIMIT_SYNC_SECONDS. Call `start()` once the event
+    loop runs (it reconciles local counts in a task) and `close()` at shutdown
+    (it stops that task and sends what is pending).
     """
 
     def __init__(
@@ -174,6 +174,8 @@ class RateLimiter:
         self._flushes: set[asyncio.Task[None]] = set()
         self._counters: dict[str, _Counter] = {}
         self._wakeup = asyncio.Event()
+        self._stopping = False
+        self._reconciler: asyncio.Task[None] | None = None
 
     def _counter(self, identity: str, rate: Rate, now: float) -> tuple[str, _Counter]:
         window = int(now // rate.period_seconds)
@@ -298,11 +300,21 @@ class RateLimiter:
         for (_, counter, _), total in zip(due, totals, strict=True):
             counter.known = max(counter.known or 0, int(total))
 
-    async def run(self) -> None:
-        """Reconcile for the life of the process: every `sync_seconds`, or sooner when a counter asks."""
-        while True:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wakeup.wait(), self.sync_seconds)
+    def start(self) -> None:
+        """Start reconciling in the background: every `sync_seconds`, or sooner when a counter asks."""
+        if self._reconciler is None:
+            self._reconciler = asyncio.create_task(self._run(), name="rate-limit-sync")
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            # A timer sets the event, rather than a timeout around the wait: nothing here ever
+            # has to tell a timeout from a cancellation (on 3.11 that can swallow a cancel).
+            timer = loop.call_later(self.sync_seconds, self._wakeup.set)
+            try:
+                await self._wakeup.wait()
+            finally:
+                timer.cancel()
             self._wakeup.clear()
             try:
                 await self.sync()
@@ -310,9 +322,15 @@ class RateLimiter:
                 logger.exception("rate limit sync failed")
 
     async def close(self) -> None:
-        """At shutdown: send what this pod admitted but Redis has not counted yet."""
+        """At shutdown: stop reconciling, then send what this pod admitted but Redis has not counted yet."""
+        self._stopping = True
+        self._wakeup.set()
+        if self._reconciler is not None:
+            with contextlib.suppress(Exception):
+                await self._reconciler
         with contextlib.suppress(RedisError, OSError, TimeoutError):
-            await asyncio.wait_for(self.sync(), 1.0)
+            async with asyncio.timeout(1.0):
+                await self.sync()
 
     async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
         started = time.perf_counter()

@@ -124,7 +124,8 @@ async def test_two_pods_one_client_admit_at_most_limit_plus_pods_times_budget(
         RateLimiter(client, CircuitBreaker("redis", 3, 1), "t", local_share=0.1, sync_seconds=sync_seconds)
         for _ in range(2)
     ]
-    reconcilers = [asyncio.create_task(pod.run()) for pod in pods]
+    for pod in pods:
+        pod.start()
     try:
         rng = random.Random(14)
         admitted = refused = 0
@@ -141,7 +142,6 @@ async def test_two_pods_one_client_admit_at_most_limit_plus_pods_times_budget(
         [key] = await client.keys("t:rl:ip:1:*")
         assert int(await client.get(key) or 0) >= admitted  # every admission reached Redis
     finally:
-        for task in reconcilers:
-            task.cancel()
-        await asyncio.gather(*reconcilers, return_exceptions=True)
+        for pod in pods:
+            await pod.close()
         await client.aclose()
