@@ -135,6 +135,9 @@ class Settings(CommonSettings):
     redis_connect_timeout_seconds: Seconds = 1.0
     redis_command_timeout_seconds: Seconds = 0.5
 
+    # Share of fast successful requests that get an access line (errors and slow ones always do).
+    access_log_sample_rate: float = Field(1.0, ge=0, le=1)
+
     # HTTP behaviour.
     max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
     max_request_line_bytes: int = Field(8190, ge=256, le=65536)

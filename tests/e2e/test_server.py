@@ -109,6 +109,24 @@ async def test_access_log_is_json_with_request_id_and_skips_probes(
     assert line["duration_ms"] > 0
 
 
+async def test_no_access_line_is_lost_at_sigterm(start_api: Callable[..., ApiProcess], db: asyncpg.Connection) -> None:
+    """Lines are written by a thread behind a queue; the worker writes the whole queue before it exits."""
+    api = start_api()
+    async with httpx.AsyncClient(base_url=api.url, timeout=10, limits=httpx.Limits(max_connections=32)) as http:
+        requests = [
+            asyncio.create_task(http.get(f"/v1/items/{n}", headers={"X-Request-ID": f"burst-{n}"})) for n in range(3000)
+        ]
+        await asyncio.wait(requests[:200])  # traffic is flowing
+        api.signal(signal.SIGTERM)
+        results = await asyncio.gather(*requests, return_exceptions=True)
+    answered = {r.headers["x-request-id"] for r in results if isinstance(r, httpx.Response)}
+    assert api.process is not None
+    assert await asyncio.to_thread(api.process.wait, 20) == 0
+    logged = {entry["request_id"] for entry in api.logs() if entry["logger"] == "service.access"}
+    assert len(answered) >= 200
+    assert answered - logged == set()  # every request that got an answer has its line
+
+
 async def test_csv_export_of_50k_rows_over_http(start_api: Callable[..., ApiProcess], db: asyncpg.Connection) -> None:
     await db.execute(
         """INSERT INTO items (sku, name, category, price_cents, stock)
