@@ -45,14 +45,16 @@ class GatedHandler(logging.Handler):
 def access_log() -> Iterator[tuple[logging.Logger, GatedHandler]]:
     log = logging.getLogger(ACCESS_LOGGER)
     handler = GatedHandler()
-    saved = (log.handlers, log.propagate, log.level)
-    log.handlers, log.propagate, log.level = [handler], False, logging.INFO
+    saved = (log.handlers, log.propagate, log.level, log.disabled)
+    log.handlers, log.propagate, log.disabled = [handler], False, False
+    log.setLevel(logging.INFO)  # setLevel, not .level: it clears the enabled-for cache
     try:
         yield log, handler
     finally:
         handler.gate.set()
         stop_background_logging()
-        log.handlers, log.propagate, log.level = saved
+        log.handlers, log.propagate, _, log.disabled = saved
+        log.setLevel(saved[2])
 
 
 def test_lines_are_written_by_a_thread_with_the_context_of_the_request(
