@@ -66,4 +66,8 @@ if [ ${#missing[@]} -gt 0 ]; then
   apt_install "${missing[@]}"
 fi
 
-"$UV" sync --frozen --quiet
+if [ "${1:-}" = bench ]; then
+  "$UV" sync --frozen --quiet --group bench  # the peers' libraries (bench/peers/common_way.py)
+else
+  "$UV" sync --frozen --quiet
+fi
