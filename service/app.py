@@ -61,6 +61,22 @@ def _breaker(name: str, settings: Settings) -> CircuitBreaker:
     return CircuitBreaker(name, settings.breaker_failure_threshold, settings.breaker_reset_seconds)
 
 
+async def _start_limiter(
+    settings: Settings, client: redis.Redis, breaker: CircuitBreaker, stack: contextlib.AsyncExitStack
+) -> RateLimiter:
+    """The rate limiter and its reconciler task; at exit the task stops and the pending counts are sent."""
+    limiter = RateLimiter(
+        client,
+        breaker,
+        settings.service_name,
+        local_share=settings.rate_limit_local_share,
+        sync_seconds=settings.rate_limit_sync_seconds,
+    )
+    limiter.start()
+    stack.push_async_callback(limiter.close)
+    return limiter
+
+
 @asynccontextmanager
 async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
     """Opens what requests share (pool, Redis client, cache, limiter), yields it, closes it after the last request."""
@@ -105,7 +121,9 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             "redis": client,
             "keys": KeyRing(settings.api_keys),
             "cache": cache,
-            "limiter": RateLimiter(client, redis_breaker, namespace) if settings.rate_limit_enabled else None,
+            "limiter": (
+                await _start_limiter(settings, client, redis_breaker, stack) if settings.rate_limit_enabled else None
+            ),
             "exports": Bulkhead("export", settings.export_max_concurrent),
         }
         # Everything allocated so far lives as long as the process: move it out of
@@ -138,7 +156,11 @@ def middleware(settings: Settings) -> list[Middleware]:
         # First: the client address every later layer (rate limits, logs) sees is the proxy-resolved one.
         Middleware(ProxyHeadersMiddleware, trusted_hosts=settings.trusted_proxies),
         # Request id, access log and security headers; turns an exception from anything inside into a 500.
-        Middleware(RequestContextMiddleware, response_headers=security_headers(settings)),
+        Middleware(
+            RequestContextMiddleware,
+            response_headers=security_headers(settings),
+            access_log_sample_rate=settings.access_log_sample_rate,
+        ),
         # Development only (Settings refuses it in production): `X-Profile: 1` profiles one request.
         *(optional_profiler if settings.request_profiling else []),
         # Inside the request context so exceptions are counted; outside the limits and the rate

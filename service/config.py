@@ -154,6 +154,9 @@ class Settings(CommonSettings):
     redis_connect_timeout_seconds: Seconds = 1.0
     redis_command_timeout_seconds: Seconds = 0.5
 
+    # Share of fast successful requests that get an access line (errors and slow ones always do).
+    access_log_sample_rate: float = Field(1.0, ge=0, le=1)
+
     # HTTP behaviour.
     max_body_bytes: int = Field(1_048_576, ge=1024, le=100 * 1_048_576)
     max_request_line_bytes: int = Field(8190, ge=256, le=65536)
@@ -182,6 +185,11 @@ class Settings(CommonSettings):
     rate_limit_reads: Annotated[Rate, NoDecode] = Rate(count=1200, period_seconds=60)
     rate_limit_writes: Annotated[Rate, NoDecode] = Rate(count=120, period_seconds=60)
     rate_limit_fail_open: bool = True
+    # Far from its limit a counter is counted in the pod and reconciled with Redis in the
+    # background; each pod may admit at most floor(limit x share) requests Redis has not
+    # confirmed, so the limit holds across pods within pods x that (service/ratelimit.py).
+    rate_limit_local_share: float = Field(0.01, ge=0, le=0.1)
+    rate_limit_sync_seconds: float = Field(0.5, ge=0.01, le=60)
 
     # Item cache: in-process L1 in front of Redis L2.
     cache_enabled: bool = True

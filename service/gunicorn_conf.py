@@ -8,8 +8,10 @@ maps 1:1 to the event loop. An invalid environment stops the master here,
 before any worker forks, with one line per bad variable.
 """
 
+from typing import Any
+
 from service.config import load_settings
-from service.logging import logging_config
+from service.logging import logging_config, start_background_logging, stop_background_logging
 
 _settings = load_settings()
 
@@ -42,3 +44,14 @@ control_socket_disable = True
 
 accesslog = None
 logconfig_dict = logging_config(_settings.log_level.value)
+
+
+# Log lines are written by a thread in the worker (service/logging.py), never by its event
+# loop. Threads do not survive fork, so the worker starts its own; on the way out it writes
+# whatever is still queued (gunicorn calls worker_exit in the worker, after it stopped serving).
+def post_fork(server: Any, worker: Any) -> None:
+    start_background_logging()
+
+
+def worker_exit(server: Any, worker: Any) -> None:
+    stop_background_logging()

@@ -3,7 +3,9 @@
 - `RequestContextMiddleware`: takes `X-Request-ID` from the proxy or makes one,
   echoes it on the response, binds it to every log line, turns any unhandled
   exception into a logged traceback and a bare 500 problem, and writes one
-  access line per request (probes excluded).
+  access line per request (probes excluded; fast successes sampled by
+  ACCESS_LOG_SAMPLE_RATE). The line is formatted and written by a thread
+  (service/logging.py), not by the event loop.
 - `RequestBudgetMiddleware`: the whole request must reach its first response
   byte within REQUEST_TIMEOUT_SECONDS, or it is cancelled and answered 503.
 - `HeadMiddleware`: HEAD is answered as GET without the body, on every route.
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import re
 import time
 import uuid
@@ -23,14 +26,14 @@ from typing import Final
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import tracing
+from service import slo, tracing
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceUnavailable, problem_response
-from service.logging import request_id_var
+from service.logging import ACCESS_LOGGER, request_id_var, sampled_out
 from service.metrics import CLIENT_CLOSED, route_template
 from service.numbers import MAX_DIGITS
 
-access_logger = logging.getLogger("service.access")
+access_logger = logging.getLogger(ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
 
 PROBE_PATHS: Final = frozenset({"/livez", "/readyz", "/startupz"})
@@ -53,10 +56,37 @@ def security_headers(settings: Settings) -> list[tuple[bytes, bytes]]:
     return headers
 
 
+class AccessLogSampler:
+    """Which access lines to write: every error and slow request, and `rate` of the fast successes.
+
+    A fast success is a status below 400 answered within the SLO's P50 target
+    (service/slo.toml); `rate` is ACCESS_LOG_SAMPLE_RATE (0..1). Skipped lines
+    are counted (`access_log_lines_total{outcome="sampled_out"}`).
+    """
+
+    def __init__(self, rate: float, slow_seconds: float | None = None) -> None:
+        self.rate = rate
+        self.slow_seconds = slo.load().p50_target if slow_seconds is None else slow_seconds
+
+    def keep(self, status: int, seconds: float) -> bool:
+        if self.rate >= 1 or not 100 <= status < 400 or seconds >= self.slow_seconds:
+            return True
+        if random.random() < self.rate:  # noqa: S311 - sampling, not security
+            return True
+        sampled_out()
+        return False
+
+
 class RequestContextMiddleware:
-    def __init__(self, app: ASGIApp, response_headers: list[tuple[bytes, bytes]] | None = None) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        response_headers: list[tuple[bytes, bytes]] | None = None,
+        access_log_sample_rate: float = 1.0,
+    ) -> None:
         self.app = app
         self.response_headers = response_headers or []
+        self.sampler = AccessLogSampler(access_log_sample_rate)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -96,14 +126,15 @@ class RequestContextMiddleware:
             logger.exception("unhandled exception", extra={"path": scope["path"]})
             status = await _answer_500(status, scope, receive, send_with_id)
         finally:
-            if scope["path"] not in PROBE_PATHS:
+            elapsed = time.perf_counter() - started
+            if scope["path"] not in PROBE_PATHS and self.sampler.keep(status, elapsed):
                 access_logger.info(
                     "request",
                     extra={
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
-                        "duration_ms": round((time.perf_counter() - started) * 1000, 3),
+                        "duration_ms": round(elapsed * 1000, 3),
                         "client": (scope.get("client") or ("", 0))[0],
                         "principal": scope.get("principal"),
                     },

@@ -86,4 +86,8 @@ if [ "${1:-}" = image ]; then
   fi
 fi
 
-"$UV" sync --frozen --quiet
+if [ "${1:-}" = bench ]; then
+  "$UV" sync --frozen --quiet --group bench  # the peers' libraries (bench/peers/common_way.py)
+else
+  "$UV" sync --frozen --quiet
+fi

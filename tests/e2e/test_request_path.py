@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 import subprocess
 from collections.abc import Callable, Iterator
@@ -83,6 +84,45 @@ def test_the_rate_limit_is_shared_by_all_pods_and_fails_open_without_redis(
             assert re.search(r'^circuit_breaker_open\{dependency="redis"\} 1\.0$', metrics, re.M)
     log = first.logfile.read_text() + second.logfile.read_text()
     assert "rate limit store unavailable" in log
+
+
+def rate_limit_round_trips(api: ApiProcess) -> float:
+    metrics = httpx.get(f"http://127.0.0.1:{api.env['METRICS_PORT']}/metrics").text
+    found = re.search(
+        r'^dependency_call_duration_seconds_count\{dependency="redis",operation="rate_limit"\} (\S+)$', metrics, re.M
+    )
+    return float(found[1]) if found else 0.0
+
+
+def test_two_pods_one_client_the_limit_holds_within_pods_times_the_local_budget(
+    start_api: Callable[..., ApiProcess],
+) -> None:
+    """The bound in service/ratelimit.py: limit <= admitted <= limit + pods x floor(limit x RATE_LIMIT_LOCAL_SHARE)."""
+    with dedicated_backends() as backends:
+        urls = {"DATABASE_URL": backends.database_url, "REDIS_URL": backends.redis_url}
+        limits = {"RATE_LIMIT_READS": "1000/hour", "RATE_LIMIT_LOCAL_SHARE": "0.02"}  # budget 20 per pod
+        pods = [start_api(**urls, **limits), start_api(**urls, **limits)]
+        statuses: list[int] = []
+
+        async def send(until: int) -> None:
+            async with httpx.AsyncClient() as http:
+                while len(statuses) < until:  # bursts of 10 concurrent requests, alternating pods
+                    wave = await asyncio.gather(
+                        *(
+                            http.get(f"{pods[n % 2].url}/v1/items?limit=1")
+                            for n in range(len(statuses), len(statuses) + 10)
+                        )
+                    )
+                    statuses.extend(r.status_code for r in wave)
+
+        asyncio.run(send(600))  # far from the limit: counted in each pod, no round trip per request
+        assert statuses == [200] * 600
+        round_trips = sum(rate_limit_round_trips(pod) for pod in pods)
+        assert round_trips < 600 / 4, f"{round_trips} Redis round trips for 600 requests"
+        asyncio.run(send(1400))
+        admitted = statuses.count(200)
+        assert statuses.count(429) == len(statuses) - admitted
+        assert 1000 <= admitted <= 1000 + 2 * 20
 
 
 def test_api_keys_never_reach_the_logs(start_api: Callable[..., ApiProcess]) -> None:

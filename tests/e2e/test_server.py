@@ -110,6 +110,34 @@ async def test_access_log_is_json_with_request_id_and_skips_probes(
     assert line["duration_ms"] > 0
 
 
+async def test_no_access_line_is_lost_at_sigterm(start_api: Callable[..., ApiProcess], db: asyncpg.Connection) -> None:
+    """Lines are written by a thread behind a queue; the worker writes the whole queue before it exits."""
+    api = start_api()
+    answered: set[str] = set()
+    flowing = asyncio.Event()
+
+    async def client(http: httpx.AsyncClient, first: int) -> None:
+        for n in range(first, 100_000, 16):  # until the server is gone
+            try:
+                response = await http.get(f"/v1/items/{n}", headers={"X-Request-ID": f"burst-{n}"})
+            except httpx.TransportError:
+                return
+            answered.add(response.headers["x-request-id"])
+            if len(answered) >= 300:
+                flowing.set()
+
+    async with httpx.AsyncClient(base_url=api.url, timeout=10) as http:
+        clients = [asyncio.create_task(client(http, k)) for k in range(16)]
+        await asyncio.wait_for(flowing.wait(), 30)
+        api.signal(signal.SIGTERM)  # 16 requests in flight, lines still queued
+        await asyncio.wait_for(asyncio.gather(*clients), 30)
+    assert api.process is not None
+    assert await asyncio.to_thread(api.process.wait, 20) == 0
+    logged = {entry["request_id"] for entry in api.logs() if entry["logger"] == "service.access"}
+    assert len(answered) >= 300
+    assert answered - logged == set()  # every request that got an answer has its line
+
+
 async def test_csv_export_of_50k_rows_over_http(start_api: Callable[..., ApiProcess], db: asyncpg.Connection) -> None:
     await db.execute(
         """INSERT INTO items (sku, name, category, price_cents, stock)

@@ -1,0 +1,91 @@
+"""Logging off the event loop: context captured where the record is made, lines written by a thread, none waited for."""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+from collections.abc import Iterator
+
+import orjson
+import pytest
+from prometheus_client import REGISTRY
+
+from service.logging import (
+    ACCESS_LOGGER,
+    JsonFormatter,
+    request_id_var,
+    start_background_logging,
+    stop_background_logging,
+)
+
+
+def access_lines(outcome: str) -> float:
+    return REGISTRY.get_sample_value("access_log_lines_total", {"outcome": outcome}) or 0.0
+
+
+class GatedHandler(logging.Handler):
+    """Writes JSON lines to a buffer, noting the writing thread; waits for `gate` before each."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.setFormatter(JsonFormatter())
+        self.gate = threading.Event()
+        self.gate.set()
+        self.out = io.StringIO()
+        self.threads: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.gate.wait(10)
+        self.threads.add(threading.current_thread().name)
+        self.out.write(self.format(record) + "\n")
+
+
+@pytest.fixture
+def access_log() -> Iterator[tuple[logging.Logger, GatedHandler]]:
+    log = logging.getLogger(ACCESS_LOGGER)
+    handler = GatedHandler()
+    saved = (log.handlers, log.propagate, log.level, log.disabled)
+    log.handlers, log.propagate, log.disabled = [handler], False, False
+    log.setLevel(logging.INFO)  # setLevel, not .level: it clears the enabled-for cache
+    try:
+        yield log, handler
+    finally:
+        handler.gate.set()
+        stop_background_logging()
+        log.handlers, log.propagate, _, log.disabled = saved
+        log.setLevel(saved[2])
+
+
+def test_lines_are_written_by_a_thread_with_the_context_of_the_request(
+    access_log: tuple[logging.Logger, GatedHandler],
+) -> None:
+    log, handler = access_log
+    start_background_logging(loggers=[log])
+    written = access_lines("written")
+    for n in range(50):
+        token = request_id_var.set(f"req-{n}")
+        log.info("request", extra={"status": 200})
+        request_id_var.reset(token)  # gone before the thread formats the line
+    stop_background_logging()  # writes everything queued
+    lines = [orjson.loads(line) for line in handler.out.getvalue().splitlines()]
+    assert [line["request_id"] for line in lines] == [f"req-{n}" for n in range(50)]
+    assert {line["status"] for line in lines} == {200}
+    assert threading.current_thread().name not in handler.threads
+    assert access_lines("written") - written == 50
+    assert handler in log.handlers  # put back
+
+
+def test_a_full_queue_drops_and_counts_instead_of_waiting(access_log: tuple[logging.Logger, GatedHandler]) -> None:
+    log, handler = access_log
+    handler.gate.clear()  # the writer is stuck (a pipe nobody reads)
+    start_background_logging(queue_size=2, loggers=[log])
+    dropped, written = access_lines("dropped"), access_lines("written")
+    for _ in range(10):
+        log.info("request")  # returns at once even though nothing can be written
+    lost = access_lines("dropped") - dropped
+    assert 7 <= lost <= 8  # the queue holds 2, the stuck writer 1 (or not yet)
+    handler.gate.set()
+    stop_background_logging()
+    assert access_lines("written") - written == 10 - lost
+    assert len(handler.out.getvalue().splitlines()) == 10 - lost
