@@ -268,17 +268,16 @@ def _wait_pods_ready(stack: Stack, indices: list[int]) -> None:
 
 
 def _start_pods(stack: Stack, indices: list[int]) -> None:
-    """Start the pods `indices`; while nginx runs, they join its upstream only once ready."""
-    if not indices:
-        return
-    routed = alive(stack.pids.get("nginx", 0))
-    if routed:
-        _set_rotation(stack, out=frozenset(indices))
+    """Start the pods `indices` (at `make up`, or to replace dead ones) and wait until they are ready.
+
+    nginx is not reloaded for this: a reload closes clients' idle keep-alive connections,
+    and a POST a client sends on one at that instant is lost. A dead pod's port refuses
+    connections, which nginx answers by trying the other pod (safe even for a POST: nothing
+    was sent); once the replacement listens, requests wait in its accept queue until it serves.
+    """
     for index in indices:
         _start_pod(stack, index)
     _wait_pods_ready(stack, indices)
-    if routed:
-        _set_rotation(stack, out=frozenset())
 
 
 def _children(pid: int) -> set[int]:
