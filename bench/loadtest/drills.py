@@ -50,6 +50,7 @@ from service import slo as slo_file
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "deploy" / "local"))
+import servers  # noqa: E402  (deploy/local/servers.py)
 import stack as local_stack  # noqa: E402  (deploy/local/stack.py: stdlib only)
 
 STACK_SCRIPT = ROOT / "deploy" / "local" / "stack.py"
@@ -194,26 +195,25 @@ async def _kill_worker(context: Context) -> tuple[float, float]:
     return start, time.time()
 
 
+async def _outage(server: servers.Postgres | servers.Redis, fault_seconds: float) -> tuple[float, float]:
+    """Stops a server `make up` started, waits, starts it again."""
+    start = time.time()
+    await asyncio.to_thread(server.stop)
+    await asyncio.sleep(fault_seconds)
+    await asyncio.to_thread(server.start)
+    return start, time.time()
+
+
 async def _stop_redis(context: Context) -> tuple[float, float]:
     if not context.stack.own_redis:
         raise DrillError("REDIS_URL points at a Redis `make up` did not start: not stopping it")
-    redis = context.stack.redis()
-    start = time.time()
-    await asyncio.to_thread(redis.stop)
-    await asyncio.sleep(context.fault_seconds)
-    await asyncio.to_thread(redis.start)
-    return start, time.time()
+    return await _outage(context.stack.redis(), context.fault_seconds)
 
 
 async def _stop_postgres(context: Context) -> tuple[float, float]:
     if not context.stack.own_postgres:
         raise DrillError("DATABASE_URL points at a PostgreSQL `make up` did not start: not stopping it")
-    postgres = context.stack.postgres()
-    start = time.time()
-    await asyncio.to_thread(postgres.stop)
-    await asyncio.sleep(context.fault_seconds)
-    await asyncio.to_thread(postgres.start)
-    return start, time.time()
+    return await _outage(context.stack.postgres(), context.fault_seconds)
 
 
 async def _slow_postgres(context: Context) -> tuple[float, float]:
