@@ -13,13 +13,12 @@ without the project's virtualenv.
 
 `up` on a running stack starts only what is missing (a dead pod, the worker,
 nginx, Prometheus, PostgreSQL, Redis) and leaves the rest serving.
-`restart-api` rolls the API pods one at a time: each gets SIGTERM and drains
-(every response says `Connection: close`, so nginx stops reusing its
-connections), stops listening once done, and its replacement starts on the same
-port. Neither ever reloads nginx: a reload closes clients' idle keep-alive
-connections, and a POST sent on one at that instant is lost. A pod that is not
-listening refuses nginx's connect, and nginx tries the other pod (safe for a
-POST: nothing was sent).
+`restart-api` rolls the API pods one at a time the way a Deployment's rolling
+update does: the pod leaves nginx's upstream first (the endpoint is removed;
+nginx reloads, and its old workers finish what they were sending it), then it
+gets SIGTERM and drains, its replacement starts, and it rejoins the upstream
+once /readyz answers 200. Nothing is sent to a pod that is stopping or still
+starting, so no request fails.
 
 When RUN_DIR sits where the `postgres` user cannot go (a clone in root's
 mode-0700 home), PostgreSQL's data and nginx's temporary files live in a
@@ -194,8 +193,8 @@ def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str
     return env
 
 
-def render_nginx(stack: Stack) -> Path:
-    """nginx.conf for the stack: every API pod in one upstream."""
+def render_nginx(stack: Stack, out_of_rotation: frozenset[int] = frozenset()) -> Path:
+    """nginx.conf for the stack; pods whose index is in `out_of_rotation` are marked `down`."""
     directory = stack.run_dir / "nginx"
     directory.mkdir(parents=True, exist_ok=True)
     temp = stack.shared_dir / "nginx-tmp"
@@ -204,7 +203,10 @@ def render_nginx(stack: Stack) -> Path:
     if os.geteuid() == 0:  # nginx workers drop to `nobody` and write request bodies here
         for path in [temp, *temp.iterdir()]:
             path.chmod(0o777)
-    upstreams = "\n".join(f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s;" for port in stack.pod_ports)
+    upstreams = "\n".join(
+        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s{' down' if index in out_of_rotation else ''};"
+        for index, port in enumerate(stack.pod_ports, start=1)
+    )
     max_body = os.environ.get("MAX_BODY_BYTES", "1048576")
     text = (ROOT / "deploy" / "nginx" / "local.conf.template").read_text()
     for key, value in {
@@ -276,6 +278,46 @@ def _start_pods(stack: Stack, indices: list[int]) -> None:
     for index in indices:
         _start_pod(stack, index)
     _wait_pods_ready(stack, indices)
+
+
+def _children(pid: int) -> set[int]:
+    """Live child processes of `pid`, from /proc."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def _set_rotation(stack: Stack, out: frozenset[int]) -> None:
+    """Route to every pod but those in `out`; returns once no nginx worker of the old configuration is left.
+
+    nginx reloads gracefully: new workers start with the new upstream, the old ones stop
+    accepting, finish the requests they were serving and exit. Once they are gone nothing
+    can send another request to a pod taken out.
+    """
+    master = stack.pids["nginx"]
+    config = render_nginx(stack, out_of_rotation=out)
+    check = subprocess.run(
+        [nginx_binary(), "-t", "-q", "-c", str(config), "-p", str(config.parent)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
+    if check.returncode != 0:
+        raise StackError(f"nginx rejected {config}:\n{check.stderr}")
+    old_workers = _children(master)
+    os.kill(master, signal.SIGHUP)
+    deadline = time.monotonic() + 60  # past proxy_read_timeout: every old request has ended by then
+    while old_workers & _children(master) or not _children(master) - old_workers:
+        if time.monotonic() > deadline:
+            raise StackError(f"nginx did not finish reloading; see {config.parent / 'error.log'}")
+        time.sleep(0.05)
 
 
 def worker_environment(stack: Stack) -> dict[str, str]:
@@ -502,12 +544,7 @@ Stop everything with `make down`; roll the API pods with `make restart-api`.""")
 
 
 def restart_api() -> int:
-    """Replace the API pods one at a time, without reloading nginx (see _start_pods).
-
-    Each pod gets SIGTERM and drains as on Kubernetes: /readyz says 503 and every response
-    says `Connection: close`, so nginx stops reusing its connections; it finishes what it
-    started, stops listening, and nginx sends the rest to the other pod on the refused connect.
-    """
+    """Replace the API pods one at a time; each leaves nginx's rotation before it stops."""
     run_dir = Stack.from_environment().run_dir
     stack = Stack.load(run_dir)
     if stack is None or not alive(stack.pids.get("nginx", 0)):
@@ -515,13 +552,16 @@ def restart_api() -> int:
     for index in range(1, len(stack.pod_ports) + 1):
         name = f"api-{index}"
         started = time.monotonic()
+        _set_rotation(stack, out=frozenset({index}))
         if alive(stack.pids.get(name, 0)):
+            # SIGTERM: the pod drains (readyz 503) and finishes in-flight requests; nginx sends it nothing new.
             _stop_pid(stack.pids[name], signal.SIGTERM, 40)
         for port, variable in _ports(stack, name):
             if servers.port_open(port):
                 raise StackError(f"port {port} ({variable}) of {name} is still taken after it stopped")
         _start_pod(stack, index)
         _wait_pods_ready(stack, [index])
+        _set_rotation(stack, out=frozenset())
         print(f"{name} replaced (pid {stack.pids[name]}) in {time.monotonic() - started:.1f} s")
     return 0
 
