@@ -67,20 +67,18 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import tracing
 from service.auth import KeyRing, bearer_token
 from service.config import Rate
 from service.errors import ServiceUnavailable, TooManyRequests
-from service.metrics import DEPENDENCY_CALL_DURATION, DEPENDENCY_ERRORS, RATE_LIMIT_DECISIONS
-from service.resilience import CircuitBreaker
+from service.metrics import RATE_LIMIT_DECISIONS
+from service.resilience import CircuitBreaker, CircuitOpen, DependencyAttempt, DependencyCall
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +89,7 @@ return count
 """
 _SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _ALLOWED, _REJECTED, _SKIPPED = (RATE_LIMIT_DECISIONS.labels(d) for d in ("allowed", "rejected", "store_unavailable"))
-_REDIS_CALL = DEPENDENCY_CALL_DURATION.labels("redis", "rate_limit")
+_REDIS_FAILURES: Final = (RedisError, OSError)
 DEFAULT_LOCAL_SHARE: Final = 0.01
 DEFAULT_SYNC_SECONDS: Final = 0.5
 # Counters are kept until their window ends; past this many, idle ones far from their limit are
@@ -169,6 +167,9 @@ class RateLimiter:
         self.local_share = local_share
         self.sync_seconds = sync_seconds
         self._count = client.register_script(_COUNT_IN_WINDOW)
+        # Breaker, dependency_errors_total, dependency_call_duration_seconds and the client span,
+        # as for every other Redis and PostgreSQL call (service/resilience.py).
+        self._redis = DependencyCall("redis", "rate_limit", breaker, _REDIS_FAILURES)
         self._last_warning = 0.0
         self._batches: dict[str, _Batch] = {}
         self._flushes: set[asyncio.Task[None]] = set()
@@ -222,10 +223,12 @@ class RateLimiter:
         key, counter = self._counter(identity, rate, now)
         batch = self._batches.get(key)
         if batch is None:
-            if not self.breaker.allow():
+            try:
+                attempt = self._redis()
+            except CircuitOpen:
                 return None
             batch = self._batches[key] = _Batch(asyncio.get_running_loop().create_future())
-            flush = asyncio.create_task(self._flush(key, counter, batch, now))
+            flush = asyncio.create_task(self._flush(key, counter, batch, attempt, now))
             self._flushes.add(flush)
             flush.add_done_callback(self._flushes.discard)
         position = batch.size
@@ -237,7 +240,7 @@ class RateLimiter:
         reset = math.ceil(counter.ends_at - now)
         return Decision(count <= rate.count, rate.count, max(0, rate.count - count), max(reset, 1))
 
-    async def _flush(self, key: str, counter: _Counter, batch: _Batch, now: float) -> None:
+    async def _flush(self, key: str, counter: _Counter, batch: _Batch, attempt: DependencyAttempt, now: float) -> None:
         total: int | None = None
         carried = 0
         try:
@@ -246,14 +249,12 @@ class RateLimiter:
             # This pod's pending local admissions ride along, counted before the batch.
             carried, counter.pending = counter.pending, 0
             counter.inflight += carried
-            total = int(
-                await self._call(lambda: self._count(keys=[key], args=[counter.ttl_seconds, carried + batch.size]))
-            )
+            with attempt:
+                total = int(await self._count(keys=[key], args=[counter.ttl_seconds, carried + batch.size]))
             counter.known = max(counter.known or 0, total)
-            self.breaker.success()
-        except (RedisError, OSError) as error:
+        except _REDIS_FAILURES as error:
             counter.pending += carried  # not counted in Redis: send it again later
-            self._failed(error, now)
+            self._warn(error, now)
         finally:
             counter.inflight -= carried
             # Whatever happened (even cancellation at shutdown), nobody waits forever.
@@ -279,7 +280,11 @@ class RateLimiter:
             ):
                 del self._counters[key]
             counter.used = False
-        if not due or not self.breaker.allow():
+        if not due:
+            return
+        try:
+            attempt = self._redis()
+        except CircuitOpen:
             return
         pipe = self.client.pipeline(transaction=False)
         for key, counter, delta in due:
@@ -287,16 +292,16 @@ class RateLimiter:
             counter.inflight += delta
             await self._count(keys=[key], args=[counter.ttl_seconds, delta], client=pipe)
         try:
-            totals = await self._call(pipe.execute)
-        except (RedisError, OSError) as error:
+            with attempt:
+                totals = await pipe.execute()
+        except _REDIS_FAILURES as error:
             for _, counter, delta in due:
                 counter.pending += delta
-            self._failed(error, now)
+            self._warn(error, now)
             return
         finally:
             for _, counter, delta in due:
                 counter.inflight -= delta
-        self.breaker.success()
         for (_, counter, _), total in zip(due, totals, strict=True):
             counter.known = max(counter.known or 0, int(total))
 
@@ -332,20 +337,8 @@ class RateLimiter:
             async with asyncio.timeout(1.0):
                 await self.sync()
 
-    async def _call(self, call: Callable[[], Awaitable[Any]]) -> Any:
-        started = time.perf_counter()
-        try:
-            result = await call()
-        finally:
-            elapsed = time.perf_counter() - started
-            _REDIS_CALL.observe(elapsed)
-            if tracing.enabled and tracing.recording_parent():
-                tracing.record_client_span("redis rate_limit", elapsed, {"db.system.name": "redis"})
-        return result
-
-    def _failed(self, error: Exception, now: float) -> None:
-        self.breaker.failure()
-        DEPENDENCY_ERRORS.labels("redis", "rate_limit").inc()
+    def _warn(self, error: Exception, now: float) -> None:
+        """The breaker and the error counter already know (DependencyCall); the log hears of it once per 10 s."""
         if now - self._last_warning > 10:  # one line per 10 s, not one per request
             self._last_warning = now
             logger.warning("rate limit store unavailable", extra={"error": repr(error)})

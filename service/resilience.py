@@ -149,13 +149,13 @@ class DependencyCall:
         self.span_name = f"{dependency} {operation}"
         self.span_attributes = {"db.system.name": "postgresql" if dependency == "postgres" else dependency}
 
-    def __call__(self) -> _Attempt:
+    def __call__(self) -> DependencyAttempt:
         if not self.breaker.allow():
             raise CircuitOpen(self.breaker)
-        return _Attempt(self, trial=self.breaker.is_open)  # let through while open: the half-open trial
+        return DependencyAttempt(self, trial=self.breaker.is_open)  # let through while open: the half-open trial
 
 
-class _Attempt:
+class DependencyAttempt:
     __slots__ = ("call", "started", "trial")
 
     def __init__(self, call: DependencyCall, *, trial: bool) -> None:
