@@ -169,6 +169,24 @@ def wrk(
     return WrkResult(rps, percentiles["50"], percentiles["99"], errors)
 
 
+def measure(
+    label: str,
+    url: str,
+    *,
+    seconds: int,
+    connections: int,
+    script: Path | None = None,
+    env: dict[str, str] | None = None,
+    warmup_seconds: int = 2,
+) -> WrkResult:
+    """A warm-up run (discarded), then the measured one; RuntimeError naming `label` if any request failed."""
+    wrk(url, seconds=warmup_seconds, connections=connections, script=script, env=env)
+    result = wrk(url, seconds=seconds, connections=connections, script=script, env=env)
+    if result.errors:
+        raise RuntimeError(f"{label}: {result.errors} errors or non-2xx responses")
+    return result
+
+
 def require_tools() -> None:
     missing = [tool for tool in ("wrk", "taskset") if shutil.which(tool) is None]
     if missing:

@@ -25,7 +25,7 @@ import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from harness import RESULTS, ROOT, WrkResult, require_tools, seed, server, servers, throwaway_backends, wrk
+from harness import RESULTS, ROOT, WrkResult, measure, require_tools, seed, server, servers, throwaway_backends
 
 SCRIPT = ROOT / "bench" / "random_item.lua"
 SCENARIOS = {"get-hot": {"BENCH_MAX_ID": "100"}, "get-cold": {"BENCH_MAX_ID": "10000"}}
@@ -101,10 +101,14 @@ def run(rounds: int, seconds: int) -> tuple[dict[tuple[str, str], list[WrkResult
                 with server(command, env, port):
                     for scenario, wrk_env in SCENARIOS.items():
                         url = f"http://127.0.0.1:{port}/"
-                        wrk(url, seconds=2, connections=CONNECTIONS, script=SCRIPT, env=wrk_env)
-                        result = wrk(url, seconds=seconds, connections=CONNECTIONS, script=SCRIPT, env=wrk_env)
-                        if result.errors:
-                            raise RuntimeError(f"{name} {scenario}: {result.errors} errors")
+                        result = measure(
+                            f"{name} {scenario}",
+                            url,
+                            seconds=seconds,
+                            connections=CONNECTIONS,
+                            script=SCRIPT,
+                            env=wrk_env,
+                        )
                         results.setdefault((name, scenario), []).append(result)
                         print(
                             f"round {round_number} {name:21} {scenario:8} {result.requests_per_second:7.0f} req/s "

@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from harness import RESULTS, ROOT, WrkResult, require_tools, seed, server, servers, throwaway_backends, wrk
+from harness import RESULTS, ROOT, WrkResult, measure, require_tools, seed, server, servers, throwaway_backends, wrk
 
 CONNECTIONS = 32
 SCRIPT = ROOT / "bench" / "random_item.lua"
@@ -188,10 +188,14 @@ def run(rounds: int, seconds: int) -> dict[tuple[str, str], list[WrkResult]]:
                         path, wrk_env, connections = SCENARIOS[scenario]
                         url = f"http://127.0.0.1:{port}{path}"
                         script = SCRIPT if scenario.startswith("get") else None
-                        wrk(url, seconds=2, connections=connections, script=script, env=wrk_env)  # warm-up
-                        result = wrk(url, seconds=seconds, connections=connections, script=script, env=wrk_env)
-                        if result.errors:
-                            raise RuntimeError(f"{name} {scenario}: {result.errors} errors or non-2xx responses")
+                        result = measure(
+                            f"{name} {scenario}",
+                            url,
+                            seconds=seconds,
+                            connections=connections,
+                            script=script,
+                            env=wrk_env,
+                        )
                         results.setdefault((name, scenario), []).append(result)
                         print(
                             f"round {round_number} {name:24} {scenario:9} {result.requests_per_second:9.0f} req/s "

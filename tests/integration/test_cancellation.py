@@ -20,7 +20,7 @@ from starlette.types import Receive, Scope, Send
 from service.app import create_app
 from service.cache import LocalTTLCache, TwoLevelCache
 from service.resilience import CircuitBreaker
-from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.app import lifespan_client, make_settings, one_connection_settings
 from tests.fixtures.backends import Backends, TableLock
 from tests.fixtures.items import seed
 
@@ -29,14 +29,7 @@ async def test_waiters_of_a_cancelled_cache_fill_get_their_own_answer(
     backends: Backends, db: asyncpg.Connection, caplog: pytest.LogCaptureFixture
 ) -> None:
     await seed(db, 2)
-    settings = make_settings(
-        backends,
-        db_pool_max_size=1,
-        db_pool_min_size=1,
-        db_statement_timeout_seconds=1.0,
-        request_timeout_seconds=1.2,
-        db_pool_acquire_timeout_seconds=5,  # longer than the budget: the budget cancels the fill
-    )
+    settings = one_connection_settings(backends)
     async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))  # holds the only connection
         await asyncio.sleep(0.1)

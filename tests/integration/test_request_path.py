@@ -10,22 +10,14 @@ import httpx
 import redis.asyncio as redis
 
 from service.app import create_app
-from tests.fixtures.app import lifespan_client, make_settings
+from tests.fixtures.app import lifespan_client, make_settings, one_connection_settings
 from tests.fixtures.backends import Backends, TableLock
 from tests.fixtures.items import seed
 
 
 async def test_a_request_over_its_budget_is_cut_off_with_503(backends: Backends, db: asyncpg.Connection) -> None:
     await seed(db, 2)
-    settings = make_settings(
-        backends,
-        db_pool_max_size=1,
-        db_pool_min_size=1,
-        db_statement_timeout_seconds=1.0,
-        request_timeout_seconds=1.2,
-        db_pool_acquire_timeout_seconds=5,  # longer than the budget: the budget must win
-        cache_enabled=False,
-    )
+    settings = one_connection_settings(backends, cache_enabled=False)
     async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))  # holds the only connection
         await asyncio.sleep(0.1)
