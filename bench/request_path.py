@@ -174,12 +174,14 @@ TARGETS = [
 ]
 
 
-def run(rounds: int, seconds: int) -> dict[tuple[str, str], list[WrkResult]]:
+def run(rounds: int, seconds: int, only: set[str] | None = None) -> dict[tuple[str, str], list[WrkResult]]:
     results: dict[tuple[str, str], list[WrkResult]] = {}
     with throwaway_backends() as backends:
         seed(backends.database_url, 10_000)
         for round_number in range(1, rounds + 1):
             for name, ((command, env), scenarios) in SERVERS.items():
+                if only is not None and name not in only:
+                    continue
                 port = servers.free_port()
                 full_env = {**env, **backends.server_env(port)}
                 full_command = command if "gunicorn" in command else [*command, "--port", str(port)]
@@ -395,10 +397,19 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="also record where our worker's time goes (py-spy)")
     parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
+    parser.add_argument(
+        "--only", help="comma-separated servers to run (printed, nothing recorded): for trying a change quickly"
+    )
     args = parser.parse_args()
     require_tools()
     if args.profile_only:
         profile(args.seconds)
+        return 0
+    if args.only:
+        unknown = set(args.only.split(",")) - set(SERVERS)
+        if unknown:
+            parser.error(f"unknown servers: {', '.join(sorted(unknown))} (known: {', '.join(SERVERS)})")
+        run(args.rounds, args.seconds, set(args.only.split(",")))
         return 0
     summary = summarise(run(args.rounds, args.seconds), args.rounds, args.seconds)
     write(summary)
