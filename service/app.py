@@ -107,6 +107,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
                 namespace=namespace,
                 l1=local,
                 l2_ttl_seconds=settings.cache_l2_ttl_seconds,
+                l1_lease_seconds=settings.cache_l1_lease_seconds,
                 debt_pool=probe_pool,  # a few statements a second; off the request pool like the probe
             )
             await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL

@@ -5,13 +5,30 @@ older than that write, through Redis outages, circuit-breaker states and lost
 pub/sub messages.
 
 - Every entry (L1 and L2) is stamped `<trust token>:<key version>`. A write
-  bumps the key's version in Redis (and deletes L2, and publishes the key so
-  pods drop L1 early) before it answers. Every read asks Redis for the trust
-  token and the key's version in one MGET (the value too when L1 has none)
-  and serves only an entry whose stamp matches. That round trip is the price
-  of the guarantee on an L1 hit (about 0.1-0.3 ms on loopback; an L1 hit used
-  to do no I/O); L1 still saves moving the value, and the request path may
-  later share that round trip with the rate limiter's.
+  bumps the key's version in Redis and deletes L2 before it answers. A read
+  that misses L1 (or holds no L1 lease, below) asks Redis for the trust token
+  and the key's version in one MGET (the value too when L1 has none) and
+  serves only an entry whose stamp matches.
+- **L1 hits do no I/O while the pod holds an L1 lease** (CACHE_L1_LEASE_SECONDS,
+  L; 0 turns leases off and every L1 hit is checked by that MGET). Each pod
+  subscribes, on one connection, to the invalidation channel and to a channel
+  of its own, and every L/4 runs a heartbeat script that records the pod in a
+  sorted set of lease holders (score: Redis time + L) and publishes, on the
+  pod's channel, the pod's monotonic send time with the trust token and its
+  remaining milliseconds. Redis delivers a connection's messages in the order
+  it ran the PUBLISHes, so once that heartbeat arrives the pod has seen every
+  invalidation published before it: it serves L1 hits stamped with that token,
+  without asking Redis, until `sent + L` (and before the token's expiry, less
+  CLOCK_SKEW_SECONDS). A write publishes `key|writer pod|sequence` and, in the
+  same script, reads the holders whose lease may still run; each pod drops the
+  key on the message and acknowledges it, and the write answers once every
+  holder acknowledged, or once the last holder's lease has run out (at most L,
+  when a pod is frozen or cut off). So after a write answers, no pod serves an
+  L1 entry older than it (this assumes Redis's clock and the pods' advance at
+  the same rate over one lease, not that they agree). A fill of L1 that an invalidation (or a token change,
+  or a re-subscription) overtook is not stored (an epoch counter).
+  Lost subscription: the lease ends at once, L1 is cleared, and reads are
+  checked by MGET until a new heartbeat comes back over the new subscription.
 - Redis unreachable (or its breaker open): reads go to PostgreSQL; nothing is
   served from either level, since nothing can be validated.
 - A write that cannot reach Redis records the key in PostgreSQL's
@@ -47,7 +64,7 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import TypeVar, cast
+from typing import Any, TypeVar, cast
 
 import asyncpg
 import redis.asyncio as redis
@@ -64,7 +81,7 @@ T = TypeVar("T")
 _L1_HIT, _L1_MISS = CACHE_REQUESTS.labels("l1", "hit"), CACHE_REQUESTS.labels("l1", "miss")
 _L2_HIT, _L2_MISS = CACHE_REQUESTS.labels("l2", "hit"), CACHE_REQUESTS.labels("l2", "miss")
 _REDIS_FAILURES: tuple[type[BaseException], ...] = (RedisError, OSError)
-_REDIS_OPERATIONS = ("get", "fill", "invalidate", "trust")
+_REDIS_OPERATIONS = ("get", "fill", "invalidate", "trust", "lease")
 
 _DOWN: tuple[type[BaseException], ...] = (ServiceUnavailable, *UNAVAILABLE_ERRORS)
 _DATABASE_FAILURES: tuple[type[BaseException], ...] = (*UNAVAILABLE_ERRORS, asyncpg.PostgresError)
@@ -98,6 +115,53 @@ if #KEYS > 1 or not token then token = ARGV[1] end
 redis.call('SET', KEYS[1], token, 'PXAT', ARGV[2])
 return token
 """
+
+
+# L1 leases (see above). KEYS[1] the trust key, KEYS[2] the lease holders (sorted set).
+# ARGV: this pod's id, the lease (ms), this pod's channel, the pod's monotonic send time.
+_HEARTBEAT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[2], now + tonumber(ARGV[2]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now - 60000)
+redis.call('PEXPIRE', KEYS[2], 120000)
+local token = redis.call('GET', KEYS[1]) or ''
+redis.call('PUBLISH', ARGV[3], 'hb|' .. ARGV[4] .. '|' .. token .. '|' .. redis.call('PTTL', KEYS[1]))
+return 1
+"""
+
+# KEYS[1] the lease holders. ARGV: the invalidation channel, the message `key|writer|sequence`.
+# Publishes, and returns at the same instant every holder whose lease may still run, and for how
+# long at most: {ms left, pod, pod, ...}.
+_ANNOUNCE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+local holders = redis.call('ZRANGEBYSCORE', KEYS[1], '(' .. now, '+inf', 'WITHSCORES')
+local result = {0}
+for i = 1, #holders, 2 do
+  table.insert(result, holders[i])
+  local left = tonumber(holders[i + 1]) - now
+  if left > result[1] then result[1] = left end
+end
+return result
+"""
+
+
+class _AckWait:
+    """One write waiting for the lease holders to confirm they dropped its key."""
+
+    __slots__ = ("acked", "done", "holders")
+
+    def __init__(self) -> None:
+        self.acked: set[bytes] = set()
+        self.holders: set[bytes] | None = None  # known once the announcement answered
+        self.done = asyncio.get_running_loop().create_future()
+
+    def ack(self, pod: bytes) -> None:
+        self.acked.add(pod)
+        if self.holders is not None and self.holders <= self.acked and not self.done.done():
+            self.done.set_result(None)
 
 
 def _being_cancelled() -> bool:
@@ -150,6 +214,7 @@ class TwoLevelCache:
         l1: LocalTTLCache,
         l2_ttl_seconds: float,
         debt_pool: Pool | None = None,
+        l1_lease_seconds: float = 0.0,
     ) -> None:
         self.redis = client
         self.breaker = breaker
@@ -170,12 +235,29 @@ class TwoLevelCache:
         self._fill = client.register_script(_FILL_IF_UNCHANGED)
         self._keep = client.register_script(_KEEP_TRUST)
         self._inflight: dict[str, asyncio.Future[bytes | None]] = {}
+        # L1 leases (see the module docstring).
+        self.l1_lease_seconds = l1_lease_seconds
+        self.pod_id = secrets.token_hex(6).encode()
+        self.pod_channel = f"{namespace}:cache-pod:{self.pod_id.decode()}"
+        self.lease_holders_key = f"{namespace}:cache-lease-holders"
+        self._heartbeat = client.register_script(_HEARTBEAT)
+        self._announce = client.register_script(_ANNOUNCE)
+        self._lease_until = 0.0  # monotonic: L1 hits are served without I/O before this
+        self._lease_stamp = b""  # `<token>:` the lease vouches for
+        self._epoch = 0  # bumped by every invalidation received, token change and re-subscription
+        self._writes = 0
+        self._ack_waits: dict[int, _AckWait] = {}
+        self._acks_sent: set[asyncio.Task[None]] = set()
 
     def _keys(self, key: str) -> tuple[str, str]:
         return f"{self.namespace}:c:{key}", f"{self.namespace}:v:{key}"
 
     async def get(self, key: str, load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
         """The bytes for `key`, validated against Redis, or `load()`'s (None: nothing to cache, e.g. not found)."""
+        local = self.l1.get(key)
+        if local is not None and time.monotonic() < self._lease_until and local.startswith(self._lease_stamp):
+            _L1_HIT.inc()  # leased: every invalidation published before the last heartbeat was applied
+            return local[local.index(b"|") + 1 :]
         while (pending := self._inflight.get(key)) is not None:
             try:
                 return await asyncio.shield(pending)
@@ -207,6 +289,7 @@ class TwoLevelCache:
 
     async def _read_through(self, key: str, load: Callable[[], Awaitable[bytes | None]]) -> bytes | None:
         value_key, version_key = self._keys(key)
+        epoch = self._epoch  # an invalidation received from now on makes what this read saw unfit for L1
         local = self.l1.get(key)
         # One round trip: the token and version validate L1; the value is fetched only if L1 has none.
         keys = (self.trust_key, version_key) if local is not None else (self.trust_key, version_key, value_key)
@@ -233,7 +316,7 @@ class TwoLevelCache:
             stored_stamp, _, body = stored.partition(b"|")
             if stored_stamp == stamp:
                 _L2_HIT.inc()
-                self.l1.set(key, stored)
+                self._keep_local(key, stored, epoch)
                 return body
         _L2_MISS.inc()
         value = await load()
@@ -246,8 +329,16 @@ class TwoLevelCache:
                     args=[entry, version if version != b"0" else b"", self.l2_ttl_ms, token],
                 ),
             )
-            self.l1.set(key, entry)
+            self._keep_local(key, entry, epoch)
         return value
+
+    def _keep_local(self, key: str, entry: bytes, epoch: int) -> None:
+        if self._epoch == epoch:
+            self.l1.set(key, entry)
+
+    def _drop(self, key: str) -> None:
+        self.l1.delete(key)
+        self._epoch += 1
 
     async def _load_or_stale(
         self, key: str, version: bytes, local: bytes | None, load: Callable[[], Awaitable[bytes | None]]
@@ -266,23 +357,42 @@ class TwoLevelCache:
     async def invalidate(self, key: str) -> None:
         """After a committed write, before it answers: no read anywhere may return the old value.
 
-        Redis reachable: bump the version, delete L2, tell every pod to drop L1.
-        Otherwise: record the key in `cache_debt` and wait out the trust lease
-        (TRUST_SECONDS + CLOCK_SKEW_SECONDS); 503 if even that cannot be recorded.
+        Redis reachable: bump the version, delete L2, publish the key, and wait
+        until every L1 lease holder dropped it (at most one lease, when a holder
+        does not answer). Otherwise: record the key in `cache_debt` and wait out
+        the trust lease (TRUST_SECONDS + CLOCK_SKEW_SECONDS); 503 if even that
+        cannot be recorded.
         """
-        self.l1.delete(key)
+        self._drop(key)
         value_key, version_key = self._keys(key)
+        self._writes += 1
+        sequence = self._writes
+        wait = self._ack_waits[sequence] = _AckWait()
 
-        async def bump_delete_publish() -> object:
+        async def bump_delete_publish() -> list[Any]:
             pipe = self.redis.pipeline(transaction=False)
             pipe.incr(version_key)
             pipe.pexpire(version_key, self.version_ttl_ms)
             pipe.delete(value_key)
-            pipe.publish(self.channel, key)
+            message = b"%s|%s|%d" % (key.encode(), self.pod_id, sequence)
+            await self._announce(keys=[self.lease_holders_key], args=[self.channel, message], client=pipe)
             return await pipe.execute()
 
-        if await self._redis("invalidate", bump_delete_publish) is not None:
-            return
+        try:
+            done = await self._redis("invalidate", bump_delete_publish)
+            if done is not None:
+                # A read of this pod that started before the bump may have passed the first drop.
+                self._drop(key)
+                left_ms, *holders = done[-1]
+                wait.holders = set(holders) - {self.pod_id}
+                wait.ack(self.pod_id)
+                if not wait.done.done():
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(int(left_ms) / 1000):
+                            await wait.done
+                return
+        finally:
+            del self._ack_waits[sequence]
         if self.debt_pool is None:
             return
         try:
@@ -338,27 +448,35 @@ class TwoLevelCache:
             return None
 
     async def listen_for_invalidations(self, *, retry_seconds: float = 1.0) -> None:
-        """Run for the life of the process: drop L1 entries other pods invalidated.
+        """Run for the life of the process: drop L1 entries other pods invalidated; hold the L1 lease.
 
         While the subscription is down, messages may be missed, so L1 is cleared
-        on every (re)subscription; until then its TTL bounds staleness.
+        and the lease ends on every loss and (re)subscription; until a heartbeat
+        comes back, L1 hits are checked against Redis.
         """
         task = asyncio.current_task()
         while True:
+            heartbeat: asyncio.Task[None] | None = None
             try:
-                async with self.redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(self.channel)
-                    self.l1.clear()
+                async with self.redis.pubsub() as pubsub:
+                    await pubsub.subscribe(self.channel, self.pod_channel)
                     while True:
                         # A bounded wait (not listen()) so the client's health check runs
                         # and a silently dead connection is noticed.
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
+                        message = await pubsub.get_message(timeout=1.0)
                         if task is not None and task.cancelling():
                             # redis-py's get_message can swallow a cancellation that lands in its
                             # read timeout (seen: shutdown waiting forever for this task).
                             raise asyncio.CancelledError
-                        if message is not None and message["type"] == "message":
-                            self.l1.delete(message["data"].decode())
+                        if message is None:
+                            continue
+                        if message["type"] == "message":
+                            self._received(message["channel"], message["data"])
+                        elif message["type"] == "subscribe" and message["channel"] == self.channel.encode():
+                            # From here on every invalidation reaches this pod, in order.
+                            self._forget_all()
+                            if self.l1_lease_seconds > 0 and heartbeat is None:
+                                heartbeat = asyncio.create_task(self._beat(), name="cache-l1-lease")
             except asyncio.CancelledError:
                 raise
             except (RedisError, OSError) as error:
@@ -366,5 +484,66 @@ class TwoLevelCache:
                     raise asyncio.CancelledError from None
                 DEPENDENCY_ERRORS.labels("redis", "cache_subscribe").inc()
                 logger.warning("cache invalidation subscription lost", extra={"error": repr(error)})
-                self.l1.clear()
+            finally:
+                self._forget_all()
+                if heartbeat is not None:
+                    heartbeat.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await heartbeat
             await asyncio.sleep(retry_seconds)
+
+    @property
+    def leased(self) -> bool:
+        """Does this pod hold an L1 lease now (L1 hits served without asking Redis)?"""
+        return time.monotonic() < self._lease_until
+
+    def _forget_all(self) -> None:
+        """No lease, an empty L1, and no fill in flight may store what it read."""
+        self._lease_until = 0.0
+        self.l1.clear()
+        self._epoch += 1
+
+    def _received(self, channel: bytes, data: bytes) -> None:
+        if channel == self.channel.encode():  # `key|writer pod|sequence`
+            key, writer, sequence = data.rsplit(b"|", 2)
+            self._drop(key.decode())
+            if writer != self.pod_id:
+                ack = asyncio.create_task(self._ack(writer, sequence))
+                self._acks_sent.add(ack)
+                ack.add_done_callback(self._acks_sent.discard)
+            return
+        kind, _, rest = data.partition(b"|")
+        if kind == b"ack":  # `ack|sequence|pod`
+            sequence, _, pod = rest.partition(b"|")
+            wait = self._ack_waits.get(int(sequence))
+            if wait is not None:
+                wait.ack(pod)
+        elif kind == b"hb":  # `hb|monotonic send time|token|token's ms left`
+            sent, token, left_ms = rest.split(b"|")
+            if not token or int(left_ms) < 0:
+                self._lease_until = 0.0
+                return
+            stamp = token + b":"
+            if stamp != self._lease_stamp:  # a new token: every older entry is void
+                self._forget_all()
+                self._lease_stamp = stamp
+            lease_end = float(sent) + self.l1_lease_seconds
+            self._lease_until = min(lease_end, float(sent) + int(left_ms) / 1000 - CLOCK_SKEW_SECONDS)
+
+    async def _ack(self, writer: bytes, sequence: bytes) -> None:
+        channel = f"{self.namespace}:cache-pod:{writer.decode()}"
+        await self._redis("lease", lambda: self.redis.publish(channel, b"ack|%s|%s" % (sequence, self.pod_id)))
+
+    async def _beat(self) -> None:
+        lease_ms = int(self.l1_lease_seconds * 1000)
+
+        async def beat() -> object:
+            # The send time is read here, just before the script goes out: the lease runs from it.
+            sent = repr(time.monotonic())
+            return await self._heartbeat(
+                keys=[self.trust_key, self.lease_holders_key], args=[self.pod_id, lease_ms, self.pod_channel, sent]
+            )
+
+        while True:
+            await self._redis("lease", beat)
+            await asyncio.sleep(self.l1_lease_seconds / 4)

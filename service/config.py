@@ -195,6 +195,9 @@ class Settings(CommonSettings):
     cache_enabled: bool = True
     cache_l1_ttl_seconds: Seconds = 2.0
     cache_l1_max_items: int = Field(10000, ge=1, le=10_000_000)
+    # While a pod holds an L1 lease its L1 hits do no I/O; a write waits for every holder to drop
+    # the key, at most this long when one does not answer. 0: every L1 hit is checked in Redis.
+    cache_l1_lease_seconds: float = Field(0.5, ge=0, le=10)
     cache_l2_ttl_seconds: Seconds = 60.0
 
     # Circuit breakers: after this many consecutive failures a dependency is not called

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 import redis.asyncio as redis
@@ -31,8 +31,10 @@ class Loader:
 
 
 @contextlib.asynccontextmanager
-async def pod(url: str, namespace: str = "t", l1_ttl: float = 60.0) -> AsyncIterator[TwoLevelCache]:
-    """One pod's cache: its own Redis client, L1, trust keeper and invalidation listener."""
+async def pod(
+    url: str, namespace: str = "t", l1_ttl: float = 60.0, l1_lease: float = 0.0
+) -> AsyncIterator[TwoLevelCache]:
+    """One pod's cache: its own Redis client, L1, trust keeper and invalidation listener (and L1 lease)."""
     client = redis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.5)
     cache = TwoLevelCache(
         client,
@@ -40,12 +42,15 @@ async def pod(url: str, namespace: str = "t", l1_ttl: float = 60.0) -> AsyncIter
         namespace=namespace,
         l1=LocalTTLCache(100, l1_ttl),
         l2_ttl_seconds=60,
+        l1_lease_seconds=l1_lease,
     )
     tasks = [
         asyncio.create_task(cache.listen_for_invalidations(retry_seconds=0.1)),
         asyncio.create_task(cache.keep_trust()),
     ]
     await asyncio.sleep(0.1)  # subscribed, trusted
+    if l1_lease:
+        await until(lambda: cache.leased, "the first heartbeat")
     try:
         yield cache
     finally:
@@ -54,6 +59,23 @@ async def pod(url: str, namespace: str = "t", l1_ttl: float = 60.0) -> AsyncIter
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await client.aclose()
+
+
+async def until(condition: Callable[[], bool], what: str, seconds: float = 2.0) -> None:
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, f"no {what} within {seconds} s"
+        await asyncio.sleep(0.01)
+
+
+async def redis_calls(url: str, command: str) -> int:
+    probe = redis.Redis.from_url(url)
+    stats = await probe.info("commandstats")
+    await probe.aclose()
+    return int(stats.get(f"cmdstat_{command}", {}).get("calls", 0))
+
+
+LEASE = 0.4
 
 
 @pytest.fixture
@@ -83,17 +105,20 @@ async def test_a_second_pod_reads_from_redis_not_the_database(flushed: str) -> N
         assert loader.calls == 1
 
 
-async def test_invalidation_reaches_every_pod(flushed: str) -> None:
-    async with pod(flushed) as writer, pod(flushed) as reader:
+@pytest.mark.parametrize("lease", [0.0, LEASE], ids=["checked", "leased"])
+async def test_invalidation_reaches_every_pod(flushed: str, lease: float) -> None:
+    async with pod(flushed, l1_lease=lease) as writer, pod(flushed, l1_lease=lease) as reader:
         await reader.get("item:1", Loader(b"old"))
         assert await reader.get("item:1", Loader(b"unused")) == b"old"  # L1 hit
         await writer.invalidate("item:1")
-        await asyncio.sleep(0.05)  # the message crosses Redis
+        if not lease:
+            await asyncio.sleep(0.05)  # the message crosses Redis (with leases, the write waited for it)
         assert await reader.get("item:1", Loader(b"new")) == b"new"
 
 
-async def test_a_slow_reader_cannot_put_back_a_value_older_than_a_write(flushed: str) -> None:
-    async with pod(flushed) as cache:
+@pytest.mark.parametrize("lease", [0.0, LEASE], ids=["checked", "leased"])
+async def test_a_slow_reader_cannot_put_back_a_value_older_than_a_write(flushed: str, lease: float) -> None:
+    async with pod(flushed, l1_lease=lease) as cache:
         slow = Loader(b"before-the-write")
         slow.gate = asyncio.Event()
         reading = asyncio.create_task(cache.get("item:1", slow))
@@ -172,3 +197,87 @@ async def test_without_a_trust_token_nothing_is_served_from_the_cache(flushed: s
         assert await cache.get("item:1", fresh) == b"from-postgres"
         assert fresh.calls == 1
         await probe.aclose()
+
+
+async def test_a_leased_l1_hit_asks_redis_nothing(flushed: str) -> None:
+    async with pod(flushed, l1_lease=LEASE) as cache:
+        loader = Loader()
+        assert await cache.get("item:1", loader) == b'{"v":1}'
+        before = await redis_calls(flushed, "mget")
+        for _ in range(200):
+            assert await cache.get("item:1", loader) == b'{"v":1}'
+        assert await redis_calls(flushed, "mget") == before
+        assert loader.calls == 1
+
+
+async def test_a_write_answers_once_every_lease_holder_dropped_the_key(flushed: str) -> None:
+    """Both pods hold leases and the key in L1: the write waits for the other pod's acknowledgement only."""
+    async with pod(flushed, l1_lease=LEASE) as writer, pod(flushed, l1_lease=LEASE) as reader:
+        for cache in (writer, reader):
+            assert await cache.get("item:1", Loader(b"old")) == b"old"
+            assert await cache.get("item:1", Loader(b"unused")) == b"old"
+        started = asyncio.get_running_loop().time()
+        await writer.invalidate("item:1")
+        elapsed = asyncio.get_running_loop().time() - started
+        # No sleep: the moment the write answers, neither pod serves the old bytes.
+        assert await reader.get("item:1", Loader(b"new")) == b"new"
+        assert await writer.get("item:1", Loader(b"unused")) == b"new"
+        assert elapsed < LEASE / 2, f"the write waited {elapsed:.3f} s: the acknowledgement did not end the wait"
+
+
+async def test_a_write_waits_for_a_slow_holder_to_drop_the_key(flushed: str) -> None:
+    """Every message reaches the reader 0.1 s late (in order): the write answers only after its acknowledgement."""
+    async with pod(flushed, l1_lease=LEASE) as writer, pod(flushed, l1_lease=LEASE) as reader:
+        assert await reader.get("item:1", Loader(b"old")) == b"old"
+        received, loop = reader._received, asyncio.get_running_loop()
+
+        def late(channel: bytes, data: bytes) -> None:
+            loop.call_later(0.1, received, channel, data)
+
+        reader._received = late  # type: ignore[method-assign]
+        await asyncio.sleep(LEASE / 2)  # the lease now rests on late heartbeats
+        started = loop.time()
+        await writer.invalidate("item:1")
+        elapsed = loop.time() - started
+        assert await reader.get("item:1", Loader(b"new")) == b"new"
+        assert 0.1 <= elapsed < LEASE
+
+
+async def test_a_holder_that_stops_answering_delays_a_write_by_at_most_its_lease(flushed: str) -> None:
+    """A frozen pod (no message reaches it) neither acknowledges nor renews: the write outwaits its lease."""
+    async with pod(flushed, l1_lease=LEASE) as writer, pod(flushed, l1_lease=LEASE) as frozen:
+        assert await frozen.get("item:1", Loader(b"old")) == b"old"
+        frozen._received = lambda channel, data: None  # type: ignore[method-assign]  # deaf from here on
+        started = asyncio.get_running_loop().time()
+        await writer.invalidate("item:1")
+        elapsed = asyncio.get_running_loop().time() - started
+        assert await frozen.get("item:1", Loader(b"new")) == b"new"  # its lease ended: checked in Redis
+        # It waited for the lease the frozen pod held (renewed every LEASE / 4), and no longer.
+        assert LEASE / 2 <= elapsed <= LEASE + 0.1
+
+
+async def test_a_new_trust_token_voids_leased_entries_within_one_heartbeat(flushed: str) -> None:
+    """The debt keeper starts a new token when a write missed Redis: leased L1 entries stop being served."""
+    async with pod(flushed, l1_lease=LEASE) as cache:
+        assert await cache.get("item:1", Loader(b"cached")) == b"cached"
+        probe = redis.Redis.from_url(flushed)
+        await probe.set(cache.trust_key, b"a-new-token", px=60_000)
+        await probe.aclose()
+        await asyncio.sleep(LEASE / 4 + 0.1)  # one heartbeat
+        fresh = Loader(b"from-postgres")
+        assert await cache.get("item:1", fresh) == b"from-postgres"
+        assert fresh.calls == 1
+
+
+async def test_a_lost_subscription_ends_the_lease(flushed: str) -> None:
+    async with pod(flushed, l1_lease=LEASE) as cache:
+        assert await cache.get("item:1", Loader(b"cached")) == b"cached"
+        probe = redis.Redis.from_url(flushed)
+        await probe.client_kill_filter(_type="pubsub")
+        await probe.aclose()
+        await until(lambda: not cache.leased, "end of the lease")
+        assert len(cache.l1) == 0
+        before = await redis_calls(flushed, "mget")
+        assert await cache.get("item:1", Loader(b"unused")) == b"cached"  # from L2, checked
+        assert await redis_calls(flushed, "mget") == before + 1
+        await until(lambda: cache.leased, "a new lease over the new subscription")
