@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import threading
 from collections.abc import Iterator
 
@@ -18,6 +19,7 @@ from service.logging import (
     start_background_logging,
     stop_background_logging,
 )
+from service.middleware import new_request_id
 
 
 def access_lines(outcome: str) -> float:
@@ -89,3 +91,19 @@ def test_a_full_queue_drops_and_counts_instead_of_waiting(access_log: tuple[logg
     stop_background_logging()
     assert access_lines("written") - written == 10 - lost
     assert len(handler.out.getvalue().splitlines()) == 10 - lost
+
+
+def test_generated_request_ids_are_32_hex_digits_and_differ_across_forked_workers() -> None:
+    ids = {new_request_id() for _ in range(10_000)}
+    assert len(ids) == 10_000
+    assert all(len(i) == 32 and all(c in "0123456789abcdef" for c in i) for i in ids)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a gunicorn worker is a fork of the master: it must not repeat the parent's sequence
+        os.write(write, new_request_id().encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert child != new_request_id()
