@@ -5,28 +5,42 @@ asyncio copies context into each task, so every log line written while
 serving a request (including from libraries) carries it.
 
 In the API's gunicorn worker, `start_background_logging()` (a gunicorn
-`post_fork` hook, service/gunicorn_conf.py) puts one queue in front of the
-stdout handler: a log call on the event loop only captures the record and its
-context (request id, job id, trace ids) and puts it on a bounded queue; a
-thread formats it as JSON and writes it, so a slow pipe or a full disk stalls
-that thread, never the requests. When the queue is full (LOG_QUEUE_SIZE lines
-behind) a record is dropped and counted, never waited for:
-`access_log_lines_total{outcome="dropped"}` for access lines,
-`log_records_dropped_total` for all. `stop_background_logging()` (gunicorn's
-`worker_exit` hook, and at interpreter exit) writes everything still queued
-before the worker exits, so no line is lost at SIGTERM.
+`post_fork` hook, service/gunicorn_conf.py) puts one bounded buffer in front of
+the stdout handler: a log call on the event loop only captures the record and
+its context (request id, job id, trace ids) and appends it (the stdlib
+`QueueHandler` with our buffer as its queue); a thread takes what has
+accumulated every LOG_FLUSH_SECONDS, formats it as JSON and writes it with one
+`write` per batch, so a slow pipe or a full disk stalls that thread, never the
+requests. When the buffer is full (LOG_QUEUE_SIZE lines behind) a record is
+dropped and counted, never waited for: `access_log_lines_total{outcome="dropped"}`
+for access lines, `log_records_dropped_total` for all. `stop_background_logging()`
+(gunicorn's `worker_exit` hook, and at interpreter exit) writes everything
+still buffered before the worker exits, so no line is lost at SIGTERM.
+
+Why not the stdlib `QueueListener`: it wakes its thread for every record (a
+`queue.Queue` put notifies a condition) and writes each line with its own
+`write` and flush; at a few thousand requests per second on one core those
+wake-ups and system calls cost more than the request they log
+(bench/results/request_path.md, the access-line row). Polling a deque costs
+the event loop one append per line and the thread one wake-up per interval.
+`configure_logging` also turns off what LogRecord gathers and our JSON never
+prints (caller's file and line, thread, process names), as the logging HOWTO's
+"Optimization" section describes.
 """
 
 from __future__ import annotations
 
 import atexit
+import collections
+import contextlib
 import contextvars
 import logging
 import logging.config
 import queue
 import sys
+import threading
 import time
-from logging.handlers import QueueHandler, QueueListener
+from logging.handlers import QueueHandler
 from typing import Any, Final
 
 import orjson
@@ -44,6 +58,7 @@ _STANDARD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None)
 
 ACCESS_LOGGER: Final = "service.access"
 LOG_QUEUE_SIZE: Final = 10_000
+LOG_FLUSH_SECONDS: Final = 0.02
 ACCESS_LOG_LINES = Counter(
     "access_log_lines_total",
     "Access lines: written, sampled_out (a fast success skipped by ACCESS_LOG_SAMPLE_RATE), "
@@ -115,12 +130,75 @@ class ContextQueueHandler(QueueHandler):
                 _DROPPED.inc()
 
 
-class _Listener(QueueListener):
-    def enqueue_sentinel(self) -> None:
-        self.queue.put(self._sentinel)  # type: ignore[attr-defined]  # waits for room: the stop must arrive
+class _Buffer:
+    """What the event loop appends to and the writer thread drains: a bounded deque (appends are thread-safe)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.records: collections.deque[logging.LogRecord] = collections.deque()
+
+    def put_nowait(self, record: logging.LogRecord) -> None:  # what QueueHandler.enqueue calls
+        if len(self.records) >= self.size:
+            raise queue.Full
+        self.records.append(record)
 
 
-_listener: _Listener | None = None
+class _Writer:
+    """One thread that writes what the buffer holds every `interval` seconds, and all of it when stopped."""
+
+    def __init__(self, buffer: _Buffer, handlers: list[logging.Handler], interval: float = LOG_FLUSH_SECONDS) -> None:
+        self.buffer = buffer
+        self.handlers = handlers
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="log-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._drain()
+        self._drain()
+
+    def _drain(self) -> None:
+        records = self.buffer.records
+        while records:
+            batch = [records.popleft() for _ in range(min(len(records), 1000))]
+            for handler in self.handlers:
+                if isinstance(handler, logging.StreamHandler):
+                    _write_batch(handler, batch)
+                else:  # any other handler gets one record at a time, as QueueListener would give it
+                    for record in batch:
+                        if record.levelno >= handler.level:
+                            handler.handle(record)
+
+
+def _write_batch(handler: logging.StreamHandler[Any], batch: list[logging.LogRecord]) -> None:
+    """Format each record (a failure is reported like StreamHandler.emit's) and write them with one call."""
+    lines = []
+    for record in batch:
+        if record.levelno < handler.level or not handler.filter(record):
+            continue
+        try:
+            lines.append(handler.format(record))
+        except Exception:  # noqa: BLE001 - as Handler.emit does: logging never raises into the caller
+            handler.handleError(record)
+    if not lines:
+        return
+    with handler.lock or contextlib.nullcontext():
+        try:
+            handler.stream.write("\n".join(lines) + handler.terminator)
+            handler.flush()
+        except Exception:  # noqa: BLE001 - as above
+            handler.handleError(batch[-1])
+
+
+_writer: _Writer | None = None
 _replaced: list[tuple[logging.Logger, list[logging.Handler]]] = []
 
 
@@ -130,42 +208,43 @@ def _loggers() -> list[logging.Logger]:
 
 
 def start_background_logging(queue_size: int = LOG_QUEUE_SIZE, loggers: list[logging.Logger] | None = None) -> None:
-    """Put the handlers of `loggers` (default: every logger) behind one queue of `queue_size` records, written
+    """Put the handlers of `loggers` (default: every logger) behind one buffer of `queue_size` records, written
     by one thread (idempotent).
 
     Call it in the process that serves, after any fork (a thread does not
     survive one): gunicorn's `post_fork` hook.
     """
-    global _listener  # noqa: PLW0603 - one listener per process, like logging's own handlers
-    if _listener is not None:
+    global _writer  # noqa: PLW0603 - one writer per process, like logging's own handlers
+    if _writer is not None:
         return
+    lean_log_records()
     loggers = _loggers() if loggers is None else loggers
     handlers: list[logging.Handler] = []
     for log in loggers:
         handlers += [h for h in log.handlers if h not in handlers]
     if not handlers:
         return
-    records: queue.Queue[logging.LogRecord] = queue.Queue(queue_size)
-    front = ContextQueueHandler(records)
+    buffer = _Buffer(queue_size)
+    front = ContextQueueHandler(buffer)  # type: ignore[arg-type]  # QueueHandler only calls put_nowait
     for log in loggers:
         if log.handlers:
             _replaced.append((log, log.handlers))
             log.handlers = [front]
-    _listener = _Listener(records, *handlers, respect_handler_level=True)
-    _listener.start()
+    _writer = _Writer(buffer, handlers)
+    _writer.start()
     atexit.register(stop_background_logging)
 
 
 def stop_background_logging() -> None:
-    """Write every queued record, stop the thread and put the handlers back (idempotent)."""
-    global _listener
-    if _listener is None:
+    """Write every buffered record, stop the thread and put the handlers back (idempotent)."""
+    global _writer
+    if _writer is None:
         return
-    listener, _listener = _listener, None
+    writer, _writer = _writer, None
     for log, handlers in _replaced:
-        log.handlers = handlers  # records made from now on are written inline, after the queued ones
+        log.handlers = handlers  # records made from now on are written inline, after the buffered ones
     _replaced.clear()
-    listener.stop()
+    writer.stop()
 
 
 def logging_config(level: str) -> dict[str, Any]:
@@ -187,6 +266,15 @@ def logging_config(level: str) -> dict[str, Any]:
     }
 
 
+def lean_log_records() -> None:
+    """Stop gathering, for every record, what our JSON never prints (logging HOWTO, "Optimization")."""
+    logging._srcfile = None  # the caller's file, line and function (a stack walk per record)
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+
+
 def configure_logging(level: str) -> None:
+    lean_log_records()
     logging.config.dictConfig(logging_config(level))
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]

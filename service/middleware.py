@@ -237,6 +237,7 @@ class RequestLimitsMiddleware:
             return
 
         limit = self.max_body_bytes
+        chunked = False
         for name, value in headers:
             if name == b"content-length":
                 if not _ASCII_DIGITS.fullmatch(value):  # ASCII digits only: no sign, space or "²"
@@ -246,7 +247,13 @@ class RequestLimitsMiddleware:
                     too_large = PayloadTooLarge(f"The request body exceeds {limit} bytes.")
                     await too_large.to_response()(scope, receive, send)
                     return
-                break
+            elif name == b"transfer-encoding":
+                chunked = True
+        if not chunked:
+            # Without Transfer-Encoding the body is Content-Length bytes, checked above, or
+            # none at all (RFC 9112 section 6.3): nothing left to count.
+            await self.app(scope, receive, send)
+            return
 
         # Chunked bodies have no Content-Length: count as they arrive. Past the limit we
         # answer 413 ourselves and drop whatever the app sends afterwards (frameworks

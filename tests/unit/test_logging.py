@@ -107,3 +107,31 @@ def test_generated_request_ids_are_32_hex_digits_and_differ_across_forked_worker
     os.close(read)
     os.close(write)
     assert child != new_request_id()
+
+
+class CountingStream(io.StringIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def write(self, text: str) -> int:
+        self.writes += 1
+        return super().write(text)
+
+
+def test_a_stream_gets_its_lines_in_order_in_batches_not_one_write_each() -> None:
+    log = logging.getLogger("test.batched")
+    stream = CountingStream()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    log.handlers, log.propagate = [handler], False
+    log.setLevel(logging.INFO)
+    start_background_logging(loggers=[log])
+    try:
+        for n in range(500):
+            log.info("line", extra={"n": n})
+    finally:
+        stop_background_logging()
+    lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
+    assert [line["n"] for line in lines] == list(range(500))
+    assert stream.writes < 50, f"{stream.writes} writes for 500 lines"
