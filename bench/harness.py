@@ -7,6 +7,7 @@ one run and report ratios; absolute numbers are for context only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import shutil
@@ -121,7 +122,8 @@ def server(
             time.sleep(0.1)
         yield process
     finally:
-        os.killpg(process.pid, signal.SIGINT)
+        with contextlib.suppress(ProcessLookupError):  # it may have exited already (a failed start)
+            os.killpg(process.pid, signal.SIGINT)
         try:
             process.wait(timeout=20)
         except subprocess.TimeoutExpired:

@@ -36,6 +36,7 @@ import tempfile
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -402,6 +403,9 @@ def main() -> int:
     )
     args = parser.parse_args()
     require_tools()
+    missing = [m for m in ("slowapi", "prometheus_fastapi_instrumentator", "pythonjsonlogger") if not find_spec(m)]
+    if missing:
+        raise SystemExit(f"the common-way peer needs {', '.join(missing)}: `uv sync --group bench` (make bench does)")
     if args.profile_only:
         profile(args.seconds)
         return 0
