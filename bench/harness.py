@@ -120,7 +120,11 @@ def server(
             if time.monotonic() > deadline:
                 raise TimeoutError(f"server not ready: {Path(log.name).read_text()[-2000:]}")
             time.sleep(0.1)
-        yield process
+        try:
+            yield process
+        except Exception:
+            print(f"server log (last 3000 characters):\n{Path(log.name).read_text()[-3000:]}", file=sys.stderr)
+            raise
     finally:
         with contextlib.suppress(ProcessLookupError):  # it may have exited already (a failed start)
             os.killpg(process.pid, signal.SIGINT)
@@ -142,6 +146,7 @@ class WrkResult:
     p50_ms: float
     p99_ms: float
     errors: int
+    error_detail: str = ""  # wrk's own lines about them
 
 
 def wrk(
@@ -168,7 +173,8 @@ def wrk(
         errors += sum(int(n) for n in socket_errors.groups())
     if "99" not in percentiles:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
-    return WrkResult(rps, percentiles["50"], percentiles["99"], errors)
+    detail = "; ".join(line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line)
+    return WrkResult(rps, percentiles["50"], percentiles["99"], errors, detail)
 
 
 def measure(
@@ -185,7 +191,7 @@ def measure(
     wrk(url, seconds=warmup_seconds, connections=connections, script=script, env=env)
     result = wrk(url, seconds=seconds, connections=connections, script=script, env=env)
     if result.errors:
-        raise RuntimeError(f"{label}: {result.errors} errors or non-2xx responses")
+        raise RuntimeError(f"{label}: {result.errors} errors or non-2xx responses ({result.error_detail})")
     return result
 
 

@@ -94,7 +94,10 @@ SERVERS: dict[str, tuple[tuple[list[str], dict[str, str]], list[str]]] = {
     "ours": (ours({}), ["get-hot", "get-hot-1c"]),
     "ours-no-cache": (ours({"CACHE_ENABLED": "false"}), ["get-cold", "get-cold-1c"]),
     "ours-no-limit": (ours({"RATE_LIMIT_ENABLED": "false"}), ["get-hot", "get-hot-1c"]),
-    "ours-no-cache-no-limit": (ours({"CACHE_ENABLED": "false", "RATE_LIMIT_ENABLED": "false"}), ["get-cold-1c"]),
+    "ours-no-cache-no-limit": (
+        ours({"CACHE_ENABLED": "false", "RATE_LIMIT_ENABLED": "false"}),
+        ["get-cold", "get-cold-1c"],
+    ),
     "ours-no-access-log": (ours({"ACCESS_LOG_SAMPLE_RATE": "0"}), ["get-hot"]),
     **{f"ours-without-{layer}": (without(layer), ["get-hot"]) for layer in LAYERS.values()},
     "ours-without-all": (without(*LAYERS.values()), ["get-hot"]),

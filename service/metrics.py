@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Final
+from typing import Any, Final
 
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
@@ -65,6 +65,10 @@ class HttpMetricsMiddleware:
     def __init__(self, app: ASGIApp, excluded_paths: frozenset[str]) -> None:
         self.app = app
         self.excluded_paths = excluded_paths
+        # Children by label values, looked up once: `.labels()` takes a lock and builds a key on
+        # every call. As many entries as the metrics have series (routes x methods x statuses).
+        self._active: dict[str, Any] = {}
+        self._durations: dict[tuple[str, str, str], Any] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.excluded_paths:
@@ -89,7 +93,9 @@ class HttpMetricsMiddleware:
                 finished = True
             await send(message)
 
-        active = HTTP_ACTIVE.labels(method)
+        active = self._active.get(method)
+        if active is None:
+            active = self._active[method] = HTTP_ACTIVE.labels(method)
         active.inc()
         started = time.perf_counter()
         try:
@@ -108,7 +114,11 @@ class HttpMetricsMiddleware:
             if tracing.enabled:  # the request's span (RequestContextMiddleware) is current here
                 sampled = tracing.trace_id()
                 exemplar = {"trace_id": sampled} if sampled else None  # links this sample to its trace
-            HTTP_DURATION.labels(route_template(scope), method, str(status or 500)).observe(elapsed, exemplar)
+            key = (route_template(scope), method, str(status or 500))
+            duration = self._durations.get(key)
+            if duration is None:
+                duration = self._durations[key] = HTTP_DURATION.labels(*key)
+            duration.observe(elapsed, exemplar)
 
 
 def route_template(scope: Scope) -> str:
