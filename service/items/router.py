@@ -13,7 +13,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any
 
 import orjson
-from fastapi import APIRouter, Depends, Path, Query
+from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BeforeValidator
 from starlette.responses import Response, StreamingResponse
 
@@ -30,7 +30,8 @@ from service.responses import json_response
 from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, State, readable_state
 
 # The state, for a request allowed to read items: one dependency on the hot read paths.
-ReadStateDep = Annotated[State, Depends(readable_state("items:read"))]
+_read_state = readable_state("items:read")
+ReadStateDep = Annotated[State, Depends(_read_state)]
 MAX_BATCH_IDS = 100
 ItemId = Annotated[int, Path(ge=1, le=2**63 - 1, description="The item's id.")]
 
@@ -49,8 +50,12 @@ def _item(row: repository.Row) -> dict[str, Any]:
 # First: the hottest route. FastAPI tries routes in order (at every router level),
 # and the `:int` convertor keeps it from shadowing /export.csv below.
 @router.get("/{item_id:int}", response_model=Item)
-async def get_item(item_id: ItemId, state: ReadStateDep) -> Response:
-    # No ConnectionDep here: a cache hit must not borrow a pool connection.
+async def get_item(item_id: ItemId, request: Request) -> Response:
+    # Called, not declared as a dependency: FastAPI's dependency resolution was a fifth of a
+    # cache hit's CPU (bench/results/request_path.md). No ConnectionDep either: a cache hit
+    # must not borrow a pool connection.
+    state = await _read_state(request)
+
     async def load() -> bytes | None:
         async with state["db"].connection() as conn:
             row = await repository.get(conn, item_id)
