@@ -6,16 +6,17 @@ serving a request (including from libraries) carries it.
 
 In the API's gunicorn worker, `start_background_logging()` (a gunicorn
 `post_fork` hook, service/gunicorn_conf.py) puts one bounded buffer in front of
-the stdout handler: a log call on the event loop only captures the record and
-its context (request id, job id, trace ids) and appends it (the stdlib
-`QueueHandler` with our buffer as its queue); a thread takes what has
-accumulated every LOG_FLUSH_SECONDS, formats it as JSON and writes it with one
-`write` per batch, so a slow pipe or a full disk stalls that thread, never the
-requests. When the buffer is full (LOG_QUEUE_SIZE lines behind) a record is
-dropped and counted, never waited for: `access_log_lines_total{outcome="dropped"}`
-for access lines, `log_records_dropped_total` for all. `stop_background_logging()`
-(gunicorn's `worker_exit` hook, and at interpreter exit) writes everything
-still buffered before the worker exits, so no line is lost at SIGTERM.
+the stdout handler: a log call on the event loop formats the JSON line (with
+its context: request id, job id, trace ids) and appends it (the stdlib
+`QueueHandler` is the front, `ContextQueueHandler` says why the line is
+formatted there); a thread takes what has accumulated every LOG_FLUSH_SECONDS
+and writes it with one `write` per batch, so a slow pipe or a full disk stalls
+that thread, never the requests. When the buffer is full (LOG_QUEUE_SIZE lines
+behind) a record is dropped and counted, never waited for:
+`access_log_lines_total{outcome="dropped"}` for access lines,
+`log_records_dropped_total` for all. `stop_background_logging()` (gunicorn's
+`worker_exit` hook, and at interpreter exit) writes everything still buffered
+before the worker exits, so no line is lost at SIGTERM.
 
 Why not the stdlib `QueueListener`: it wakes its thread for every record (a
 `queue.Queue` put notifies a condition) and writes each line with its own
@@ -36,7 +37,6 @@ import contextlib
 import contextvars
 import logging
 import logging.config
-import queue
 import sys
 import threading
 import time
@@ -111,23 +111,37 @@ def sampled_out() -> None:
 
 
 class ContextQueueHandler(QueueHandler):
-    """The event loop's side: capture the record's context, enqueue it, never wait; a full queue drops and counts.
+    """The event loop's side: format the line, enqueue it, never wait; a full buffer drops and counts.
 
-    Unlike the stdlib QueueHandler, it does not format the record here: the
-    listener thread does (JsonFormatter), from the context captured now.
+    The line is formatted here, with the formatter of the stream handler behind
+    the buffer (stdout's JsonFormatter), so the writer thread only joins lines
+    and makes the `write` call, which releases the GIL. Formatting in the thread
+    made it hold the GIL for a whole batch while the event loop, which gives
+    the GIL up at every socket call, waited to get it back: under 32 busy
+    connections the access line cost four times its formatting
+    (bench/results/request_path.md). A record for another handler keeps its
+    captured context and is formatted by the thread.
     """
+
+    def __init__(self, buffer: _Buffer, line_formatter: logging.Formatter | None) -> None:
+        super().__init__(buffer)  # type: ignore[arg-type]  # QueueHandler only calls put_nowait
+        self.buffer = buffer
+        self.line_formatter = line_formatter
 
     def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
         record.__dict__["_context"] = _context()
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        try:
-            self.queue.put_nowait(record)
-        except queue.Full:
+        if self.buffer.full():
             LOG_RECORDS_DROPPED.inc()
             if record.name == ACCESS_LOGGER:
                 _DROPPED.inc()
+            return
+        if self.line_formatter is not None:
+            with contextlib.suppress(Exception):  # the thread formats it again and reports the failure
+                record.__dict__["_line"] = (self.line_formatter, self.line_formatter.format(record))
+        self.buffer.records.append(record)
 
 
 class _Buffer:
@@ -137,10 +151,8 @@ class _Buffer:
         self.size = size
         self.records: collections.deque[logging.LogRecord] = collections.deque()
 
-    def put_nowait(self, record: logging.LogRecord) -> None:  # what QueueHandler.enqueue calls
-        if len(self.records) >= self.size:
-            raise queue.Full
-        self.records.append(record)
+    def full(self) -> bool:
+        return len(self.records) >= self.size
 
 
 class _Writer:
@@ -184,6 +196,10 @@ def _write_batch(handler: logging.StreamHandler[Any], batch: list[logging.LogRec
     for record in batch:
         if record.levelno < handler.level or not handler.filter(record):
             continue
+        formatted = record.__dict__.get("_line")
+        if formatted is not None and formatted[0] is handler.formatter:
+            lines.append(formatted[1])
+            continue
         try:
             lines.append(handler.format(record))
         except Exception:  # noqa: BLE001 - as Handler.emit does: logging never raises into the caller
@@ -225,7 +241,8 @@ def start_background_logging(queue_size: int = LOG_QUEUE_SIZE, loggers: list[log
     if not handlers:
         return
     buffer = _Buffer(queue_size)
-    front = ContextQueueHandler(buffer)  # type: ignore[arg-type]  # QueueHandler only calls put_nowait
+    streams = [h.formatter for h in handlers if isinstance(h, logging.StreamHandler) and h.formatter is not None]
+    front = ContextQueueHandler(buffer, streams[0] if streams else None)
     for log in loggers:
         if log.handlers:
             _replaced.append((log, log.handlers))
