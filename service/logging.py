@@ -74,9 +74,20 @@ _WRITTEN, _SAMPLED_OUT, _DROPPED = (ACCESS_LOG_LINES.labels(o) for o in ("writte
 class JsonFormatter(logging.Formatter):
     """Render a record as one JSON object: time, level, logger, message, request id, extras."""
 
+    _second: tuple[int, str] = (-1, "")  # replaced whole: the loop and the writer thread may both format
+
+    def _timestamp(self, record: logging.LogRecord) -> str:
+        """RFC 3339 UTC with milliseconds; the seconds part is formatted once per second, not per line."""
+        second, text = self._second
+        if int(record.created) != second:
+            second = int(record.created)
+            text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            self._second = (second, text)
+        return f"{text}.{int(record.msecs):03d}Z"
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z",
+            "ts": self._timestamp(record),
             "level": record.levelname,
             "logger": record.name,
             "msg": record.getMessage(),
