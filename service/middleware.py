@@ -28,11 +28,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service import slo, tracing
 from service.config import Settings
 from service.errors import PayloadTooLarge, ServiceUnavailable, problem_response
-from service.logging import ACCESS_LOGGER, request_id_var, sampled_out
+from service.logging import log_access, request_id_var, sampled_out
 from service.metrics import CLIENT_CLOSED, route_template
 from service.numbers import MAX_DIGITS
 
-access_logger = logging.getLogger(ACCESS_LOGGER)
 logger = logging.getLogger(__name__)
 
 PROBE_PATHS: Final = frozenset({"/livez", "/readyz", "/startupz"})
@@ -127,16 +126,15 @@ class RequestContextMiddleware:
         finally:
             elapsed = time.perf_counter() - started
             if scope["path"] not in PROBE_PATHS and self.sampler.keep(status, elapsed):
-                access_logger.info(
-                    "request",
-                    extra={
+                log_access(
+                    {
                         "method": scope["method"],
                         "path": scope["path"],
                         "status": status,
                         "duration_ms": round(elapsed * 1000, 3),
                         "client": (scope.get("client") or ("", 0))[0],
                         "principal": scope.get("principal"),
-                    },
+                    }
                 )
             if span is not None:
                 tracing.end_request_span(span, span_token, route_template(scope), status or 500, scope["path"])

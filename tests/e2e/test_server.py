@@ -103,6 +103,8 @@ async def test_access_log_is_json_with_request_id_and_skips_probes(
     await asyncio.sleep(0.2)
     access = [entry for entry in api.logs() if entry["logger"] == "service.access"]
     assert [entry["path"] for entry in access] == ["/v1/items/999"]
+    # The service's own logging configuration lets access lines skip the LogRecord (log_access).
+    assert [e["access_shortcut"] for e in api.logs() if e["msg"] == "logging in the background"] == [True]
     [line] = access
     assert line["request_id"] == "trace-me-42"
     assert line["status"] == 404

@@ -12,9 +12,11 @@ import orjson
 import pytest
 from prometheus_client import REGISTRY
 
+from service import logging as logging_module
 from service.logging import (
     ACCESS_LOGGER,
     JsonFormatter,
+    log_access,
     request_id_var,
     start_background_logging,
     stop_background_logging,
@@ -135,3 +137,39 @@ def test_a_stream_gets_its_lines_in_order_in_batches_not_one_write_each() -> Non
     lines = [orjson.loads(line) for line in stream.getvalue().splitlines()]
     assert [line["n"] for line in lines] == list(range(500))
     assert stream.writes < 50, f"{stream.writes} writes for 500 lines"
+
+
+def test_an_access_line_built_without_a_log_record_is_the_line_the_logger_would_write() -> None:
+    """log_access skips the logging machinery only when our JSON stream is the one place the line can go."""
+    root, access = logging.getLogger(), logging.getLogger(ACCESS_LOGGER)
+    saved = (root.handlers, root.level, access.handlers, access.propagate, access.level, access.disabled)
+    stream = CountingStream()
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(JsonFormatter())
+    root.handlers, access.handlers, access.propagate, access.disabled = [handler], [], True, False
+    root.setLevel(logging.INFO)
+    access.setLevel(logging.NOTSET)
+    fields = {"method": "GET", "path": "/v1/items/1", "status": 200, "duration_ms": 0.25, "client": "10.0.0.1"}
+    try:
+        start_background_logging(loggers=[root, access])
+        assert logging_module._access_shortcut is not None
+        token = request_id_var.set("req-1")
+        log_access({**fields, "principal": None})
+        access.info("request", extra={**fields, "principal": None})  # the general way, same fields
+        request_id_var.reset(token)
+        stop_background_logging()
+        shortcut, general = (orjson.loads(line) for line in stream.getvalue().splitlines())
+        assert shortcut.pop("ts")[:19] == general.pop("ts")[:19]
+        assert list(shortcut.items()) == list(general.items())  # same keys, same order, same values
+
+        handler.addFilter(lambda record: True)  # a filter must see every record: no shortcut
+        start_background_logging(loggers=[root, access])
+        assert logging_module._access_shortcut is None
+        log_access({**fields, "principal": "reader"})
+        stop_background_logging()
+        assert orjson.loads(stream.getvalue().splitlines()[-1])["principal"] == "reader"
+    finally:
+        stop_background_logging()
+        root.handlers, _, access.handlers, access.propagate, _, access.disabled = saved
+        root.setLevel(saved[1])
+        access.setLevel(saved[4])
