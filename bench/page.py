@@ -47,6 +47,20 @@ def _request_path(data: dict[str, Any]) -> Iterator[Row]:
         yield Row(target["name"], _x(target["ratio"]), target["target"], target["met"])
 
 
+def _cache_writes(data: dict[str, Any]) -> Iterator[Row]:
+    for name, row in data["rows"].items():
+        target = data["target"]
+        if name == target["name"].split(",")[0]:
+            yield Row(
+                f"cache invalidation, {name}, median",
+                f"{row['median_ms']:.2f} ms",
+                f"< {target['ms']:g} ms",
+                target["met"],
+            )
+        else:
+            yield Row(f"cache invalidation, {name}, median", f"{row['median_ms']:.2f} ms", "", None)
+
+
 def _jobs(data: dict[str, Any]) -> Iterator[Row]:
     queue, api = data["queue"], data["api_latency"]
     yield Row(
@@ -123,6 +137,7 @@ def _drills(data: dict[str, Any]) -> Iterator[Row]:
 
 BENCHES = [
     Bench("Request path", "request_path", "uv run python bench/request_path.py", _request_path),
+    Bench("Cache writes", "cache_writes", "uv run python bench/cache_writes.py", _cache_writes),
     Bench("Worker tier", "jobs", "uv run python bench/jobs.py", _jobs),
     Bench(
         "Observability overhead",

@@ -490,6 +490,11 @@ class TwoLevelCache:
                     heartbeat.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await heartbeat
+                    # Writers need not wait for this pod any more (at shutdown too): best effort,
+                    # else its lease simply runs out.
+                    with contextlib.suppress(RedisError, OSError, TimeoutError):
+                        async with asyncio.timeout(0.2):
+                            await self.redis.zrem(self.lease_holders_key, self.pod_id)
             await asyncio.sleep(retry_seconds)
 
     @property

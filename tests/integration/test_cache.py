@@ -281,3 +281,12 @@ async def test_a_lost_subscription_ends_the_lease(flushed: str) -> None:
         assert await cache.get("item:1", Loader(b"unused")) == b"cached"  # from L2, checked
         assert await redis_calls(flushed, "mget") == before + 1
         await until(lambda: cache.leased, "a new lease over the new subscription")
+
+
+async def test_a_pod_that_shut_down_is_not_waited_for(flushed: str) -> None:
+    async with pod(flushed, l1_lease=LEASE) as writer:
+        async with pod(flushed, l1_lease=LEASE) as leaving:
+            assert await leaving.get("item:1", Loader(b"old")) == b"old"
+        started = asyncio.get_running_loop().time()
+        await writer.invalidate("item:1")
+        assert asyncio.get_running_loop().time() - started < LEASE / 2  # it left the lease holders on the way out
