@@ -10,6 +10,17 @@ import httpx
 import load_burst  # deploy/kind, on sys.path via tests/fixtures/__init__.py
 import pytest
 
+from service.config import Rate, Settings
+from tests.fixtures.app import make_settings
+from tests.fixtures.backends import Backends
+
+
+@pytest.fixture
+def settings(backends: Backends) -> Settings:
+    # Cache hits no longer wait for Redis: one second at concurrency 4 reads more than the
+    # default 1,200 per minute. This test is about the burst's accounting, not the limiter.
+    return make_settings(backends, rate_limit_reads=Rate(count=1_000_000, period_seconds=60))
+
 
 async def test_a_short_burst_reads_writes_and_enqueues(client: httpx.AsyncClient, db: asyncpg.Connection) -> None:
     summary = await load_burst.burst(client, seconds=1.0, concurrency=4, jobs=3)
