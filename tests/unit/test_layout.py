@@ -44,3 +44,19 @@ def test_the_check_sees_a_forbidden_import() -> None:
     assert _is_test_module("tests.e2e.conftest.ApiProcess")
     assert not _is_test_module("tests.fixtures.items.ITEM")
     assert not _is_test_module("service.jobs.schemas")
+
+
+MAX_FUNCTION_LINES = 60  # issue 13: a function a reader can hold on one screen
+
+
+def test_no_function_in_service_or_monitoring_is_over_60_lines() -> None:
+    """Definition line to last line, docstring included; data tables are module-level constants, not functions."""
+    long = []
+    for package in ("service", "monitoring"):
+        for path in sorted((ROOT / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    length = (node.end_lineno or node.lineno) - node.lineno + 1
+                    if length > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, "split these:\n" + "\n".join(long)
