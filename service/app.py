@@ -42,7 +42,7 @@ from service.middleware import (
 )
 from service.profiling import RequestProfilerMiddleware
 from service.ratelimit import RateLimiter, RateLimitMiddleware
-from service.resilience import Bulkhead, CircuitBreaker
+from service.resilience import Bulkhead, CircuitBreaker, cancel_until_done
 from service.state import CatalogApp, State
 
 logger = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
         stack.push_async_callback(probe_pool.close)
         instrument_pool(pool)
         lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
-        stack.push_async_callback(_cancel, lag_watch)
+        stack.push_async_callback(cancel_until_done, lag_watch)
         client = create_redis(settings)
         stack.push_async_callback(client.aclose)
         redis_breaker = _breaker("redis", settings)
@@ -112,9 +112,9 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             )
             await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL
             keeper = asyncio.create_task(cache.keep_trust(), name="cache-trust")
-            stack.push_async_callback(_cancel, keeper)
+            stack.push_async_callback(cancel_until_done, keeper)
             listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
-            stack.push_async_callback(_cancel, listener)
+            stack.push_async_callback(cancel_until_done, listener)
         state: State = {
             "settings": settings,
             "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
@@ -200,13 +200,3 @@ def create_app(settings: Settings | None = None) -> CatalogApp:
 
 
 _RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]
-
-
-async def _cancel(task: asyncio.Task[None]) -> None:
-    # Cancel again until it ends: a library that swallows one cancellation (redis-py's
-    # pubsub read was seen to) must not keep shutdown waiting forever.
-    while not task.done():
-        task.cancel()
-        await asyncio.wait({task}, timeout=1.0)
-    with contextlib.suppress(asyncio.CancelledError):
-        await task

@@ -73,7 +73,7 @@ from redis.exceptions import RedisError
 from service.db import UNAVAILABLE_ERRORS, Pool
 from service.errors import ServiceUnavailable
 from service.metrics import CACHE_REQUESTS, DEPENDENCY_ERRORS
-from service.resilience import CircuitBreaker, CircuitOpen, DependencyCall
+from service.resilience import CircuitBreaker, CircuitOpen, DependencyCall, cancel_until_done
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -487,9 +487,7 @@ class TwoLevelCache:
             finally:
                 self._forget_all()
                 if heartbeat is not None:
-                    heartbeat.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await heartbeat
+                    await cancel_until_done(heartbeat)
                     # Writers need not wait for this pod any more (at shutdown too): best effort,
                     # else its lease simply runs out.
                     with contextlib.suppress(RedisError, OSError, TimeoutError):
@@ -549,6 +547,9 @@ class TwoLevelCache:
                 keys=[self.trust_key, self.lease_holders_key], args=[self.pod_id, lease_ms, self.pod_channel, sent]
             )
 
+        task = asyncio.current_task()
         while True:
             await self._redis("lease", beat)
+            if task is not None and task.cancelling():
+                raise asyncio.CancelledError  # redis-py may have turned our cancellation into a timeout
             await asyncio.sleep(self.l1_lease_seconds / 4)

@@ -9,6 +9,7 @@ once, without waiting for a timeout); then one trial call is let through
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Callable
@@ -17,6 +18,20 @@ from service import tracing
 from service.metrics import BREAKER_OPEN, BULKHEAD_REJECTIONS, DEPENDENCY_CALL_DURATION, DEPENDENCY_ERRORS
 
 logger = logging.getLogger(__name__)
+
+
+async def cancel_until_done(task: asyncio.Task[None]) -> None:
+    """Cancel `task` and wait for it to end, cancelling again every second until it does.
+
+    A library that swallows one cancellation (redis-py turns a cancellation that lands as
+    its read timeout expires into its own TimeoutError, which a retry loop then catches)
+    must not keep shutdown waiting forever.
+    """
+    while not task.done():
+        task.cancel()
+        await asyncio.wait({task}, timeout=1.0)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 class CircuitBreaker:

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from service.cache import LocalTTLCache, TwoLevelCache
-from service.resilience import CircuitBreaker
+from service.resilience import CircuitBreaker, cancel_until_done
 from tests.fixtures.backends import Backends
 
 
@@ -55,9 +55,7 @@ async def pod(
         yield cache
     finally:
         for task in tasks:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+            await cancel_until_done(task)
         await client.aclose()
 
 
