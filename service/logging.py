@@ -152,10 +152,7 @@ class ContextQueueHandler(QueueHandler):
         return record
 
     def enqueue(self, record: logging.LogRecord) -> None:
-        if self.buffer.full():
-            LOG_RECORDS_DROPPED.inc()
-            if record.name == ACCESS_LOGGER:
-                _DROPPED.inc()
+        if not self.buffer.has_room(access=record.name == ACCESS_LOGGER):
             return
         if self.line_formatter is not None:
             with contextlib.suppress(Exception):  # the thread formats it again and reports the failure
@@ -171,8 +168,14 @@ class _Buffer:
         # Records, or lines already formatted (access lines, see log_access).
         self.records: collections.deque[logging.LogRecord | str] = collections.deque()
 
-    def full(self) -> bool:
-        return len(self.records) >= self.size
+    def has_room(self, *, access: bool) -> bool:
+        """Room for one more record? If not, the record is dropped here and counted (an access line twice)."""
+        if len(self.records) < self.size:
+            return True
+        LOG_RECORDS_DROPPED.inc()
+        if access:
+            _DROPPED.inc()
+        return False
 
 
 class _Writer:
@@ -264,9 +267,7 @@ def log_access(fields: dict[str, Any]) -> None:
     if _access.handlers or len(root.handlers) != 1 or root.handlers[0] is not front:
         _access.info("request", extra=fields)  # reconfigured since: the general way
         return
-    if buffer.full():
-        LOG_RECORDS_DROPPED.inc()
-        _DROPPED.inc()
+    if not buffer.has_room(access=True):
         return
     entry = formatter.entry(time.time(), "INFO", ACCESS_LOGGER, "request", _context())
     entry.update(fields)
