@@ -10,8 +10,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import orjson
@@ -19,6 +20,7 @@ import pytest
 import servers
 
 from tests.fixtures.paths import ROOT
+from tests.fixtures.processes import lines_where
 
 pytestmark = pytest.mark.e2e
 STACK = [sys.executable, str(ROOT / "deploy" / "local" / "stack.py")]
@@ -74,6 +76,10 @@ def base(env: dict[str, str]) -> str:
     return f"http://127.0.0.1:{env['API_PORT']}"
 
 
+def _access_line(request_id: str) -> Callable[[dict[str, Any]], bool]:
+    return lambda line: line["logger"] == "service.access" and line.get("request_id") == request_id
+
+
 def test_the_api_answers_through_nginx(stack: dict[str, str]) -> None:
     key = (Path(stack["RUN_DIR"]) / "api-key").read_text().strip()
     with httpx.Client(base_url=base(stack), headers={"Authorization": f"Bearer {key}"}) as http:
@@ -92,8 +98,9 @@ def test_the_api_answers_through_nginx(stack: dict[str, str]) -> None:
     [edge_line] = [line for line in edge if line["request_id"] == "from-the-edge-1"]
     assert edge_line["status"] == 201
     assert edge_line["upstream_header_time"]  # upstream timings are logged
-    app_lines = b"".join((run_dir / f"api-{n}.log").read_bytes() for n in (1, 2))
-    assert b'"request_id":"from-the-edge-1"' in app_lines
+    pod_logs = [run_dir / f"api-{n}.log" for n in (1, 2)]
+    access = lines_where(pod_logs, _access_line("from-the-edge-1"))
+    assert [line["status"] for line in access] == [201]  # the pod's access line carries nginx's request id
 
 
 def test_nginx_answers_its_own_errors_as_problems(stack: dict[str, str]) -> None:
@@ -142,8 +149,10 @@ def test_a_job_posted_through_nginx_is_run_by_the_worker_under_the_same_request_
             assert time.monotonic() < deadline, job
             time.sleep(0.1)
     assert job["result"]["items"] >= 1  # the item the first test created, at least
-    worker_lines = [orjson.loads(line) for line in (Path(stack["RUN_DIR"]) / "worker.log").read_bytes().splitlines()]
-    finished = [line for line in worker_lines if line["msg"] == "job finished" and line.get("job_id") == job["id"]]
+    finished = lines_where(
+        [Path(stack["RUN_DIR"]) / "worker.log"],
+        lambda line: line["msg"] == "job finished" and line.get("job_id") == job["id"],
+    )
     assert finished[0]["request_id"] == "job-from-the-edge"
     assert httpx.get(f"http://127.0.0.1:{stack['WORKER_METRICS_PORT']}/readyz").status_code == 200
 

@@ -23,7 +23,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 )
 
 from tests.fixtures.keys import WRITER
-from tests.fixtures.processes import ApiProcess, WorkerProcess
+from tests.fixtures.processes import ApiProcess, WorkerProcess, lines_where
 
 pytestmark = pytest.mark.e2e
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -147,10 +147,11 @@ async def test_the_request_span_and_the_job_span_are_one_trace(
     assert "postgres WITH" in worker_children  # the token-guarded completion
 
     # The trace id is on the log lines of both sides, and an exemplar on the latency histogram.
-    api_lines = [line for line in api.logs() if line.get("request_id") == "traced-1"]
-    assert api_lines
+    logged = api.logs(until=lambda line: line["logger"] == "service.access" and line.get("request_id") == "traced-1")
+    api_lines = [line for line in logged if line.get("request_id") == "traced-1"]
+    assert "service.access" in {line["logger"] for line in api_lines}
     assert {line["trace_id"] for line in api_lines} == {CALLER_TRACE}
-    finished = [line for line in worker.logs() if line["msg"] == "job finished"]
+    finished = lines_where([worker.logfile], lambda line: line["msg"] == "job finished")
     assert finished[0]["trace_id"] == CALLER_TRACE
     assert finished[0]["request_id"] == "traced-1"
     exemplars = re.findall(
@@ -170,7 +171,9 @@ async def test_without_an_endpoint_nothing_is_exported_and_logs_carry_no_trace_i
         assert response.status_code == 404
     await asyncio.sleep(0.5)
     assert receiver.spans == []
-    assert all("trace_id" not in line for line in api.logs())
+    lines = api.logs(until=lambda line: line.get("path") == "/v1/items/1")
+    assert [line["status"] for line in lines if line.get("path") == "/v1/items/1"] == [404]  # its line is there
+    assert all("trace_id" not in line for line in lines)
 
 
 def test_an_unsupported_otlp_protocol_stops_startup_with_one_line(start_api: Callable[..., ApiProcess]) -> None:

@@ -177,8 +177,11 @@ async def test_a_job_past_its_timeout_is_killed_counted_as_an_attempt_and_retrie
     assert [(row["attempt"], row["outcome"]) for row in history] == [(1, "timeout"), (2, "timeout")]
     error = await db.fetchval("SELECT error FROM jobs WHERE id = $1", job_id)
     assert error.startswith("timed out after 1 s; child process ")
-    killed = [entry["child_pid"] for entry in worker.logs() if entry["msg"] == "job timed out"]
+    last_pid = int(error.split("child process ")[1].split()[0])
+    lines = worker.logs(until=lambda entry: entry.get("child_pid") == last_pid)  # the second attempt's line
+    killed = [entry["child_pid"] for entry in lines if entry["msg"] == "job timed out"]
     assert len(killed) == 2
+    assert killed[1] == last_pid
     for pid in killed:
         assert not psutil.pid_exists(pid), f"child {pid} survived its timeout"
     # The slot got a fresh child, and the first job on it runs at once (a stale event-loop
