@@ -18,7 +18,11 @@ update does: the pod leaves nginx's upstream first (the endpoint is removed;
 nginx reloads, and its old workers finish what they were sending it), then it
 gets SIGTERM and drains, its replacement starts, and it rejoins the upstream
 once /readyz answers 200. Nothing is sent to a pod that is stopping or still
-starting, so no request fails.
+starting, so no request fails on the pod's side. The reload has one cost on the
+client's side: nginx's old workers close their idle keep-alive connections, and
+a request a client sends on one at that instant gets no answer (it was never
+read; RFC 9112 section 9.3.1 lets the client send it again). ingress-nginx in a
+cluster changes endpoints without a reload.
 
 When RUN_DIR sits where the `postgres` user cannot go (a clone in root's
 mode-0700 home), PostgreSQL's data and nginx's temporary files live in a
