@@ -109,8 +109,8 @@ async def test_invalidation_reaches_every_pod(flushed: str, lease: float) -> Non
         await reader.get("item:1", Loader(b"old"))
         assert await reader.get("item:1", Loader(b"unused")) == b"old"  # L1 hit
         await writer.invalidate("item:1")
-        if not lease:
-            await asyncio.sleep(0.05)  # the message crosses Redis (with leases, the write waited for it)
+        if not lease:  # the message crosses Redis (with leases, the write waited for it)
+            await until(lambda: reader.l1.get("item:1") is None, "invalidation message")
         assert await reader.get("item:1", Loader(b"new")) == b"new"
 
 
@@ -120,7 +120,7 @@ async def test_a_slow_reader_cannot_put_back_a_value_older_than_a_write(flushed:
         slow = Loader(b"before-the-write")
         slow.gate = asyncio.Event()
         reading = asyncio.create_task(cache.get("item:1", slow))
-        await asyncio.sleep(0.05)  # the reader has loaded the old row and is about to fill L2
+        await until(lambda: slow.calls == 1, "read")  # the reader has the old row and is about to fill L2
         await cache.invalidate("item:1")  # a write committed meanwhile
         slow.gate.set()
         assert await reading == b"before-the-write"  # this caller sees what it read...
