@@ -14,15 +14,14 @@ without the project's virtualenv.
 `up` on a running stack starts only what is missing (a dead pod, the worker,
 nginx, Prometheus, PostgreSQL, Redis) and leaves the rest serving.
 `restart-api` rolls the API pods one at a time the way a Deployment's rolling
-update does: the pod leaves nginx's upstream first (the endpoint is removed;
-nginx reloads, and its old workers finish what they were sending it), then it
-gets SIGTERM and drains, its replacement starts, and it rejoins the upstream
-once /readyz answers 200. Nothing is sent to a pod that is stopping or still
-starting, so no request fails on the pod's side. The reload has one cost on the
-client's side: nginx's old workers close their idle keep-alive connections, and
-a request a client sends on one at that instant gets no answer (it was never
-read; RFC 9112 section 9.3.1 lets the client send it again). ingress-nginx in a
-cluster changes endpoints without a reload.
+update does: the pod leaves nginx's rotation first (the endpoint is removed:
+a marker file nginx checks on every request, see `rotation_marker`), then it
+gets SIGTERM and drains, its replacement starts, and it rejoins the rotation
+once /readyz answers 200. Nothing new is sent to a pod that is stopping or
+still starting, and nginx is never reloaded (a reload closes the clients' idle
+keep-alive connections, and a request sent on one at that instant gets no
+answer), so no request fails. ingress-nginx, too, changes endpoints without a
+reload.
 
 When RUN_DIR sits where the `postgres` user cannot go (a clone in root's
 mode-0700 home), PostgreSQL's data and nginx's temporary files live in a
@@ -197,8 +196,8 @@ def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str
     return env
 
 
-def render_nginx(stack: Stack, out_of_rotation: frozenset[int] = frozenset()) -> Path:
-    """nginx.conf for the stack; pods whose index is in `out_of_rotation` are marked `down`."""
+def render_nginx(stack: Stack) -> Path:
+    """nginx.conf for the stack: an upstream group per rotation, chosen per request (see `rotation_marker`)."""
     directory = stack.run_dir / "nginx"
     directory.mkdir(parents=True, exist_ok=True)
     temp = stack.shared_dir / "nginx-tmp"
@@ -207,23 +206,43 @@ def render_nginx(stack: Stack, out_of_rotation: frozenset[int] = frozenset()) ->
     if os.geteuid() == 0:  # nginx workers drop to `nobody` and write request bodies here
         for path in [temp, *temp.iterdir()]:
             path.chmod(0o777)
+    pods = dict(enumerate(stack.pod_ports, start=1))
+    groups = {"api": list(pods)} | {f"api_without_{out}": [i for i in pods if i != out] for out in pods}
     upstreams = "\n".join(
-        f"        server 127.0.0.1:{port} max_fails=1 fail_timeout=2s{' down' if index in out_of_rotation else ''};"
-        for index, port in enumerate(stack.pod_ports, start=1)
+        f"    upstream {name} {{\n"
+        + "".join(f"        server 127.0.0.1:{pods[index]} max_fails=1 fail_timeout=2s;\n" for index in members)
+        + "        keepalive 32;\n        keepalive_timeout 60s;\n    }"
+        for name, members in groups.items()
     )
+    checks = "\n".join(
+        f'        if (-f "{rotation_marker(stack, index)}") {{ set $pods api_without_{index}; }}' for index in pods
+    )
+    rotation = rotation_marker(stack, 0).parent
+    rotation.mkdir(exist_ok=True)
+    rotation.chmod(0o755)  # nginx's workers (`nobody` when started as root) must see the markers
     max_body = os.environ.get("MAX_BODY_BYTES", "1048576")
     text = (ROOT / "deploy" / "nginx" / "local.conf.template").read_text()
     for key, value in {
         "RUN_DIR": str(stack.run_dir),
         "TEMP_DIR": str(temp),
         "API_PORT": str(stack.api_port),
-        "UPSTREAM_SERVERS": upstreams,
+        "UPSTREAM_GROUPS": upstreams,
+        "ROTATION_CHECKS": checks,
+        "ROTATION_DIR": str(rotation),
         "MAX_BODY_BYTES": max_body,
     }.items():
         text = text.replace(f"@@{key}@@", value)
     config = directory / "nginx.conf"
     config.write_text(text)
     return config
+
+
+def rotation_marker(stack: Stack, index: int) -> Path:
+    """The file whose presence takes pod `index` out of nginx's rotation (nginx looks on every request).
+
+    It lives where nginx's workers can reach (`shared_dir`): a marker they cannot stat counts as absent.
+    """
+    return stack.shared_dir / "nginx-rotation" / f"out-{index}"
 
 
 class StackError(RuntimeError):
@@ -282,46 +301,6 @@ def _start_pods(stack: Stack, indices: list[int]) -> None:
     for index in indices:
         _start_pod(stack, index)
     _wait_pods_ready(stack, indices)
-
-
-def _children(pid: int) -> set[int]:
-    """Live child processes of `pid`, from /proc."""
-    found = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if int(fields[1]) == pid and fields[0] != "Z":
-                found.add(int(entry.name))
-    return found
-
-
-def _set_rotation(stack: Stack, out: frozenset[int]) -> None:
-    """Route to every pod but those in `out`; returns once no nginx worker of the old configuration is left.
-
-    nginx reloads gracefully: new workers start with the new upstream, the old ones stop
-    accepting, finish the requests they were serving and exit. Once they are gone nothing
-    can send another request to a pod taken out.
-    """
-    master = stack.pids["nginx"]
-    config = render_nginx(stack, out_of_rotation=out)
-    check = subprocess.run(
-        [nginx_binary(), "-t", "-q", "-c", str(config), "-p", str(config.parent)],
-        check=False,
-        capture_output=True,
-        text=True,
-    )
-    if check.returncode != 0:
-        raise StackError(f"nginx rejected {config}:\n{check.stderr}")
-    old_workers = _children(master)
-    os.kill(master, signal.SIGHUP)
-    deadline = time.monotonic() + 60  # past proxy_read_timeout: every old request has ended by then
-    while old_workers & _children(master) or not _children(master) - old_workers:
-        if time.monotonic() > deadline:
-            raise StackError(f"nginx did not finish reloading; see {config.parent / 'error.log'}")
-        time.sleep(0.05)
 
 
 def worker_environment(stack: Stack) -> dict[str, str]:
@@ -515,6 +494,7 @@ def up() -> int:
             _start_nginx(stack)
         if "prometheus" in missing:
             _start_prometheus(stack)
+        _rejoin_rotation(stack)
     except (StackError, RuntimeError) as error:
         print(f"make up failed: {error}", file=sys.stderr)
         if not repairing:
@@ -522,6 +502,15 @@ def up() -> int:
         return 1
     _print_summary(stack)
     return 0
+
+
+def _rejoin_rotation(stack: Stack) -> None:
+    """Put back in rotation a ready pod an interrupted `restart-api` left out."""
+    for index, port in enumerate(stack.pod_ports, start=1):
+        marker = rotation_marker(stack, index)
+        if marker.exists() and wait_http(f"http://127.0.0.1:{port}/readyz", 30):
+            marker.unlink()
+            print(f"api-{index} is back in nginx's rotation (an interrupted `restart-api` had taken it out)")
 
 
 def _print_summary(stack: Stack) -> None:
@@ -556,16 +545,17 @@ def restart_api() -> int:
     for index in range(1, len(stack.pod_ports) + 1):
         name = f"api-{index}"
         started = time.monotonic()
-        _set_rotation(stack, out=frozenset({index}))
+        rotation_marker(stack, index).touch()  # from the next request on, nginx routes around the pod
         if alive(stack.pids.get(name, 0)):
-            # SIGTERM: the pod drains (readyz 503) and finishes in-flight requests; nginx sends it nothing new.
+            # SIGTERM: the pod drains (readyz 503) and finishes in-flight requests, and serves one that
+            # nginx routed just before the marker appeared; nginx sends it nothing new.
             _stop_pid(stack.pids[name], signal.SIGTERM, 40)
         for port, variable in _ports(stack, name):
             if servers.port_open(port):
                 raise StackError(f"port {port} ({variable}) of {name} is still taken after it stopped")
         _start_pod(stack, index)
         _wait_pods_ready(stack, [index])
-        _set_rotation(stack, out=frozenset())
+        rotation_marker(stack, index).unlink()
         print(f"{name} replaced (pid {stack.pids[name]}) in {time.monotonic() - started:.1f} s")
     return 0
 
