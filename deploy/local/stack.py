@@ -542,6 +542,9 @@ def restart_api() -> int:
     stack = Stack.load(run_dir)
     if stack is None or not alive(stack.pids.get("nginx", 0)):
         raise StackError(f"nginx is not running (state: {run_dir / 'stack.json'}): `make up` first")
+    config = run_dir / "nginx" / "nginx.conf"
+    if str(rotation_marker(stack, 1)) not in config.read_text():
+        raise StackError(f"the running nginx has no rotation markers ({config} is older): `make down && make up`")
     for index in range(1, len(stack.pod_ports) + 1):
         name = f"api-{index}"
         started = time.monotonic()

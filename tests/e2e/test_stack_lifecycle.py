@@ -288,6 +288,20 @@ def test_a_pod_out_of_rotation_gets_no_request_and_up_puts_a_ready_one_back(stac
     assert _nginx_workers(stack) == workers  # nginx was never reloaded
 
 
+def test_restart_api_refuses_an_nginx_started_without_rotation_markers(stack: dict[str, str]) -> None:
+    config = Path(stack["RUN_DIR"]) / "nginx" / "nginx.conf"
+    current = config.read_text()
+    before = pids(stack)
+    try:
+        config.write_text(current.replace("nginx-rotation", "elsewhere"))  # as an older `make up` wrote it
+        refused = run_stack("restart-api", stack)
+    finally:
+        config.write_text(current)
+    assert refused.returncode != 0
+    assert "`make down && make up`" in refused.stderr
+    assert pids(stack) == before  # no pod was touched
+
+
 def test_restart_api_rolls_the_pods_one_at_a_time_without_a_failed_request(stack: dict[str, str]) -> None:
     before = pids(stack)
     workers = _nginx_workers(stack)
