@@ -28,18 +28,6 @@ pytestmark = pytest.mark.e2e
 ITEM = {"sku": "e2e-1", "name": "Widget", "category": "tools", "price_cents": 500, "stock": 5}
 
 
-async def wait_for_lock_waiter(db: asyncpg.Connection, within_seconds: float = 10) -> None:
-    deadline = time.monotonic() + within_seconds
-    while time.monotonic() < deadline:
-        waiting = await db.fetchval(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'catalog-api' AND wait_event_type = 'Lock'"
-        )
-        if waiting:
-            return
-        await asyncio.sleep(0.05)
-    raise TimeoutError("the request never blocked on the lock")
-
-
 async def test_sigterm_drains_finishes_in_flight_and_exits_in_time(
     start_api: Callable[..., ApiProcess], db: asyncpg.Connection
 ) -> None:
@@ -51,11 +39,7 @@ async def test_sigterm_drains_finishes_in_flight_and_exits_in_time(
         # Make a read slow for real: hold a lock it must wait for.
         lock = await TableLock(db).hold()
         slow = asyncio.create_task(http.get(f"/v1/items/{item_id}", headers={"X-Request-ID": "slow-request-1"}))
-        watcher = await asyncpg.connect(api.env["DATABASE_URL"])
-        try:
-            await wait_for_lock_waiter(watcher)
-        finally:
-            await watcher.close()
+        await lock.wait_for_waiter()
 
         sent = time.monotonic()
         api.signal(signal.SIGTERM)

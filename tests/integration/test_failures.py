@@ -40,7 +40,7 @@ async def test_a_saturated_pool_answers_503_quickly(backends: Backends, db: asyn
     settings = make_settings(backends, db_pool_max_size=1, db_pool_min_size=1, db_pool_acquire_timeout_seconds=0.3)
     async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))  # takes the only connection and waits
-        await asyncio.sleep(0.2)
+        await lock.wait_for_waiter()
         started = asyncio.get_running_loop().time()
         response = await client.get("/v1/items/2")
         elapsed = asyncio.get_running_loop().time() - started
@@ -73,7 +73,7 @@ async def test_an_export_over_a_saturated_pool_is_503_not_an_empty_200(
     settings = make_settings(backends, db_pool_max_size=1, db_pool_min_size=1, db_pool_acquire_timeout_seconds=0.3)
     async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))
-        await asyncio.sleep(0.2)
+        await lock.wait_for_waiter()
         response = await client.get("/v1/items/export.csv")
         await lock.release()
         await holder

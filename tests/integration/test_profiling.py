@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import asyncpg
@@ -10,7 +11,7 @@ from pydantic import ValidationError
 
 from service.app import create_app
 from tests.fixtures.app import lifespan_client, make_settings
-from tests.fixtures.backends import Backends
+from tests.fixtures.backends import Backends, TableLock
 from tests.fixtures.keys import WRITER
 
 
@@ -21,11 +22,19 @@ async def test_a_request_with_x_profile_gets_its_own_profile_and_others_get_none
     async with lifespan_client(create_app(settings)) as http:
         item = {"name": "Profiled", "category": "c", "price_cents": 1, "stock": 1}
         plain = await http.post("/v1/items", json=item | {"sku": "prof-1"}, headers=WRITER)
-        profiled = await http.post(
-            "/v1/items",
-            json=item | {"sku": "prof-2"},
-            headers=WRITER | {"X-Profile": "1", "X-Request-ID": "prof-req"},
-        )
+        # The profiled request waits for a lock, so its route awaits long enough to be sampled:
+        # a request of under a millisecond can fall between two samples (the interval is 0.5 ms).
+        async with TableLock(db) as lock:
+            profiling = asyncio.create_task(
+                http.post(
+                    "/v1/items",
+                    json=item | {"sku": "prof-2"},
+                    headers=WRITER | {"X-Profile": "1", "X-Request-ID": "prof-req"},
+                )
+            )
+            await lock.wait_for_waiter()
+            await asyncio.sleep(0.02)
+        profiled = await profiling
     assert "x-profile-report" not in plain.headers
     assert profiled.status_code == 201
     assert profiled.json()["sku"] == "prof-2"  # the response itself is untouched

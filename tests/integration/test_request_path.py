@@ -20,7 +20,7 @@ async def test_a_request_over_its_budget_is_cut_off_with_503(backends: Backends,
     settings = one_connection_settings(backends, cache_enabled=False)
     async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         holder = asyncio.create_task(client.get("/v1/items/1"))  # holds the only connection
-        await asyncio.sleep(0.1)
+        await lock.wait_for_waiter()
         started = time.monotonic()
         response = await client.get("/v1/items/2")  # waits for a connection
         elapsed = time.monotonic() - started
@@ -36,7 +36,7 @@ async def test_exports_beyond_the_bulkhead_are_refused_at_once(backends: Backend
     settings = make_settings(backends, export_max_concurrent=1)
     async with lifespan_client(create_app(settings)) as client, TableLock(db) as lock:
         running = asyncio.create_task(client.get("/v1/items/export.csv"))  # inside the bulkhead, waiting
-        await asyncio.sleep(0.2)
+        await lock.wait_for_waiter()
         started = time.monotonic()
         refused = await client.get("/v1/items/export.csv")
         elapsed = time.monotonic() - started
