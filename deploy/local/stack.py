@@ -228,7 +228,6 @@ def render_nginx(stack: Stack) -> Path:
         "API_PORT": str(stack.api_port),
         "UPSTREAM_GROUPS": upstreams,
         "ROTATION_CHECKS": checks,
-        "ROTATION_DIR": str(rotation),
         "MAX_BODY_BYTES": max_body,
     }.items():
         text = text.replace(f"@@{key}@@", value)
