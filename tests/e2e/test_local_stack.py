@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -210,7 +211,9 @@ def test_make_profile_records_a_flame_graph_of_an_api_pod_under_load(stack: dict
     [directory] = (Path(stack["RUN_DIR"]) / "profile").iterdir()
     svg = (directory / "api-1.svg").read_text()
     assert "<svg" in svg
-    assert "service/middleware.py" in svg, "no frame of our own code was sampled"
+    # Any module of ours: at 20 req/s on a busy machine py-spy keeps few busy samples, and which of our
+    # frames they land in varies (a CI run under load had none in middleware.py but others of ours).
+    assert re.search(r"service/[\w/]+\.py", svg), "no frame of our own code was sampled"
     assert list(directory.rglob("report.html"))  # the load test's report sits beside it
 
 
