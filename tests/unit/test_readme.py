@@ -1,4 +1,4 @@
-"""The README's configuration table documents every setting, and nothing that is not one."""
+"""docs/configuration.md documents every setting and nothing that is not one; docs/tilt.md names what exists."""
 
 from __future__ import annotations
 
@@ -9,46 +9,42 @@ from tests.fixtures.paths import ROOT
 
 
 def test_every_setting_is_documented() -> None:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
-    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    page = (ROOT / "docs" / "configuration.md").read_text()
+    first_cells = [line.split("|")[1] for line in page.splitlines() if line.startswith("| `")]
     documented = {name for cell in first_cells for name in re.findall(r"`([A-Z][A-Z0-9_]+)`", cell)}
     settings = {name.upper() for name in (*Settings.model_fields, *WorkerSettings.model_fields)}
-    assert settings - documented == set(), "add these to the README's configuration table"
-    assert documented - settings == set(), "the README documents variables the service does not read"
+    assert settings - documented == set(), "add these to the table in docs/configuration.md"
+    assert documented - settings == set(), "docs/configuration.md documents variables the service does not read"
 
 
-TILT_SECTION = "Develop on kind with Tilt"
-# Repository paths as the README writes them (URLs are removed first).
+# Repository paths as docs/tilt.md writes them (URLs are removed first).
 REPO_PATH = re.compile(r"(?<![\w./-])((?:deploy|tests|service|monitoring)/[\w./-]*\w/?|Tiltfile|Dockerfile|Makefile)")
 
 
-def _section(title: str) -> str:
-    readme = (ROOT / "README.md").read_text()
-    assert f"\n## {title}\n" in readme
-    return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+def _tilt_page() -> str:
+    return (ROOT / "docs" / "tilt.md").read_text()
 
 
 def test_the_tilt_section_says_it_is_not_run_in_ci() -> None:
-    assert "Evaluated, not run, in our CI" in _section(TILT_SECTION)
+    assert "Evaluated, not run, in our CI" in _tilt_page()
 
 
 def test_every_make_target_the_tilt_section_names_exists() -> None:
-    named = set(re.findall(r"\bmake ([a-z][a-z0-9-]*)", _section(TILT_SECTION)))
+    named = set(re.findall(r"\bmake ([a-z][a-z0-9-]*)", _tilt_page()))
     defined = set(re.findall(r"^([a-z][a-z0-9-]*):", (ROOT / "Makefile").read_text(), re.MULTILINE))
     assert {"kind-up", "kind-down", "install", "tools"} <= named
     assert named - defined == set()
 
 
 def test_every_file_the_tilt_section_names_exists() -> None:
-    text = re.sub(r"https?://\S+", "", _section(TILT_SECTION))
+    text = re.sub(r"https?://\S+", "", _tilt_page())
     paths = set(REPO_PATH.findall(text))
     assert len(paths) >= 15, paths
     assert sorted(path for path in paths if not (ROOT / path).exists()) == []
 
 
 def test_every_tilt_resource_and_label_the_tilt_section_names_is_in_the_tiltfile() -> None:
-    table = _section(TILT_SECTION).split("**What each Tilt resource is**", 1)[1].split("\n\n", 2)[1]
+    table = _tilt_page().split("**What each Tilt resource is**", 1)[1].split("\n\n", 2)[1]
     rows = [line.split("|") for line in table.splitlines() if re.match(r"\| [a-z]+ \| `", line)]
     tiltfile = (ROOT / "Tiltfile").read_text()
     quoted = set(re.findall(r"'([\w.-]+)'", tiltfile))
@@ -64,7 +60,7 @@ def test_every_tilt_resource_and_label_the_tilt_section_names_is_in_the_tiltfile
 
 
 def test_the_versions_the_tilt_section_states_are_the_pinned_ones() -> None:
-    section = _section(TILT_SECTION)
+    section = _tilt_page()
     tiltfile = (ROOT / "Tiltfile").read_text()
     script = (ROOT / "deploy" / "kind" / "cluster.sh").read_text()
     charts = re.findall(r"chart (\d+\.\d+\.\d+)", section)
