@@ -12,12 +12,14 @@ from typing import Annotated, Any, TypedDict, cast
 
 import redis.asyncio as redis
 from fastapi import Depends, FastAPI, Request
+from starlette.types import Receive, Scope, Send
 
 from service import tracing
 from service.auth import KeyRing, read_access
 from service.cache import TwoLevelCache
 from service.config import Settings
 from service.db import Connection, Database, Pool
+from service.middleware import keep_connection_after_complete_response
 from service.ratelimit import RateLimiter
 from service.resilience import Bulkhead
 
@@ -58,6 +60,10 @@ class CatalogApp(FastAPI):
             drain_seconds=settings.shutdown_drain_seconds,
             shutdown_budget_seconds=settings.in_flight_budget_seconds,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Outside Starlette's ServerErrorMiddleware, which re-raises whatever it caught.
+        await keep_connection_after_complete_response(super().__call__, scope, receive, send)
 
 
 def lifecycle(request: Request) -> Lifecycle:
