@@ -26,12 +26,21 @@ from service.resilience import Bulkhead
 
 @dataclass
 class Lifecycle:
-    """Where the process is in its life; `service.server` flips `draining` on SIGTERM."""
+    """Where the process is in its life, as `service.server` sets it.
+
+    `draining`: SIGTERM arrived; /readyz answers 503. `closing_connections`: the worker
+    is on its way out (SIGTERM, a gunicorn reload, a MAX_REQUESTS recycle); every
+    response says `Connection: close`. `last_routed_request`: when (monotonic seconds)
+    the last non-probe request started while closing, to tell whether anyone still
+    routes requests here.
+    """
 
     drain_seconds: float = 0.0
     shutdown_budget_seconds: float = 30.0
     started: bool = False
     draining: bool = False
+    closing_connections: bool = False
+    last_routed_request: float = 0.0
 
 
 class CatalogApp(FastAPI):
