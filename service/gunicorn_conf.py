@@ -2,7 +2,7 @@
 
     gunicorn -c python:service.gunicorn_conf 'service.app:create_app()'
 
-One worker process per pod by default (WEB_CONCURRENCY overrides): Kubernetes
+One worker process per pod (Settings refuses any other WEB_CONCURRENCY): Kubernetes
 scales with replicas, metrics need no multiprocess mode, and a CPU request
 maps 1:1 to the event loop. An invalid environment stops the master here,
 before any worker forks, with one line per bad variable.

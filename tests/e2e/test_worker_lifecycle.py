@@ -10,6 +10,8 @@ old worker, and a POST sent on one the worker closes is lost (nginx never retrie
 from __future__ import annotations
 
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -19,9 +21,11 @@ import httpx
 import psutil
 import pytest
 
+from tests.fixtures.backends import Backends
 from tests.fixtures.edge import Edge, mixed_load
 from tests.fixtures.keys import WRITER
-from tests.fixtures.processes import ApiProcess
+from tests.fixtures.paths import ROOT
+from tests.fixtures.processes import ApiProcess, api_env
 
 pytestmark = pytest.mark.e2e
 
@@ -106,3 +110,18 @@ def test_posts_through_nginx_across_hup_reloads_lose_none(
     metrics = httpx.get(f"http://127.0.0.1:{api.env['METRICS_PORT']}/metrics", timeout=5)
     assert metrics.status_code == 200
     assert "http_server_request_duration_seconds" in metrics.text
+
+
+def test_a_second_worker_per_pod_is_refused_at_startup_with_one_line(backends: Backends) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "python:service.gunicorn_conf"],
+        cwd=ROOT,
+        env=api_env(backends, WEB_CONCURRENCY="2"),
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode != 0
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("configuration error: WEB_CONCURRENCY is invalid: must be 1: one worker process per pod")
