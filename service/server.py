@@ -129,12 +129,19 @@ class DrainingServer(Server):
         super().handle_exit(sig, frame)
 
     def begin_closing(self, reason: str, drain_seconds: float = 0.0) -> None:
-        """From now on every response closes its connection; `should_exit` follows (see `may_stop`)."""
-        if self.closing is not None:
-            return
+        """From now on every response closes its connection; `should_exit` follows (see `may_stop`).
+
+        Called again (SIGTERM during a recycle), the later drain wins: the pod still has to
+        leave its endpoints before it stops accepting.
+        """
         now = time.monotonic()
         end_of_drain = now + drain_seconds
-        self.closing = _Closing(reason, end_of_drain, end_of_drain + self.lifecycle.shutdown_budget_seconds / 2)
+        not_after = end_of_drain + self.lifecycle.shutdown_budget_seconds / 2
+        if self.closing is not None:
+            if end_of_drain <= self.closing.not_before:
+                return
+            reason = f"{self.closing.reason}, then {reason}"
+        self.closing = _Closing(reason, end_of_drain, not_after)
         self.lifecycle.last_routed_request = now
         self.lifecycle.closing_connections = True
         logger.info(
@@ -182,7 +189,7 @@ class DrainingServer(Server):
         await super().shutdown(sockets)
 
     async def on_tick(self, counter: int) -> bool:
-        if self.max_requests and self.server_state.total_requests >= self.max_requests:
+        if self.closing is None and self.max_requests and self.server_state.total_requests >= self.max_requests:
             self.begin_closing(f"served {self.max_requests} requests (MAX_REQUESTS)")
         if self.may_stop(time.monotonic()):
             self.should_exit = True

@@ -125,3 +125,36 @@ def test_a_second_worker_per_pod_is_refused_at_startup_with_one_line(backends: B
     assert result.returncode != 0
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("configuration error: WEB_CONCURRENCY is invalid: must be 1: one worker process per pod")
+
+
+def test_requests_queued_behind_a_worker_killed_for_timeout_are_served_by_its_replacement(
+    start_api: Callable[..., ApiProcess],
+) -> None:
+    """A stuck worker (stopped here) is killed by the master's heartbeat timeout; its queue is not lost.
+
+    What the stuck worker had accepted cannot be answered; the connections still in the listen
+    queue belong to the master's socket and the next worker serves them. In a cluster the
+    liveness probe (3 x 10 s) restarts a stuck pod before WORKER_TIMEOUT_SECONDS (60 s) would.
+    """
+    api = start_api(WORKER_TIMEOUT_SECONDS="2", **UNLIMITED)
+    [stuck] = psutil.Process(api.pid).children()
+    stuck.suspend()
+    outcomes: list[int | str] = []
+
+    def post(n: int) -> None:
+        item = {"sku": f"queued-{n}", "name": "Queued", "category": "c", "price_cents": 1, "stock": 1}
+        try:
+            outcomes.append(httpx.post(f"{api.url}/v1/items", json=item, headers=WRITER, timeout=60).status_code)
+        except httpx.TransportError as error:
+            outcomes.append(repr(error))
+
+    posts = [threading.Thread(target=post, args=(n,)) for n in range(8)]
+    for thread in posts:
+        thread.start()
+    for thread in posts:
+        thread.join()
+    assert outcomes == [201] * 8
+    assert not stuck.is_running()
+    assert api.process is not None
+    assert api.process.poll() is None, "the master exited"
+    assert any(line["msg"].startswith("WORKER TIMEOUT") for line in api.logs())
