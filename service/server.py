@@ -46,9 +46,11 @@ from typing import Any, ClassVar
 from gunicorn.arbiter import Arbiter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.config import Config
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import Server
 from uvicorn_worker import UvicornWorker
 
+from service.errors import problem_response
 from service.middleware import PROBE_PATHS
 from service.state import Lifecycle
 
@@ -201,13 +203,28 @@ class DrainingServer(Server):
         return await super().on_tick(counter)
 
 
+class ProblemHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 protocol (httptools), whose own 400 for a request it cannot parse is a problem.
+
+    Such a request never reaches the app, so uvicorn answers it in plain text; every other
+    error of the API is application/problem+json, and this one says the same in that shape.
+    """
+
+    def send_400_response(self, msg: str) -> None:
+        response = problem_response(400, detail=msg)
+        headers = [*self.server_state.default_headers, *response.raw_headers, (b"connection", b"close")]
+        head = b"".join(name + b": " + value + b"\r\n" for name, value in headers)
+        self.transport.write(b"HTTP/1.1 400 Bad Request\r\n" + head + b"\r\n" + bytes(response.body))
+        self.transport.close()
+
+
 class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn ships no types
-    # uvloop + httptools; access lines come from our middleware; no `server` header;
-    # X-Forwarded-For is resolved in the app (TRUSTED_PROXIES), not by the server.
+    # uvloop + httptools (its own parse errors answered as problems); access lines come from our
+    # middleware; no `server` header; X-Forwarded-For is resolved in the app (TRUSTED_PROXIES).
     CONFIG_KWARGS: ClassVar[dict[str, Any]] = {
         "proxy_headers": False,
         "loop": "auto",
-        "http": "auto",
+        "http": ProblemHttpToolsProtocol,
         "access_log": False,
         "server_header": False,
     }

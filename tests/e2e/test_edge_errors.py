@@ -70,3 +70,17 @@ async def test_no_pod_answering_is_a_502_problem_that_says_502(
     status, headers, body = await _answer(edge, b"GET /v1/items HTTP/1.1\r\nHost: edge\r\n\r\n")
     _assert_problem(status, headers, body, 502)
     assert headers["retry-after"] == "1"
+
+
+async def test_a_request_the_pod_cannot_parse_is_a_problem_too(start_api: Callable[..., ApiProcess]) -> None:
+    """Behind nginx a pod never sees one; a client that reaches the pod directly gets the same shape."""
+    api = start_api()
+    for raw in (b"GARBAGE\r\n\r\n", b"GET /v1/items HTTP/1.1\r\nHost: pod\r\nno colon here\r\n\r\n"):
+        async with await RawConnection.open(api.port) as connection:
+            answer = await connection.exchange(raw, method="GET")
+            assert answer.status == 400
+            assert answer.headers["content-type"] == "application/problem+json"
+            assert answer.headers["connection"] == "close"
+            problem = orjson.loads(answer.body)
+            assert (problem["status"], problem["title"]) == (400, "Bad Request")
+            assert await connection.closed_by_server(2)
