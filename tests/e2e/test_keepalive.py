@@ -113,6 +113,23 @@ async def test_every_kind_of_response_leaves_a_raw_keepalive_connection_usable(
     assert faults == []
 
 
+async def test_thousands_of_mixed_requests_on_one_raw_connection_to_a_pod(
+    start_api: Callable[..., ApiProcess],
+) -> None:
+    """The issue's direct run in small: HEAD then GET on the same connection, again and again (bounded)."""
+    api = start_api(**UNLIMITED)
+    targets = ["/v1/items?limit=1", "/livez", "/v1/items/999999", "/readyz", "/v1/items?limit=0"]
+    answered = 0
+    async with await RawConnection.open(api.port) as connection:
+        for n in range(1000):
+            method = ("HEAD", "GET")[n % 2]
+            answer = await connection.exchange(request(method, targets[(n // 2) % len(targets)]))
+            assert answer.status < 500, (n, method, answer.status)
+            answered += 1
+        assert not await connection.closed_by_server(0.2)
+    assert answered == 1000
+
+
 def _upstream_faults(edge: Edge) -> list[str]:
     return edge.error_lines(*UPSTREAM_FAULTS)
 
