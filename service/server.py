@@ -11,9 +11,11 @@ request is almost certain under load.
 
 Ours first *closes connections*: every response says `Connection: close` and the
 server closes the connection after it, so the proxy stops reusing them while the
-worker still serves. On SIGTERM it also *drains*: `/readyz` answers 503 for
+worker still serves. When the pod stops it also *drains*: `/readyz` answers 503 for
 SHUTDOWN_DRAIN_SECONDS, so whatever routes traffic here (kube-proxy, an ingress,
-nginx) sees the pod leave before connections are refused. The worker stops once no
+nginx) sees the pod leave before connections are refused. A reload's SIGTERM does
+not drain: the master keeps the pod's socket open and its next worker already
+serves (`master_holds` tells the two apart). The worker stops once no
 connection is left that was promised to stay open (an idle one after a keep-alive
 response, or one whose response started without `Connection: close`), or once no
 request has been routed here for `_QUIET_SECONDS` (nothing can race the close), or at
@@ -91,6 +93,28 @@ class _Closing:
     not_after: float  # stop waiting for promised connections here, whatever they do
 
 
+def master_holds(master_pid: int, inodes: frozenset[int]) -> bool:
+    """Whether process `master_pid` has one of the sockets `inodes` open (from /proc); False when unknown.
+
+    gunicorn's master closes its listening sockets before it sends SIGTERM to stop the
+    workers, and keeps them when it replaces a worker on a reload. Unknown (no /proc, no
+    permission) counts as stopping: the full drain is the safe side.
+    """
+    directory = f"/proc/{master_pid}/fd"
+    try:
+        descriptors = os.listdir(directory)
+    except OSError:
+        return False
+    for descriptor in descriptors:
+        try:
+            target = os.readlink(f"{directory}/{descriptor}")
+        except OSError:
+            continue
+        if target.startswith("socket:[") and int(target[8:-1]) in inodes:
+            return True
+    return False
+
+
 def promised_keep_alive(connection: object) -> bool:
     """Whether the client may send another request on `connection` (a uvicorn protocol) believing it open.
 
@@ -114,17 +138,32 @@ class DrainingServer(Server):
     to start the next one.
     """
 
-    def __init__(self, config: Config, lifecycle: Lifecycle, master_pid: int, max_requests: int = 0) -> None:
+    def __init__(
+        self,
+        config: Config,
+        lifecycle: Lifecycle,
+        master_pid: int,
+        max_requests: int = 0,
+        listening_inodes: frozenset[int] = frozenset(),
+    ) -> None:
         super().__init__(config)
         self.lifecycle = lifecycle
         self.master_pid = master_pid
         self.max_requests = max_requests
+        self.listening_inodes = listening_inodes
+        self.terminating = False
         self.closing: _Closing | None = None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
-        if sig == signal.SIGTERM and not self.lifecycle.draining:
-            self.lifecycle.draining = True
-            self.begin_closing("SIGTERM", drain_seconds=self.lifecycle.drain_seconds)
+        if sig == signal.SIGTERM and not self.terminating:
+            self.terminating = True
+            if master_holds(self.master_pid, self.listening_inodes):
+                # The master replaces this worker (a HUP reload) and keeps the pod's socket open:
+                # the pod stays ready and its next worker already serves; only close connections.
+                self.begin_closing("SIGTERM from a master that keeps listening (reload)")
+            else:  # the pod stops: the master closed its listeners before it signalled the workers
+                self.lifecycle.draining = True
+                self.begin_closing("SIGTERM", drain_seconds=self.lifecycle.drain_seconds)
             return
         # SIGINT, SIGQUIT (gunicorn's quick shutdown) or a second SIGTERM: stop now.
         self.lifecycle.draining = True
@@ -240,7 +279,8 @@ class DrainingUvicornWorker(UvicornWorker):  # type: ignore[misc]  # gunicorn sh
         # enforce: uvicorn's own stops the server without closing connections first.
         limit = self.max_requests if self.max_requests < sys.maxsize else 0
         self.config.limit_max_requests = None
-        server = DrainingServer(self.config, lifecycle, master_pid=self.ppid, max_requests=limit)
+        listening = frozenset(os.fstat(listener.fileno()).st_ino for listener in self.sockets)
+        server = DrainingServer(self.config, lifecycle, self.ppid, max_requests=limit, listening_inodes=listening)
         # Gunicorn's quick shutdown (SIGINT/SIGQUIT to the master) sends workers SIGQUIT.
         # The stock worker routes it to gunicorn's own handler, which the uvicorn server
         # never notices, so the master waits out the whole graceful timeout. Stop now.

@@ -82,7 +82,7 @@ def test_posts_through_nginx_across_ten_recycles_lose_none(
 def test_posts_through_nginx_across_hup_reloads_lose_none(
     start_api: Callable[..., ApiProcess], start_edge: Callable[[Sequence[ApiProcess]], Edge]
 ) -> None:
-    api = start_api(SHUTDOWN_DRAIN_SECONDS="1", **UNLIMITED)
+    api = start_api(SHUTDOWN_DRAIN_SECONDS="2", **UNLIMITED)
     edge = start_edge([api])
     reloads = 3
     with worker_pids(api) as pids:
@@ -92,11 +92,22 @@ def test_posts_through_nginx_across_hup_reloads_lose_none(
                 time.sleep(2.5)
                 api.signal(signal.SIGHUP)
 
+        readiness: list[int] = []
+
+        def probe_readiness() -> None:  # what the kubelet would see: the pod stays ready through reloads
+            with httpx.Client(base_url=api.url, timeout=5) as http:
+                while reloader.is_alive():
+                    readiness.append(http.get("/readyz").status_code)
+                    time.sleep(0.05)
+
         reloader = threading.Thread(target=reload_now_and_then)
+        prober = threading.Thread(target=probe_readiness)
         reloader.start()
+        prober.start()
         seconds = reloads * 2.5 + 4
         result = mixed_load(edge.url, {"POST": 4, "GET": 2}, seconds=seconds, max_requests=6000, headers=WRITER)
         reloader.join()
+        prober.join()
     faults = edge.error_lines(*UPSTREAM_FAULTS)
     print(f"{reloads} HUPs, {len(pids)} workers: {result.summary()}; error log: {faults[:3]}")
     assert api.process is not None
@@ -104,6 +115,10 @@ def test_posts_through_nginx_across_hup_reloads_lose_none(
     assert len(pids) == reloads + 1, pids
     assert result.failures == []
     assert faults == []
+    assert len(readiness) > 10
+    assert set(readiness) == {200}
+    reasons = [line["reason"] for line in api.logs() if line["msg"] == "closing connections before the worker stops"]
+    assert reasons == ["SIGTERM from a master that keeps listening (reload)"] * reloads
     # Each new worker started while the old one still held the metrics port, and took it over.
     served = api.logs(until=lambda line: line["msg"] == "metrics port served")
     assert sum(line["msg"] == "metrics port served" for line in served) >= 1

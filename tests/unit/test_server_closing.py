@@ -7,12 +7,14 @@ through nginx.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from types import SimpleNamespace
 
 from uvicorn.config import Config
 
-from service.server import DrainingServer, promised_keep_alive
+from service.server import DrainingServer, master_holds, promised_keep_alive
 from service.state import Lifecycle
 
 
@@ -81,3 +83,14 @@ def test_sigterm_drains_first_even_during_a_recycle() -> None:
     assert server.closing.reason == "recycle, then SIGTERM"
     assert not server.may_stop(time.monotonic() + 4.5)
     assert server.may_stop(time.monotonic() + 6.5)
+
+
+def test_whether_the_master_still_holds_the_listening_socket() -> None:
+    """A reload's SIGTERM comes from a master that keeps the socket; a pod stop's, from one that closed it."""
+    listener = socket.socket()
+    inode = frozenset({os.fstat(listener.fileno()).st_ino})
+    assert master_holds(os.getpid(), inode)
+    assert not master_holds(os.getpid(), frozenset({1}))
+    listener.close()
+    assert not master_holds(os.getpid(), inode)
+    assert not master_holds(2**22 + 7, inode)  # no such process: unknown counts as stopping
