@@ -27,9 +27,11 @@ DrainingServer.shutdown); on a recycle or reload the master keeps the listening
 socket, and the next worker serves whatever is queued on it.
 
 A worker killed for the heartbeat timeout had an event loop stuck for at least half
-of WORKER_TIMEOUT_SECONDS; what it held cannot be answered. The timeout chain makes
-sure no client is still waiting for it: the edge's read timeout (30 s) and the request
-budget end every request long before WORKER_TIMEOUT_SECONDS (60 s).
+of WORKER_TIMEOUT_SECONDS; what it had accepted cannot be answered (the edge answers
+those 504 after its 30 s read timeout, or 502 when the kill resets them). Connections
+still queued on the listening socket are the master's, and the next worker serves
+them. In a cluster the readiness probe takes a stuck pod out of its Service, and the
+liveness probe restarts it, before WORKER_TIMEOUT_SECONDS (60 s) runs out.
 """
 
 from __future__ import annotations
