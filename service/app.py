@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as redis
-from prometheus_client import start_http_server
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
@@ -29,6 +28,7 @@ from service.cache import LocalTTLCache, TwoLevelCache
 from service.config import Settings, load_settings
 from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool, create_probe_pool
 from service.errors import install_error_handlers
+from service.exposition import serve_metrics
 from service.items.router import router as items_router
 from service.jobs.router import router as jobs_router
 from service.metrics import HttpMetricsMiddleware, instrument_pool, watch_event_loop
@@ -85,8 +85,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
         if tracing.configure(settings.service_name):  # here, in the worker process: never before a fork
             stack.callback(tracing.shutdown)
         if settings.metrics_port:
-            server, _thread = start_http_server(settings.metrics_port, addr=settings.host)
-            stack.callback(server.shutdown)
+            stack.callback(serve_metrics(settings.metrics_port, settings.host))
         pool = await create_pool(settings)
         stack.push_async_callback(pool.close)
         probe_pool = await create_probe_pool(settings)

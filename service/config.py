@@ -213,7 +213,8 @@ class Settings(CommonSettings):
     # graceful timeout < the pod's termination grace period.
     host: str = "0.0.0.0"  # noqa: S104 - a pod listens on all its interfaces
     port: int = Field(8000, ge=1, le=65535)
-    web_concurrency: int = Field(1, ge=1, le=64)
+    # Exactly one worker per pod (checked below): see `_one_worker_per_pod`.
+    web_concurrency: int = 1
     keepalive_seconds: int = Field(75, ge=1, le=3600)
     graceful_timeout_seconds: int = Field(30, ge=1, le=3600)
     worker_timeout_seconds: int = Field(60, ge=1, le=3600)
@@ -224,6 +225,19 @@ class Settings(CommonSettings):
     max_requests_jitter: int = Field(20_000, ge=0)
 
     _rates = field_validator("rate_limit_reads", "rate_limit_writes", mode="before")(_parse_rate)
+
+    @field_validator("web_concurrency")
+    @classmethod
+    def _one_worker_per_pod(cls, value: int) -> int:
+        # A second worker would need its own metrics port (the first holds METRICS_PORT), a
+        # multiprocess registry to keep counters right, and probes that answer for every worker.
+        if value != 1:
+            raise ValueError(
+                "must be 1: one worker process per pod (metrics, probes and the drain are per process); "
+                "scale with replicas instead"
+            )
+        return value
+
     _lists = field_validator("cors_allow_origins", "trusted_proxies", mode="before")(_comma_list)
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
     gunicorn -c python:service.gunicorn_conf 'service.app:create_app()'
 
-One worker process per pod by default (WEB_CONCURRENCY overrides): Kubernetes
+One worker process per pod (Settings refuses any other WEB_CONCURRENCY): Kubernetes
 scales with replicas, metrics need no multiprocess mode, and a CPU request
 maps 1:1 to the event loop. An invalid environment stops the master here,
 before any worker forks, with one line per bad variable.
@@ -29,7 +29,8 @@ keepalive = _settings.keepalive_seconds
 graceful_timeout = _settings.graceful_timeout_seconds
 # A worker whose event loop stops answering gunicorn's heartbeat this long is killed.
 timeout = _settings.worker_timeout_seconds
-# Recycle workers now and then, with jitter so replicas do not restart together.
+# Recycle workers now and then, with jitter so replicas do not restart together. The worker
+# enforces the limit itself and closes its connections first (service/server.py), as on SIGTERM.
 max_requests = _settings.max_requests
 max_requests_jitter = _settings.max_requests_jitter
 # Only honoured by gunicorn's own parsers; the uvicorn worker parses HTTP itself, so

@@ -12,6 +12,10 @@
 - `RequestLimitsMiddleware`: refuses over-long request lines (414), too many or
   too large headers (431) and bodies over the limit (413), whatever server or
   HTTP parser runs the app.
+- `keep_connection_after_complete_response`: wraps the whole app (outside
+  Starlette's own error layer); an error raised after the last byte of a
+  response is logged, not passed to the server, which would close a
+  connection the client already holds as reusable.
 """
 
 from __future__ import annotations
@@ -167,6 +171,35 @@ def _incoming_request_id(scope: Scope) -> str | None:
     return None
 
 
+async def keep_connection_after_complete_response(app: ASGIApp, scope: Scope, receive: Receive, send: Send) -> None:
+    """Run `app`; an exception it raises once its response is complete is logged, not raised.
+
+    uvicorn closes the connection of any request whose app raised after the response
+    started. Once the last body message is sent, the client (nginx's upstream pool) holds
+    the connection as idle and reusable, and sends its next request on it: closing it
+    then resets that request, which nginx answers 502 (and never retries for a POST),
+    and counts as a failure of the pod. Before the last byte, raising stays right: the
+    response is cut short, and closing the connection is how the client learns it.
+    """
+    if scope["type"] != "http":
+        await app(scope, receive, send)
+        return
+    complete = False
+
+    async def send_and_note_the_end(message: Message) -> None:
+        nonlocal complete
+        await send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            complete = True
+
+    try:
+        await app(scope, receive, send_and_note_the_end)
+    except Exception:
+        if not complete:
+            raise
+        logger.exception("error after the response was complete; its connection stays open")
+
+
 class HeadMiddleware:
     """HEAD is GET without the body (RFC 9110 section 9.3.2), wherever GET is served.
 
@@ -175,6 +208,13 @@ class HeadMiddleware:
     route is told the client disconnected: a streamed body (the CSV export) is
     cancelled by Starlette at once instead of being produced in full. Every
     other layer sees the method HEAD, so logs and metrics say what was sent.
+
+    The route gets a copy of the scope: the server reads `method` from the scope
+    it passed in to frame the response, and a HEAD framed as a GET (headers
+    promising a body that never comes) made uvicorn close the connection after
+    it, under the next request nginx sent on it. What the inner layers record in
+    their copy (the matched route, for the outer layers' logs and metrics) is
+    copied back before each message goes out and when the route returns.
     """
 
     def __init__(self, app: ASGIApp) -> None:
@@ -185,9 +225,14 @@ class HeadMiddleware:
             await self.app(scope, receive, send)
             return
         answered = False
+        as_get: Scope = {**scope, "method": "GET"}
+
+        def record_inner_state() -> None:
+            scope.update((key, value) for key, value in as_get.items() if key != "method")
 
         async def send_headers_only(message: Message) -> None:
             nonlocal answered
+            record_inner_state()
             if message["type"] == "http.response.start":
                 await send(message)
             elif message["type"] == "http.response.body" and not answered:
@@ -197,12 +242,10 @@ class HeadMiddleware:
         async def disconnect_once_answered() -> Message:
             return {"type": "http.disconnect"} if answered else await receive()
 
-        # In place, not a copy: the router records the matched route in this scope for the outer layers.
-        scope["method"] = "GET"
         try:
-            await self.app(scope, disconnect_once_answered, send_headers_only)
+            await self.app(as_get, disconnect_once_answered, send_headers_only)
         finally:
-            scope["method"] = "HEAD"
+            record_inner_state()
 
 
 class RequestLimitsMiddleware:

@@ -12,24 +12,35 @@ from typing import Annotated, Any, TypedDict, cast
 
 import redis.asyncio as redis
 from fastapi import Depends, FastAPI, Request
+from starlette.types import Receive, Scope, Send
 
 from service import tracing
 from service.auth import KeyRing, read_access
 from service.cache import TwoLevelCache
 from service.config import Settings
 from service.db import Connection, Database, Pool
+from service.middleware import keep_connection_after_complete_response
 from service.ratelimit import RateLimiter
 from service.resilience import Bulkhead
 
 
 @dataclass
 class Lifecycle:
-    """Where the process is in its life; `service.server` flips `draining` on SIGTERM."""
+    """Where the process is in its life, as `service.server` sets it.
+
+    `draining`: SIGTERM arrived; /readyz answers 503. `closing_connections`: the worker
+    is on its way out (SIGTERM, a gunicorn reload, a MAX_REQUESTS recycle); every
+    response says `Connection: close`. `last_routed_request`: when (monotonic seconds)
+    the last non-probe request started while closing, to tell whether anyone still
+    routes requests here.
+    """
 
     drain_seconds: float = 0.0
     shutdown_budget_seconds: float = 30.0
     started: bool = False
     draining: bool = False
+    closing_connections: bool = False
+    last_routed_request: float = 0.0
 
 
 class CatalogApp(FastAPI):
@@ -58,6 +69,10 @@ class CatalogApp(FastAPI):
             drain_seconds=settings.shutdown_drain_seconds,
             shutdown_budget_seconds=settings.in_flight_budget_seconds,
         )
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Outside Starlette's ServerErrorMiddleware, which re-raises whatever it caught.
+        await keep_connection_after_complete_response(super().__call__, scope, receive, send)
 
 
 def lifecycle(request: Request) -> Lifecycle:

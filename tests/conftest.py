@@ -10,5 +10,6 @@ pytest_plugins = [
     "tests.fixtures.backends",
     "tests.fixtures.app",
     "tests.fixtures.processes",
+    "tests.fixtures.edge",
     "tests.fixtures.image",
 ]

@@ -207,7 +207,9 @@ def render_nginx(stack: Stack) -> Path:
         for path in [temp, *temp.iterdir()]:
             path.chmod(0o777)
     pods = dict(enumerate(stack.pod_ports, start=1))
-    groups = {"api": list(pods)} | {f"api_without_{out}": [i for i in pods if i != out] for out in pods}
+    # A single pod has no group without it (nginx refuses an empty upstream): it cannot leave the rotation.
+    rotating = list(pods) if len(pods) > 1 else []
+    groups = {"api": list(pods)} | {f"api_without_{out}": [i for i in pods if i != out] for out in rotating}
     upstreams = "\n".join(
         f"    upstream {name} {{\n"
         + "".join(f"        server 127.0.0.1:{pods[index]} max_fails=1 fail_timeout=2s;\n" for index in members)
@@ -215,7 +217,7 @@ def render_nginx(stack: Stack) -> Path:
         for name, members in groups.items()
     )
     checks = "\n".join(
-        f'        if (-f "{rotation_marker(stack, index)}") {{ set $pods api_without_{index}; }}' for index in pods
+        f'        if (-f "{rotation_marker(stack, index)}") {{ set $pods api_without_{index}; }}' for index in rotating
     )
     rotation = rotation_marker(stack, 0).parent
     rotation.mkdir(exist_ok=True)
@@ -542,6 +544,8 @@ def restart_api() -> int:
     if stack is None or not alive(stack.pids.get("nginx", 0)):
         raise StackError(f"nginx is not running (state: {run_dir / 'stack.json'}): `make up` first")
     config = run_dir / "nginx" / "nginx.conf"
+    if len(stack.pod_ports) < 2:
+        raise StackError("restart-api replaces one pod while the others serve: API_POD_PORTS needs two pods or more")
     if str(rotation_marker(stack, 1)) not in config.read_text():
         raise StackError(f"the running nginx has no rotation markers ({config} is older): `make down && make up`")
     for index in range(1, len(stack.pod_ports) + 1):

@@ -68,7 +68,8 @@ async def test_sigterm_drains_finishes_in_flight_and_exits_in_time(
     assert exit_code == 0
     assert elapsed < graceful
     messages = [entry["msg"] for entry in api.logs()]
-    assert "SIGTERM: draining before shutdown" in messages
+    closing = [entry for entry in api.logs() if entry["msg"] == "closing connections before the worker stops"]
+    assert [(entry["reason"], entry["drain_seconds"]) for entry in closing] == [("SIGTERM", drain)]
     assert "stopped" in messages  # the lifespan closed the pool and the Redis client
     slow_lines = [entry for entry in api.logs() if entry.get("request_id") == "slow-request-1"]
     assert [(line["msg"], line["status"]) for line in slow_lines] == [("request", 200)]
