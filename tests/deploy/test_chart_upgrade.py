@@ -6,7 +6,8 @@ this chart with `helm upgrade --reuse-values` and with `helm upgrade -f <the sam
 emulated with the real helm as tests/fixtures/chart_history.py explains (no cluster
 here; its `Release` protocol is the hook for running the same table against one).
 `pytest tests/deploy/test_chart_upgrade.py -s` prints the table; for a chart at another
-commit: `uv run python -m tests.fixtures.chart_history <commit>`.
+commit: `uv run python -m tests.fixtures.chart_history <commit>`. docs/chart-upgrades.md
+says which upgrade to use and how to change the chart without breaking this test.
 
 An upgrade may end in a refusal of the chart only when the refusal says what to change
 and doing that works: the connection budget (CHANGELOG.md, "Upgrading").
