@@ -36,23 +36,18 @@ from tests.fixtures.chart_history import (
     history_problem,
     upgrade_cell,
     upgrade_table,
-    working_tree_matches,
+    working_tree_content,
 )
 
 _PROBLEM = history_problem()
 pytestmark = pytest.mark.skipif(_PROBLEM is not None, reason=f"needs the repository's history: {_PROBLEM}")
 
 
-def _earlier_states() -> list[ChartState]:
-    """Every chart state in history except the one the working tree holds (when it is committed)."""
-    states = chart_states()
-    current = {s.tree for s in states if working_tree_matches(s.commit)}
-    return [s for s in states if s.tree not in current]
-
-
 @pytest.fixture(scope="module")
 def earlier() -> list[ChartState]:
-    states = _earlier_states()
+    """Every chart state in history except the one the working tree holds (when it is committed)."""
+    current = working_tree_content()
+    states = [s for s in chart_states() if s.content != current]
     assert states, "the history holds no earlier chart"
     return states
 
