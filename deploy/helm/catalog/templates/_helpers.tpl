@@ -149,6 +149,24 @@ JOB_MAX_ATTEMPTS: {{ include "catalog.plain" .Values.worker.jobMaxAttempts | quo
 {{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts | toJson | sha256sum }}
 {{- end }}
 
+{{/*
+Values added after the first chart (0.1.0 as first committed) are read with their
+default when absent, never as .Values.<a>.<b>: `helm upgrade --reuse-values` renders
+this chart with the defaults of the chart the release was installed with (helm v4,
+pkg/action/upgrade.go), where they are missing, and a missing parent map is a nil
+pointer that fails the upgrade. tests/deploy/test_chart_upgrade.py upgrades from every
+earlier chart in git history and checks that these defaults equal values.yaml's.
+  development.liveUpdate      catalog.liveUpdate below (the whole map is new)
+  httpRoute.timeouts          `if` of a missing key is false, its default
+  networkPolicy.extraEgress   `with` of a missing key renders nothing, as its default []
+Removed values stay in values.schema.json marked deprecated (see CHANGELOG.md).
+*/}}
+
+{{/* "true" when Tilt's live update is on (development.liveUpdate), else "". */}}
+{{- define "catalog.liveUpdate" -}}
+{{- if dig "development" "liveUpdate" false .Values.AsMap }}true{{ end }}
+{{- end }}
+
 {{/* Pod-level security context: Pod Security Standard "restricted". */}}
 {{- define "catalog.podSecurityContext" -}}
 runAsNonRoot: true
@@ -163,7 +181,7 @@ seccompProfile:
 (writable only for Tilt's live update, development.liveUpdate, refused outside development). */}}
 {{- define "catalog.containerSecurityContext" -}}
 allowPrivilegeEscalation: false
-readOnlyRootFilesystem: {{ not .Values.development.liveUpdate }}
+readOnlyRootFilesystem: {{ not (include "catalog.liveUpdate" .) }}
 runAsNonRoot: true
 runAsUser: 10001
 runAsGroup: 10001
@@ -181,7 +199,7 @@ SIGKILL after stopSeconds) when a file under /app/service changes: Tilt's live u
 writes them there, and a fresh process is the only way every module is reloaded.
 */}}
 {{- define "catalog.command" -}}
-{{- if .ctx.Values.development.liveUpdate }}
+{{- if include "catalog.liveUpdate" .ctx }}
 {{- list "watchfiles" "--target-type" "command" "--sigint-timeout" (toString .stopSeconds) (join " " .command) "/app/service" | toJson }}
 {{- else }}
 {{- .command | toJson }}
