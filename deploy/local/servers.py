@@ -1,4 +1,4 @@
-"""Throwaway PostgreSQL and Redis servers from the system's binaries (stdlib only).
+"""Throwaway PostgreSQL, PgBouncer and Redis servers from the system's binaries (stdlib only).
 
 Used by the test suite (a fresh pair per session, under a temporary
 directory) and by `make up` (a pair under .run/ that outlives the command).
@@ -73,6 +73,13 @@ def postgres_bindir() -> Path:
         "PostgreSQL server binaries (initdb, pg_ctl) not found: install them with "
         "`apt-get install postgresql` or set DATABASE_URL to a running server"
     )
+
+
+def pgbouncer_binary() -> str:
+    found = shutil.which("pgbouncer") or ("/usr/sbin/pgbouncer" if os.path.exists("/usr/sbin/pgbouncer") else None)
+    if found is None:
+        raise MissingDependency("pgbouncer not found: install it with `apt-get install pgbouncer`")
+    return found
 
 
 def redis_server_binary() -> str:
@@ -284,6 +291,102 @@ class Postgres:
             check=False,
         )
         return result.stdout.strip() == "1"
+
+
+@dataclass
+class PgBouncer:
+    """PgBouncer in `directory`, on 127.0.0.1:`port`, pooling every database of the PostgreSQL
+    at `server_port` in `pool_mode` (transaction: what CloudNativePG's Pooler and managed poolers run).
+
+    Its configuration is the package's defaults except where a test needs otherwise: trust
+    authentication for `user` (the server still authenticates PgBouncer with `password`),
+    no Unix socket, `ignore_startup_parameters` empty (so a client that sends statement_timeout
+    is refused, as a stock PgBouncer does). As root it runs as the postgres user (it refuses root).
+    """
+
+    directory: Path
+    port: int
+    server_port: int
+    pool_mode: str = "transaction"
+    user: str = "postgres"
+    password: str = ""
+    server_host: str = "127.0.0.1"
+    pool_size: int = 20
+    extra: tuple[str, ...] = ()  # more `name = value` lines for the [pgbouncer] section
+
+    @property
+    def pidfile(self) -> Path:
+        return self.directory / "pgbouncer.pid"
+
+    @property
+    def logfile(self) -> Path:
+        return self.directory / "pgbouncer.log"
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql://{self.user}@127.0.0.1:{self.port}/{database}"
+
+    def _config(self) -> str:
+        password = f" password={self.password}" if self.password else ""
+        return "\n".join(
+            [
+                "[databases]",
+                f"* = host={self.server_host} port={self.server_port} user={self.user}{password}",
+                "[pgbouncer]",
+                "listen_addr = 127.0.0.1",
+                f"listen_port = {self.port}",
+                "unix_socket_dir =",
+                "auth_type = trust",
+                f"auth_file = {self.directory / 'users.txt'}",
+                f"admin_users = {self.user}",
+                f"pool_mode = {self.pool_mode}",
+                f"default_pool_size = {self.pool_size}",
+                "max_client_conn = 1000",
+                f"logfile = {self.logfile}",
+                f"pidfile = {self.pidfile}",
+                # Failovers: a server connection that fails is dropped, not retried on the same address.
+                "server_check_delay = 0",
+                *self.extra,
+                "",
+            ]
+        )
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        (self.directory / "pgbouncer.ini").write_text(self._config())
+        (self.directory / "users.txt").write_text(f'"{self.user}" "{self.password}"\n')
+        if _running_as_root():
+            postgres = pwd.getpwnam("postgres")
+            for path in (self.directory, *self.directory.iterdir()):
+                os.chown(path, postgres.pw_uid, postgres.pw_gid)
+        _run(_as_postgres_user([pgbouncer_binary(), "-d", str(self.directory / "pgbouncer.ini")]), "pgbouncer")
+        deadline = time.monotonic() + 10
+        while not port_open(self.port):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"pgbouncer did not listen on {self.port}; see {self.logfile}")
+            time.sleep(0.05)
+
+    def running(self) -> bool:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return False
+        return process_alive(pid) and port_open(self.port)
+
+    def stop(self) -> None:
+        try:
+            pid = int(self.pidfile.read_text().strip())
+        except (FileNotFoundError, ValueError):
+            return
+        try:
+            # SIGTERM: immediate shutdown (SIGINT would wait for every client to let go of its server connection).
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + 10
+        while process_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if process_alive(pid):
+            os.kill(pid, signal.SIGKILL)
 
 
 @dataclass
