@@ -1,0 +1,105 @@
+"""The API and the worker as processes, through a real PgBouncer in transaction mode.
+
+The worker claims, renews leases (heartbeat), completes and reaps through the
+pooler; with DATABASE_DIRECT_URL it is woken by LISTEN on the direct
+connection, without it it polls and says so. The API process enqueues (with
+NOTIFY through the pooler) and reads the results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+
+from tests.fixtures.backends import Backends
+from tests.fixtures.keys import WRITER
+from tests.fixtures.processes import ApiProcess, WorkerProcess, lines_where, worker_env
+
+pytestmark = pytest.mark.e2e
+
+# Only through PgBouncer: tests/e2e/test_worker.py runs the worker directly.
+DATABASE_ROUTES = ["pgbouncer"]
+
+
+async def wait_until(check: Callable[[], Awaitable[Any]], within: float, what: str) -> Any:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if value := await check():
+            return value
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {within} s waiting for {what}")
+
+
+async def post_jobs(api: ApiProcess, jobs: list[dict[str, Any]]) -> list[str]:
+    async with httpx.AsyncClient(base_url=api.url, headers=WRITER) as http:
+        responses = [await http.post("/v1/jobs", json=job) for job in jobs]
+    assert [response.status_code for response in responses] == [202] * len(jobs)
+    return [response.json()["id"] for response in responses]
+
+
+async def all_finished(db: asyncpg.Connection) -> bool:
+    return not await db.fetchval("SELECT count(*) FROM jobs WHERE state NOT IN ('succeeded', 'dead')")
+
+
+async def test_with_the_direct_url_listen_wakes_the_worker_at_once(
+    start_api: Callable[..., ApiProcess],
+    start_worker: Callable[..., WorkerProcess],
+    routed_backends: Backends,
+    db: asyncpg.Connection,
+) -> None:
+    assert routed_backends.pool_mode == "transaction"
+    assert routed_backends.direct_url is not None
+    api = start_api()
+    # A 5 s poll: a job done within ~1 s was woken by NOTIFY (sent through the pooler, heard on the direct URL).
+    start_worker(WORKER_POLL_INTERVAL_SECONDS="5", JOB_LEASE_SECONDS="8")
+    await asyncio.sleep(0.5)  # the listener connects during the first upkeep
+    started = time.monotonic()
+    [job] = await post_jobs(api, [{"kind": "cpu.burn", "params": {"milliseconds": 10}}])
+    await wait_until(lambda: all_finished(db), 10, "the job to finish")
+    assert time.monotonic() - started < 2.5, "the worker waited for its poll: LISTEN did not wake it"
+    assert await db.fetchval("SELECT state FROM jobs WHERE id = $1::uuid", job) == "succeeded"
+
+
+async def test_without_the_direct_url_the_worker_polls_and_says_so_and_loses_no_job(
+    start_api: Callable[..., ApiProcess], routed_backends: Backends, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    api = start_api()
+    pooled_only = replace(routed_backends, direct_url=None)
+    steady = WorkerProcess(worker_env(pooled_only), tmp_path / "steady.log").start().wait_ready()
+    victim = WorkerProcess(worker_env(pooled_only), tmp_path / "victim.log").start().wait_ready()
+    try:
+        said = lines_where([steady.logfile], lambda line: "polling every" in line.get("msg", ""))
+        assert said, "the worker did not say it polls"
+        # 3 s jobs under a 2 s lease: each needs its heartbeat (renewals through the pooler) to finish once.
+        jobs = [{"kind": "cpu.burn", "params": {"milliseconds": 3000}} for _ in range(2)]
+        jobs += [{"kind": "cpu.burn", "params": {"milliseconds": 100}} for _ in range(20)]
+        jobs.append({"kind": "catalog.report", "params": {}})  # its child process reads through the pooler too
+        ids = await post_jobs(api, jobs)
+
+        async def victim_running() -> bool:
+            victim_name = f"%:{victim.pid}"
+            return bool(
+                await db.fetchval("SELECT count(*) FROM jobs WHERE state = 'running' AND worker LIKE $1", victim_name)
+            )
+
+        await wait_until(victim_running, 15, "the victim to run a job")
+        victim.signal(signal.SIGKILL)  # its jobs come back through the reaper, through the pooler
+        victim.wait(5)
+        await wait_until(lambda: all_finished(db), 90, "every job to finish")
+    finally:
+        steady.stop()
+        victim.stop()
+    assert await db.fetchval("SELECT count(*) FROM jobs WHERE state = 'succeeded'") == len(ids)
+    successes = await db.fetch("SELECT job_id, count(*) AS n FROM job_attempts WHERE outcome = 'succeeded' GROUP BY 1")
+    assert {row["n"] for row in successes} == {1}  # each result stored once
+    assert len(successes) == len(ids)
+    assert await db.fetchval("SELECT count(*) FROM job_attempts WHERE outcome = 'lost'") >= 1
