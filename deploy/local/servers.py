@@ -265,6 +265,38 @@ class Postgres:
             "pg_ctl stop",
         )
 
+    def clone_from(self, primary: Postgres) -> None:
+        """Make this cluster a streaming replica of `primary` (pg_basebackup -R: standby.signal and
+        primary_conninfo written for it); `start` then runs it as a hot standby."""
+        self.directory.mkdir(parents=True, exist_ok=True)
+        if _running_as_root():
+            postgres = pwd.getpwnam("postgres")
+            os.chown(self.directory, postgres.pw_uid, postgres.pw_gid)
+        _run(
+            _as_postgres_user(
+                [
+                    self._pg("pg_basebackup"),
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    str(primary.port),
+                    "-U",
+                    "postgres",
+                    "-D",
+                    str(self.datadir),
+                    "-X",
+                    "stream",
+                    "-R",
+                    "--no-sync",
+                ]
+            ),
+            "pg_basebackup",
+        )
+
+    def promote(self) -> None:
+        """Turn this standby into a primary (waits until it accepts writes)."""
+        _run(_as_postgres_user([self._pg("pg_ctl"), "-D", str(self.datadir), "-w", "-t", "60", "promote"]), "promote")
+
     def create_database(self, name: str) -> None:
         _run(
             _as_postgres_user([self._pg("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name]),

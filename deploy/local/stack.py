@@ -3,6 +3,8 @@
     client -> nginx :8000 -> API "pods" :8001, :8002 (gunicorn + 1 uvicorn worker each)
                                 -> PostgreSQL :55432, Redis :56379
     job worker (python -m service.worker) -> PostgreSQL; probes and metrics on :9466
+    with PGBOUNCER=1 (`make up PGBOUNCER=1`): pods and worker -> PgBouncer :56432 (transaction mode)
+        -> PostgreSQL, as behind CloudNativePG's Pooler; LISTEN and migrations use PostgreSQL directly
     Prometheus :9090 scrapes the pods' metrics ports :9464, :9465 and the worker's :9466
 
 State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
@@ -44,6 +46,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import servers
 
@@ -61,6 +64,8 @@ class Stack:
     worker_metrics_port: int
     postgres_port: int
     redis_port: int
+    pgbouncer_port: int = 56432
+    pgbouncer: bool = False  # PGBOUNCER=1: the app reaches PostgreSQL through PgBouncer in transaction mode
     database_url: str = ""
     redis_url: str = ""
     own_postgres: bool = True
@@ -82,6 +87,8 @@ class Stack:
             worker_metrics_port=int(os.environ.get("WORKER_METRICS_PORT", "9466")),
             postgres_port=int(os.environ.get("POSTGRES_PORT", "55432")),
             redis_port=int(os.environ.get("REDIS_PORT", "56379")),
+            pgbouncer_port=int(os.environ.get("PGBOUNCER_PORT", "56432")),
+            pgbouncer=os.environ.get("PGBOUNCER", "") not in ("", "0"),
             database_url=os.environ.get("DATABASE_URL", ""),
             redis_url=os.environ.get("REDIS_URL", ""),
         )
@@ -110,6 +117,8 @@ class Stack:
         data.setdefault("prometheus_port", 9090)
         data.setdefault("worker_metrics_port", 9466)
         data.setdefault("spill_dir", "")
+        data.setdefault("pgbouncer", False)
+        data.setdefault("pgbouncer_port", 56432)
         return cls(**data)
 
     @property
@@ -122,6 +131,31 @@ class Stack:
 
     def redis(self) -> servers.Redis:
         return servers.Redis(self.run_dir / "redis", self.redis_port)
+
+    def pgbouncer_server(self) -> servers.PgBouncer:
+        """PgBouncer in transaction mode in front of the stack's PostgreSQL (or DATABASE_URL's server)."""
+        parts = urlsplit(self.database_url or servers.Postgres(Path(), self.postgres_port).url())
+        return servers.PgBouncer(
+            self.shared_dir / "pgbouncer",
+            self.pgbouncer_port,
+            parts.port or 5432,
+            user=parts.username or "postgres",
+            password=parts.password or "",
+            server_host=parts.hostname or "127.0.0.1",
+        )
+
+    def app_database_env(self) -> dict[str, str]:
+        """DATABASE_URL and, through PgBouncer, DATABASE_POOL_MODE and DATABASE_DIRECT_URL."""
+        if not self.pgbouncer:
+            return {"DATABASE_URL": self.database_url}
+        parts = urlsplit(self.database_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        pooled = parts._replace(netloc=f"{credentials}@127.0.0.1:{self.pgbouncer_port}").geturl()
+        return {
+            "DATABASE_URL": pooled,
+            "DATABASE_POOL_MODE": "transaction",
+            "DATABASE_DIRECT_URL": self.database_url,
+        }
 
 
 def prometheus_binary() -> str:
@@ -149,6 +183,7 @@ PORT_VARIABLES = {
     "worker_metrics_port": "WORKER_METRICS_PORT",
     "postgres_port": "POSTGRES_PORT",
     "redis_port": "REDIS_PORT",
+    "pgbouncer_port": "PGBOUNCER_PORT",
 }
 
 
@@ -187,7 +222,7 @@ def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str
         env["API_KEYS"] = development_key(stack)[1]
     env.setdefault("SHUTDOWN_DRAIN_SECONDS", "2")
     env.update(
-        DATABASE_URL=stack.database_url,
+        **stack.app_database_env(),
         REDIS_URL=stack.redis_url,
         HOST="127.0.0.1",
         PORT=str(port),
@@ -262,6 +297,8 @@ def _start_backends(stack: Stack, missing: list[str]) -> None:
         if "redis" in missing:
             redis.start()
         stack.redis_url = redis.url()
+    if stack.pgbouncer and "pgbouncer" in missing:
+        stack.pgbouncer_server().start()
     stack.save()
     migrate_env = app_environment(stack, stack.pod_ports[0], stack.metrics_ports[0])
     if subprocess.run([sys.executable, "-m", "service.migrate"], cwd=ROOT, env=migrate_env, check=False).returncode:
@@ -306,7 +343,7 @@ def worker_environment(stack: Stack) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("ENVIRONMENT", "development")
     env.setdefault("WORKER_SHUTDOWN_GRACE_SECONDS", "10")
-    env.update(DATABASE_URL=stack.database_url, METRICS_PORT=str(stack.worker_metrics_port))
+    env.update(**stack.app_database_env(), METRICS_PORT=str(stack.worker_metrics_port))
     return env
 
 
@@ -379,6 +416,7 @@ def _components(stack: Stack) -> list[str]:
     return [
         *(["postgres"] if stack.own_postgres else []),
         *(["redis"] if stack.own_redis else []),
+        *(["pgbouncer"] if stack.pgbouncer else []),
         *(f"api-{index}" for index in range(1, len(stack.pod_ports) + 1)),
         "worker",
         "nginx",
@@ -391,6 +429,8 @@ def _running(stack: Stack, component: str) -> bool:
         return stack.postgres().running()
     if component == "redis":
         return stack.redis().running()
+    if component == "pgbouncer":
+        return stack.pgbouncer_server().running()
     return alive(stack.pids.get(component, 0))
 
 
@@ -402,6 +442,7 @@ def _ports(stack: Stack, component: str) -> list[tuple[int, str]]:
     field_name = {
         "postgres": "postgres_port",
         "redis": "redis_port",
+        "pgbouncer": "pgbouncer_port",
         "worker": "worker_metrics_port",
         "nginx": "api_port",
         "prometheus": "prometheus_port",
@@ -450,6 +491,8 @@ def _changed_settings(running: Stack, requested: Stack) -> list[str]:
         not requested.own_postgres and running.database_url != requested.database_url
     ):
         changed.append("DATABASE_URL")
+    if running.pgbouncer != requested.pgbouncer:
+        changed.append("PGBOUNCER")
     if running.own_redis != requested.own_redis or (
         not requested.own_redis and running.redis_url != requested.redis_url
     ):
@@ -519,6 +562,12 @@ def _print_summary(stack: Stack) -> None:
         if "API_KEYS" not in os.environ
         else "  API keys             from your API_KEYS"
     )
+    pgbouncer_line = (
+        f"\n  PgBouncer            {stack.app_database_env()['DATABASE_URL']}   (transaction mode; the pods and the "
+        "worker go through it)"
+        if stack.pgbouncer
+        else ""
+    )
     print(f"""
 Catalog API is up (development mode).
   API (through nginx)  {base}/v1/items
@@ -529,7 +578,7 @@ Catalog API is up (development mode).
   Job worker           http://127.0.0.1:{stack.worker_metrics_port}/metrics (POST {base}/v1/jobs)
   Prometheus           http://127.0.0.1:{stack.prometheus_port}
   PostgreSQL           {stack.database_url}{f"   (data in {stack.postgres().directory})" if stack.own_postgres else ""}
-  Redis                {stack.redis_url}
+  Redis                {stack.redis_url}{pgbouncer_line}
   Logs                 {stack.run_dir}/api-*.log, worker.log, nginx/access.log
 {key_line}
 Stop everything with `make down`; roll the API pods with `make restart-api`.""")
@@ -590,6 +639,8 @@ def down(run_dir: Path | None = None) -> int:
     for name in [name for name in stack.pids if name.startswith("api-")]:
         # SIGTERM: the graceful path a pod takes (drain, finish in-flight, close pools).
         _stop_pid(stack.pids.pop(name), signal.SIGTERM, 40)
+    if stack.pgbouncer:
+        stack.pgbouncer_server().stop()
     if stack.own_redis:
         stack.redis().stop()
     if stack.own_postgres:
@@ -597,6 +648,7 @@ def down(run_dir: Path | None = None) -> int:
     stack.save()
     print(
         "stopped: Prometheus, nginx, worker, API pods"
+        + (", PgBouncer" if stack.pgbouncer else "")
         + (", Redis" if stack.own_redis else "")
         + (", PostgreSQL" if stack.own_postgres else "")
         + f" (data kept in {stack.shared_dir if stack.own_postgres else run_dir})"

@@ -127,6 +127,7 @@ them: quote those ("12345678901234567890").
 ENVIRONMENT: {{ .Values.settings.environment | quote }}
 LOG_LEVEL: {{ .Values.settings.logLevel | quote }}
 REQUEST_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.requestTimeoutSeconds | quote }}
+DATABASE_POOL_MODE: {{ .Values.database.poolMode | quote }}
 DB_POOL_MIN_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMinSize | quote }}
 DB_POOL_MAX_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMaxSize | quote }}
 DB_CONNECT_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.dbConnectTimeoutSeconds | quote }}
@@ -144,9 +145,14 @@ JOB_MAX_ATTEMPTS: {{ include "catalog.plain" .Values.worker.jobMaxAttempts | quo
 {{- end }}
 {{- end }}
 
+{{/* Whether the pods get DATABASE_DIRECT_URL (from values or, by the operator's word, their own Secret). */}}
+{{- define "catalog.hasDirectUrl" -}}
+{{- if or .Values.secrets.databaseDirectUrl (and .Values.secrets.existingSecret .Values.database.directUrlInSecret) }}true{{ end }}
+{{- end }}
+
 {{/* Rolls the pods when settings or secrets given as values change. */}}
 {{- define "catalog.configChecksum" -}}
-{{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts | toJson | sha256sum }}
+{{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts .Values.database.poolMode | toJson | sha256sum }}
 {{- end }}
 
 {{/* Pod-level security context: Pod Security Standard "restricted". */}}

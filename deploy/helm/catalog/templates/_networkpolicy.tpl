@@ -11,6 +11,10 @@
 - ports:
     - port: {{ include "catalog.plain" .ctx.Values.database.port }}
       protocol: TCP
+    {{- if and (eq .ctx.Values.database.poolMode "transaction") (include "catalog.hasDirectUrl" .ctx) (ne (int .ctx.Values.database.directPort) (int .ctx.Values.database.port)) }}
+    - port: {{ include "catalog.plain" .ctx.Values.database.directPort }}
+      protocol: TCP
+    {{- end }}
   {{- with $np.databasePeers }}
   to:
     {{- toYaml . | nindent 4 }}
