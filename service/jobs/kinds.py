@@ -111,8 +111,10 @@ async def _read_prices(context: JobContext, batch_size: int) -> tuple[dict[str, 
     try:
         # One snapshot for the whole report, read by a server-side cursor in batches.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            cursor = await conn.cursor("SELECT category, price_cents, stock FROM items")
-            while batch := await cursor.fetch(batch_size):
+            # A cursor declared in SQL: asyncpg's cursor() leaves a named statement on the server
+            # connection, which a transaction-mode pooler hands to other clients (items/repository.py).
+            await conn.execute("DECLARE report NO SCROLL CURSOR FOR SELECT category, price_cents, stock FROM items")
+            while batch := await conn.fetch(f"FETCH FORWARD {int(batch_size)} FROM report"):
                 rows += len(batch)
                 for category, price, stock in batch:
                     prices.setdefault(category, array("q")).append(price)

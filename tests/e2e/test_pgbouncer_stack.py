@@ -9,9 +9,10 @@ NOTIFY through the pooler) and reads the results.
 from __future__ import annotations
 
 import asyncio
+import shutil
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,10 +20,12 @@ from typing import Any
 import asyncpg
 import httpx
 import pytest
+import servers  # deploy/local (tests/fixtures/__init__.py puts it on sys.path)
 
-from tests.fixtures.backends import Backends
+from tests.fixtures.backends import Backends, pooled_url, start_pgbouncer
+from tests.fixtures.items import seed
 from tests.fixtures.keys import WRITER
-from tests.fixtures.processes import ApiProcess, WorkerProcess, lines_where, worker_env
+from tests.fixtures.processes import ApiProcess, WorkerProcess, api_env, lines_where, worker_env
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +106,40 @@ async def test_without_the_direct_url_the_worker_polls_and_says_so_and_loses_no_
     assert {row["n"] for row in successes} == {1}  # each result stored once
     assert len(successes) == len(ids)
     assert await db.fetchval("SELECT count(*) FROM job_attempts WHERE outcome = 'lost'") >= 1
+
+
+@pytest.fixture
+def two_server_connections(backends: Backends) -> Iterator[Backends]:
+    """PgBouncer (transaction mode) with two server connections: clients share them all the time."""
+    workdir = servers.server_workdir("catalog-two-bouncer-")
+    bouncer = start_pgbouncer(workdir, backends.database_url, pool_size=2)
+    try:
+        url = pooled_url(bouncer, backends.database_url)
+        yield Backends(url, backends.redis_url, None, None, "transaction", backends.database_url)
+    finally:
+        bouncer.stop()
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+async def test_exports_from_two_processes_share_server_connections(
+    two_server_connections: Backends, db: asyncpg.Connection, tmp_path: Path
+) -> None:
+    """Two API processes export at once over two server connections. asyncpg's cursor() left its named
+    statement on the server connection, and each process counts names from 1: the other process then
+    met "prepared statement "__asyncpg_stmt_N__" already exists" (a 500 in the load test through PgBouncer)."""
+    await seed(db, 2000)
+    apis = [
+        ApiProcess(api_env(two_server_connections, RATE_LIMIT_ENABLED="false"), tmp_path / f"api-{n}.log")
+        .start()
+        .wait_ready()
+        for n in range(2)
+    ]
+    try:
+        async with httpx.AsyncClient(base_url=apis[0].url) as one, httpx.AsyncClient(base_url=apis[1].url) as two:
+            for _ in range(10):
+                responses = await asyncio.gather(*(pod.get("/v1/items/export.csv") for pod in (one, two, one, two)))
+                assert [response.status_code for response in responses] == [200] * 4
+                assert {response.text.count("\r\n") for response in responses} == {2001}
+    finally:
+        for api in apis:
+            api.stop()
