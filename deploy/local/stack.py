@@ -5,6 +5,9 @@
     job worker (python -m service.worker) -> PostgreSQL; probes and metrics on :9466
     with PGBOUNCER=1 (`make up PGBOUNCER=1`): pods and worker -> PgBouncer :56432 (transaction mode)
         -> PostgreSQL, as behind CloudNativePG's Pooler; LISTEN and migrations use PostgreSQL directly
+    with REPLICA=1 (`make up REPLICA=1`): a streaming replica :55433 (pg_basebackup) beside the primary;
+        everything connects with both hosts and target_session_attrs=read-write, so a failover
+        (`make drill ONLY=primary-failover`) needs no change of URL
     Prometheus :9090 scrapes the pods' metrics ports :9464, :9465 and the worker's :9466
 
 State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
@@ -66,6 +69,8 @@ class Stack:
     redis_port: int
     pgbouncer_port: int = 56432
     pgbouncer: bool = False  # PGBOUNCER=1: the app reaches PostgreSQL through PgBouncer in transaction mode
+    replica_port: int = 55433
+    replica: bool = False  # REPLICA=1: a streaming replica of our PostgreSQL, and a multi-host DATABASE_URL
     database_url: str = ""
     redis_url: str = ""
     own_postgres: bool = True
@@ -89,12 +94,19 @@ class Stack:
             redis_port=int(os.environ.get("REDIS_PORT", "56379")),
             pgbouncer_port=int(os.environ.get("PGBOUNCER_PORT", "56432")),
             pgbouncer=os.environ.get("PGBOUNCER", "") not in ("", "0"),
+            replica_port=int(os.environ.get("POSTGRES_REPLICA_PORT", "55433")),
+            replica=os.environ.get("REPLICA", "") not in ("", "0"),
             database_url=os.environ.get("DATABASE_URL", ""),
             redis_url=os.environ.get("REDIS_URL", ""),
         )
         if len(stack.metrics_ports) != len(stack.pod_ports):
             raise StackError("API_POD_METRICS_PORTS needs one port per API pod (API_POD_PORTS)")
         stack.own_postgres = not stack.database_url
+        if stack.replica and (stack.pgbouncer or not stack.own_postgres):
+            raise StackError(
+                "REPLICA=1 needs the PostgreSQL `make up` starts (no DATABASE_URL) and no PGBOUNCER=1: "
+                "PgBouncer 1.18 cannot follow a failover (behind a pooler, the operator re-points it)"
+            )
         stack.own_redis = not stack.redis_url
         return stack
 
@@ -119,6 +131,8 @@ class Stack:
         data.setdefault("spill_dir", "")
         data.setdefault("pgbouncer", False)
         data.setdefault("pgbouncer_port", 56432)
+        data.setdefault("replica", False)
+        data.setdefault("replica_port", 55433)
         return cls(**data)
 
     @property
@@ -128,6 +142,15 @@ class Stack:
 
     def postgres(self) -> servers.Postgres:
         return servers.Postgres(self.shared_dir / "postgres", self.postgres_port, durable=True)
+
+    def postgres_replica(self) -> servers.Postgres:
+        """The second server of REPLICA=1 (a standby at first; the primary after a failover)."""
+        return servers.Postgres(self.shared_dir / "postgres-replica", self.replica_port, durable=True)
+
+    def both_hosts_url(self) -> str:
+        """Our two servers in one URL: asyncpg connects to whichever accepts writes."""
+        hosts = f"127.0.0.1:{self.postgres_port},127.0.0.1:{self.replica_port}"
+        return f"postgresql://postgres@{hosts}/{DATABASE_NAME}?target_session_attrs=read-write"
 
     def redis(self) -> servers.Redis:
         return servers.Redis(self.run_dir / "redis", self.redis_port)
@@ -184,6 +207,7 @@ PORT_VARIABLES = {
     "postgres_port": "POSTGRES_PORT",
     "redis_port": "REDIS_PORT",
     "pgbouncer_port": "PGBOUNCER_PORT",
+    "replica_port": "POSTGRES_REPLICA_PORT",
 }
 
 
@@ -289,9 +313,11 @@ def _start_backends(stack: Stack, missing: list[str]) -> None:
         postgres = stack.postgres()
         if "postgres" in missing:
             postgres.start()
-        if not postgres.has_database(DATABASE_NAME):
+        if not stack.replica and not postgres.has_database(DATABASE_NAME):
             postgres.create_database(DATABASE_NAME)
         stack.database_url = postgres.url(DATABASE_NAME)
+    if stack.replica:
+        _start_pair(stack, missing)
     if stack.own_redis:
         redis = stack.redis()
         if "redis" in missing:
@@ -303,6 +329,21 @@ def _start_backends(stack: Stack, missing: list[str]) -> None:
     migrate_env = app_environment(stack, stack.pod_ports[0], stack.metrics_ports[0])
     if subprocess.run([sys.executable, "-m", "service.migrate"], cwd=ROOT, env=migrate_env, check=False).returncode:
         raise StackError("migrations failed; see the lines above")
+
+
+def _start_pair(stack: Stack, missing: list[str]) -> None:
+    """REPLICA=1: start both servers; the first time, create the database on the primary and
+    clone the replica from it. After a failover either may be the primary: the URL names both."""
+    first, second = stack.postgres(), stack.postgres_replica()
+    if "postgres-replica" in missing and (second.datadir / "PG_VERSION").exists():
+        second.start()
+    primary = first if not (first.datadir / "standby.signal").exists() else second
+    if not primary.has_database(DATABASE_NAME):
+        primary.create_database(DATABASE_NAME)
+    if not (second.datadir / "PG_VERSION").exists():
+        second.clone_from(first)
+        second.start()
+    stack.database_url = stack.both_hosts_url()
 
 
 def _start_pod(stack: Stack, index: int) -> None:
@@ -415,6 +456,7 @@ def _components(stack: Stack) -> list[str]:
     """Everything `up` runs, in start order."""
     return [
         *(["postgres"] if stack.own_postgres else []),
+        *(["postgres-replica"] if stack.replica else []),
         *(["redis"] if stack.own_redis else []),
         *(["pgbouncer"] if stack.pgbouncer else []),
         *(f"api-{index}" for index in range(1, len(stack.pod_ports) + 1)),
@@ -431,6 +473,8 @@ def _running(stack: Stack, component: str) -> bool:
         return stack.redis().running()
     if component == "pgbouncer":
         return stack.pgbouncer_server().running()
+    if component == "postgres-replica":
+        return stack.postgres_replica().running()
     return alive(stack.pids.get(component, 0))
 
 
@@ -443,6 +487,7 @@ def _ports(stack: Stack, component: str) -> list[tuple[int, str]]:
         "postgres": "postgres_port",
         "redis": "redis_port",
         "pgbouncer": "pgbouncer_port",
+        "postgres-replica": "replica_port",
         "worker": "worker_metrics_port",
         "nginx": "api_port",
         "prometheus": "prometheus_port",
@@ -493,6 +538,8 @@ def _changed_settings(running: Stack, requested: Stack) -> list[str]:
         changed.append("DATABASE_URL")
     if running.pgbouncer != requested.pgbouncer:
         changed.append("PGBOUNCER")
+    if running.replica != requested.replica:
+        changed.append("REPLICA")
     if running.own_redis != requested.own_redis or (
         not requested.own_redis and running.redis_url != requested.redis_url
     ):
@@ -643,6 +690,8 @@ def down(run_dir: Path | None = None) -> int:
         stack.pgbouncer_server().stop()
     if stack.own_redis:
         stack.redis().stop()
+    if stack.replica:
+        stack.postgres_replica().stop()
     if stack.own_postgres:
         stack.postgres().stop()
     stack.save()
@@ -651,6 +700,7 @@ def down(run_dir: Path | None = None) -> int:
         + (", PgBouncer" if stack.pgbouncer else "")
         + (", Redis" if stack.own_redis else "")
         + (", PostgreSQL" if stack.own_postgres else "")
+        + (" and its replica" if stack.replica else "")
         + f" (data kept in {stack.shared_dir if stack.own_postgres else run_dir})"
     )
     return 0
