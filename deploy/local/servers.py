@@ -402,7 +402,7 @@ class PgBouncer:
                 f"pidfile = {self.pidfile}",
                 # After a failed connect to PostgreSQL PgBouncer waits this long before the next try
                 # (default 15 s): with the default, a PostgreSQL back after an outage was used again
-                # 15.4 s later (`make drill` postgres-stop through PgBouncer); 1 s makes it 0.x s.
+                # 15.4 s later (`make drill` postgres-stop through PgBouncer); with 1 s, 1.2 s later.
                 "server_login_retry = 1",
                 *self.extra,
                 "",
