@@ -26,7 +26,7 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from service import health, tracing
 from service.auth import KeyRing
 from service.cache import LocalTTLCache, TwoLevelCache
-from service.config import Settings, load_settings
+from service.config import ConfigurationError, Settings, load_settings
 from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool, create_probe_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
@@ -87,7 +87,11 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
         if settings.metrics_port:
             server, _thread = start_http_server(settings.metrics_port, addr=settings.host)
             stack.callback(server.shutdown)
-        pool = await create_pool(settings)
+        try:
+            pool = await create_pool(settings)
+        except ConfigurationError as error:  # e.g. a transaction-mode pooler without DATABASE_POOL_MODE
+            logger.error(str(error.code))  # one plain line before the server's traceback
+            raise
         stack.push_async_callback(pool.close)
         probe_pool = await create_probe_pool(settings)
         stack.push_async_callback(probe_pool.close)

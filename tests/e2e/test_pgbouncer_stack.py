@@ -143,3 +143,22 @@ async def test_exports_from_two_processes_share_server_connections(
     finally:
         for api in apis:
             api.stop()
+
+
+def test_an_api_process_in_session_mode_through_pgbouncer_exits_naming_the_setting(
+    routed_backends: Backends, tmp_path: Path
+) -> None:
+    """The default mode through a transaction-mode pooler: the pod does not start, and says why in one line."""
+    session_mode = replace(routed_backends, pool_mode="session", direct_url=None)
+    api = ApiProcess(api_env(session_mode), tmp_path / "api.log").start()
+    try:
+        with pytest.raises(RuntimeError, match="exited") as exited:
+            api.wait_ready()
+    finally:
+        api.stop()
+    line = (
+        "configuration error: DATABASE_URL reaches a connection pooler that refused a startup parameter "
+        "(unsupported startup parameter: statement_timeout): it is in transaction mode; "
+        "set DATABASE_POOL_MODE=transaction"
+    )
+    assert line in str(exited.value)
