@@ -1,5 +1,5 @@
 # The gates, the same ones CI runs (.ci/run calls `make test`).
-#   make up      start the whole system locally (nginx -> 2 API pods, a job worker, PostgreSQL, Redis, Prometheus)
+#   make up      start the whole system locally (nginx -> 2 API pods, a job worker, PostgreSQL, Redis, Prometheus); PGBOUNCER=1 puts PgBouncer (transaction mode) in front of PostgreSQL
 #   make down    stop it (data stays in .run/; `make clean` removes it)
 #   make restart-api  replace the API pods one at a time, as a rolling update does (no request fails)
 #   make test    lint + type check + the whole test suite

@@ -25,8 +25,8 @@ from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 from service import health, tracing
 from service.auth import KeyRing
 from service.cache import LocalTTLCache, TwoLevelCache
-from service.config import Settings, load_settings
-from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool, create_probe_pool
+from service.config import ConfigurationError, Settings, load_settings
+from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, Pool, create_pool, create_probe_pool
 from service.errors import install_error_handlers
 from service.exposition import serve_metrics
 from service.items.router import router as items_router
@@ -77,6 +77,20 @@ async def _start_limiter(
     return limiter
 
 
+async def _open_pools(settings: Settings, stack: contextlib.AsyncExitStack) -> tuple[Pool, Pool]:
+    """The request pool and the probe's, closed with `stack`. A ConfigurationError (e.g. a
+    transaction-mode pooler without DATABASE_POOL_MODE) is logged as one plain line first."""
+    try:
+        pool = await create_pool(settings)
+    except ConfigurationError as error:
+        logger.error(str(error.code))  # before the server's traceback, which buries it
+        raise
+    stack.push_async_callback(pool.close)
+    probe_pool = await create_probe_pool(settings)
+    stack.push_async_callback(probe_pool.close)
+    return pool, probe_pool
+
+
 @asynccontextmanager
 async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
     """Opens what requests share (pool, Redis client, cache, limiter), yields it, closes it after the last request."""
@@ -86,10 +100,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             stack.callback(tracing.shutdown)
         if settings.metrics_port:
             stack.callback(serve_metrics(settings.metrics_port, settings.host))
-        pool = await create_pool(settings)
-        stack.push_async_callback(pool.close)
-        probe_pool = await create_probe_pool(settings)
-        stack.push_async_callback(probe_pool.close)
+        pool, probe_pool = await _open_pools(settings, stack)
         instrument_pool(pool)
         lag_watch = asyncio.create_task(watch_event_loop(), name="event-loop-lag")
         stack.push_async_callback(cancel_until_done, lag_watch)

@@ -101,6 +101,13 @@ class Environment(enum.StrEnum):
     PRODUCTION = "production"
 
 
+class PoolMode(enum.StrEnum):
+    """What DATABASE_URL reaches: PostgreSQL (or a session-mode pooler), or a transaction-mode pooler."""
+
+    SESSION = "session"
+    TRANSACTION = "transaction"
+
+
 class LogLevel(enum.StrEnum):
     DEBUG = "DEBUG"
     INFO = "INFO"
@@ -119,6 +126,12 @@ class CommonSettings(BaseSettings):
 
     # PostgreSQL: the system of record.
     database_url: PostgresUrl
+    # `transaction`: DATABASE_URL goes through a transaction-mode pooler (PgBouncer, CloudNativePG's
+    # Pooler, a managed pooler): no startup parameters but application_name, no statement cache,
+    # no session state (service/db.py). What needs a session (the worker's LISTEN, the migration
+    # lock) uses DATABASE_DIRECT_URL when given, else falls back to polling and a per-transaction lock.
+    database_pool_mode: PoolMode = PoolMode.SESSION
+    database_direct_url: PostgresUrl | None = None
     db_pool_min_size: int = Field(1, ge=0, le=100)
     db_pool_max_size: int = Field(10, ge=1, le=100)
     db_connect_timeout_seconds: Seconds = 5.0
@@ -131,6 +144,29 @@ class CommonSettings(BaseSettings):
 
     # Jobs: attempts allowed per job, stamped on each job when it is enqueued.
     job_max_attempts: int = Field(5, ge=1, le=100)
+
+    @model_validator(mode="after")
+    def _check_database(self) -> Self:
+        if self.database_direct_url is not None and self.database_pool_mode is PoolMode.SESSION:
+            raise ValueError(
+                "DATABASE_DIRECT_URL is only used with DATABASE_POOL_MODE=transaction (DATABASE_URL already "
+                "gives a session): set DATABASE_POOL_MODE=transaction if DATABASE_URL goes through a "
+                "transaction-mode pooler, or unset DATABASE_DIRECT_URL"
+            )
+        return self
+
+    @property
+    def transaction_pooled(self) -> bool:
+        """DATABASE_URL goes through a transaction-mode pooler (DATABASE_POOL_MODE=transaction)."""
+        return self.database_pool_mode is PoolMode.TRANSACTION
+
+    @property
+    def session_database_url(self) -> str | None:
+        """Where a session can be had (LISTEN, session advisory locks): DATABASE_URL in session mode,
+        DATABASE_DIRECT_URL in transaction mode, None when transaction mode has no direct URL."""
+        if not self.transaction_pooled:
+            return str(self.database_url)
+        return str(self.database_direct_url) if self.database_direct_url is not None else None
 
     @field_validator("*", mode="before")
     @classmethod

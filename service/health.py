@@ -2,12 +2,15 @@
 
 - `/livez`: the event loop answers; no I/O, so a slow database never gets a
   healthy pod restarted.
-- `/readyz`: PostgreSQL answers within READINESS_TIMEOUT_SECONDS (else 503),
+- `/readyz`: a writable PostgreSQL (the primary, not a server in recovery)
+  answers within READINESS_TIMEOUT_SECONDS (else 503),
   asked on a connection of the probe's own, never one of the request pool's:
   a saturated pool is load, and must not turn every pod unready at once;
   Redis is checked too but only reported (`degraded`): without it the pod
   still serves, from PostgreSQL. 503 as soon as the pod starts draining so
-  the load balancer stops routing to it.
+  the load balancer stops routing to it. During a failover the probe's
+  connection to a server that turned read-only is closed, so the next probe
+  connects anew (to the new primary, with `target_session_attrs=read-write`).
 - `/startupz`: the lifespan has finished (pools open, settings valid).
 """
 
@@ -50,9 +53,15 @@ async def _check(probe: Any, within_seconds: float) -> str:
     return "ok"
 
 
-async def _select_one(pool: Pool) -> None:
+class ReadOnlyServer(Exception):
+    """The probe's connection reached a server in recovery: no writes can be served through it."""
+
+
+async def _writable_primary(pool: Pool) -> None:
     async with pool.acquire() as connection:
-        await connection.fetchval("SELECT 1")
+        if await connection.fetchval("SELECT pg_is_in_recovery()"):
+            connection.terminate()
+            raise ReadOnlyServer
 
 
 @router.get("/readyz")
@@ -64,7 +73,7 @@ async def readyz(request: Request, settings: SettingsDep, probe_pool: ProbePoolD
     # The probes bypass the circuit breakers: they are how recovery gets noticed. PostgreSQL
     # is asked on the probe's own connection: a busy request pool is load, not unreadiness.
     postgres, cache = await asyncio.gather(
-        _check(_select_one(probe_pool), timeout),
+        _check(_writable_primary(probe_pool), timeout),
         _check(redis.ping(), timeout),
     )
     checks = {"postgres": postgres, "redis": cache}

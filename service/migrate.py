@@ -16,6 +16,14 @@ migration fails and can simply be run again. Header lines tune one file:
     -- migrate: lock_timeout=30s       this file's lock_timeout (ms, s or min)
     -- migrate: no-transaction         run outside a transaction, one statement at a time
 
+Behind a transaction-mode pooler (DATABASE_POOL_MODE=transaction) a session
+advisory lock would be taken on one server connection and released, or not,
+on another; so the migrator connects to DATABASE_DIRECT_URL when it is given,
+and otherwise takes the lock per transaction instead: each migration's
+transaction takes `pg_advisory_xact_lock`, then looks again at what is
+recorded, so two migrators still apply each file exactly once (a
+`no-transaction` file is refused there: it needs a session).
+
 `no-transaction` is for what PostgreSQL refuses inside a transaction block,
 such as `CREATE INDEX CONCURRENTLY`. Such a file is not atomic: write each
 statement so it can run again (`DROP INDEX CONCURRENTLY IF EXISTS` first), end
@@ -156,48 +164,124 @@ async def _apply(conn: asyncpg.Connection, migration: Migration, lock_timeout: s
         await conn.execute("RESET lock_timeout")
 
 
-async def migrate(dsn: str, *, lock_wait_seconds: float = 600.0, lock_timeout: str = DEFAULT_LOCK_TIMEOUT) -> list[str]:
+_CREATE_BOOKKEEPING = """CREATE TABLE IF NOT EXISTS schema_migrations (
+                             version    integer PRIMARY KEY,
+                             name       text NOT NULL,
+                             checksum   text NOT NULL,
+                             applied_at timestamptz NOT NULL DEFAULT now())"""
+
+
+def _already_applied(migration: Migration, recorded: asyncpg.Record | None) -> bool:
+    if recorded is None:
+        return False
+    if recorded["checksum"] != migration.checksum:
+        raise MigrationError(f"{migration.label}.sql changed after it was applied; add a new migration instead")
+    return True
+
+
+async def _migrate_in_session(conn: asyncpg.Connection, migrations: list[Migration], lock_timeout: str) -> list[str]:
+    """Under the session advisory lock (taken by the caller): apply what is not recorded."""
+    applied_now: list[str] = []
+    await conn.execute(_CREATE_BOOKKEEPING)
+    rows = await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
+    recorded = {row["version"]: row for row in rows}
+    for migration in migrations:
+        if _already_applied(migration, recorded.get(migration.version)):
+            continue
+        await _apply(conn, migration, lock_timeout)
+        applied_now.append(migration.label)
+        logger.info("applied migration", extra={"migration": migration.label})
+    return applied_now
+
+
+async def _migrate_per_transaction(
+    conn: asyncpg.Connection, migrations: list[Migration], lock_wait_seconds: float, lock_timeout: str
+) -> list[str]:
+    """Through a transaction-mode pooler: each migration in one transaction that takes the
+    transaction-scoped advisory lock (waiting at most `lock_wait_seconds`), then reads the
+    bookkeeping anew, so concurrent migrators apply each file once."""
+    applied_now: list[str] = []
+    for migration in migrations:
+        timeout = migration.markers().get("lock_timeout", lock_timeout)
+        async with conn.transaction():
+            await conn.execute(f"SET LOCAL lock_timeout = '{int(lock_wait_seconds * 1000)}ms'")
+            try:
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", ADVISORY_LOCK_KEY)
+            except asyncpg.LockNotAvailableError:
+                raise MigrationError(
+                    f"another migrator held the lock for more than {lock_wait_seconds:.0f} s"
+                ) from None
+            await conn.execute(_CREATE_BOOKKEEPING)
+            recorded = await conn.fetchrow(
+                "SELECT version, name, checksum FROM schema_migrations WHERE version = $1", migration.version
+            )
+            if _already_applied(migration, recorded):
+                continue
+            if not migration.transactional:
+                raise MigrationError(
+                    f"{migration.label}.sql is no-transaction: it needs a session, which a transaction-mode "
+                    "pooler cannot give; set DATABASE_DIRECT_URL to a direct connection to PostgreSQL"
+                )
+            await conn.execute(f"SET LOCAL lock_timeout = '{timeout}'")
+            await conn.execute(migration.sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
+                migration.version,
+                migration.name,
+                migration.checksum,
+            )
+        applied_now.append(migration.label)
+        logger.info("applied migration", extra={"migration": migration.label})
+    return applied_now
+
+
+async def migrate(
+    dsn: str,
+    *,
+    lock_wait_seconds: float = 600.0,
+    lock_timeout: str = DEFAULT_LOCK_TIMEOUT,
+    per_transaction: bool = False,
+) -> list[str]:
     """Apply pending migrations; return the names of those applied by this call.
 
     `lock_wait_seconds` bounds the wait for another migrator; `lock_timeout` (PostgreSQL's
     syntax, e.g. "5s") bounds each migration's wait for a table lock, unless its file says otherwise.
+    `per_transaction`: `dsn` is a transaction-mode pooler; no session state is used (the lock is
+    taken per migration, with pg_advisory_xact_lock, and asyncpg's statement cache is off).
     """
     if not _LOCK_TIMEOUT.match(lock_timeout):
         raise MigrationError(f"lock_timeout {lock_timeout!r}: use <n>ms, <n>s or <n>min")
     migrations = discover()
     for migration in migrations:
         migration.markers()  # a typo in a header fails before anything is applied
-    conn = await asyncpg.connect(dsn, timeout=10, server_settings={"application_name": "catalog-migrate"})
-    applied_now: list[str] = []
+    conn = await asyncpg.connect(
+        dsn,
+        timeout=10,
+        server_settings={"application_name": "catalog-migrate"},
+        statement_cache_size=0 if per_transaction else 100,
+    )
     try:
+        if per_transaction:
+            return await _migrate_per_transaction(conn, migrations, lock_wait_seconds, lock_timeout)
         await _take_lock(conn, lock_wait_seconds)
         try:
-            await conn.execute(
-                """CREATE TABLE IF NOT EXISTS schema_migrations (
-                       version    integer PRIMARY KEY,
-                       name       text NOT NULL,
-                       checksum   text NOT NULL,
-                       applied_at timestamptz NOT NULL DEFAULT now())"""
-            )
-            recorded = {
-                row["version"]: row for row in await conn.fetch("SELECT version, name, checksum FROM schema_migrations")
-            }
-            for migration in migrations:
-                previous = recorded.get(migration.version)
-                if previous is not None:
-                    if previous["checksum"] != migration.checksum:
-                        raise MigrationError(
-                            f"{migration.label}.sql changed after it was applied; add a new migration instead"
-                        )
-                    continue
-                await _apply(conn, migration, lock_timeout)
-                applied_now.append(migration.label)
-                logger.info("applied migration", extra={"migration": migration.label})
+            return await _migrate_in_session(conn, migrations, lock_timeout)
         finally:
             await conn.execute("SELECT pg_advisory_unlock($1)", ADVISORY_LOCK_KEY)
     finally:
         await conn.close()
-    return applied_now
+
+
+def migrate_with(settings: CommonSettings) -> list[str]:
+    """Apply pending migrations the way DATABASE_POOL_MODE / DATABASE_DIRECT_URL allow (logged)."""
+    session_url = settings.session_database_url
+    if session_url is not None:
+        return asyncio.run(migrate(session_url))
+    logger.warning(
+        "DATABASE_POOL_MODE=transaction without DATABASE_DIRECT_URL: the migration lock is taken per "
+        "transaction (pg_advisory_xact_lock), and no-transaction migrations are refused"
+    )
+    return asyncio.run(migrate(str(settings.database_url), per_transaction=True))
 
 
 def main() -> int:
@@ -208,7 +292,7 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level.value)
     try:
-        applied = asyncio.run(migrate(str(settings.database_url)))
+        applied = migrate_with(settings)
     except (MigrationError, OSError, asyncpg.PostgresError) as error:
         logger.error("migration failed", extra={"error": f"{type(error).__name__}: {error}"})
         return 1

@@ -3,8 +3,11 @@
     PYTHONPATH=bench uv run python -m loadtest.drills [--only NAME ...] [--rate 30] [--fault-seconds 30]
 
 Drills, in order: a rolling restart of the API pods, a worker SIGKILLed while
-it runs jobs, Redis stopped, PostgreSQL stopped, and PostgreSQL slowed by a
-lock held on the items table. Each one:
+it runs jobs, Redis stopped, PostgreSQL stopped, PostgreSQL slowed by a lock
+held on the items table, and two that need `make up` run another way (skipped
+otherwise): PgBouncer restarted (`make up PGBOUNCER=1`) and the primary
+stopped and its streaming replica promoted (`make up REPLICA=1`; afterwards
+the old primary is rebuilt as the new one's replica). Each one:
 1. waits until no alert is firing, then sends steady traffic (reads through
    nginx from twenty simulated clients, and a job a second with the API key)
    for a few seconds of baseline;
@@ -229,6 +232,46 @@ async def _slow_postgres(context: Context) -> tuple[float, float]:
         await connection.close()
 
 
+async def _restart_pgbouncer(context: Context) -> tuple[float, float]:
+    """PgBouncer (transaction mode, `make up PGBOUNCER=1`) stopped at once, then started again:
+    every client connection through it dies; the pods' pools reconnect."""
+    if not context.stack.pgbouncer:
+        raise DrillError("the stack runs without PgBouncer: `make down && make up PGBOUNCER=1` first")
+    bouncer = context.stack.pgbouncer_server()
+    start = time.time()
+    await asyncio.to_thread(bouncer.stop)
+    await asyncio.sleep(context.fault_seconds)
+    await asyncio.to_thread(bouncer.start)
+    return start, time.time()
+
+
+async def _fail_over(context: Context) -> tuple[float, float]:
+    """The primary stopped at once (a node loss); PROMOTE_AFTER_SECONDS later the replica is promoted.
+    The URL names both servers with target_session_attrs=read-write: nothing is re-pointed. After the
+    drill, the old primary is rebuilt as a replica of the new one (pg_basebackup), as an operator would."""
+    stack = context.reload()
+    if not stack.replica:
+        raise DrillError("the stack runs without a replica: `make down && make up REPLICA=1` first")
+    first, second = stack.postgres(), stack.postgres_replica()
+    primary, replica = (first, second) if not first.in_recovery() else (second, first)
+    if replica.in_recovery() is not True:
+        raise DrillError(f"no standby streaming on port {replica.port}: run `make up REPLICA=1` again")
+    start = time.time()
+    await asyncio.to_thread(primary.stop, "immediate")
+    await asyncio.sleep(PROMOTE_AFTER_SECONDS)
+    await asyncio.to_thread(replica.promote)
+    end = time.time()
+    await asyncio.sleep(15)  # the recovery is measured before the rebuild's base backup adds its load
+    shutil.rmtree(primary.datadir)
+    await asyncio.to_thread(primary.clone_from, replica)
+    await asyncio.to_thread(primary.start)
+    return start, end
+
+
+# The time an operator (CloudNativePG, a managed service) takes to notice a lost primary and promote.
+PROMOTE_AFTER_SECONDS = 5.0
+
+
 DRILLS = [
     Drill("rolling-restart", "API pods restarted one at a time (`make restart-api`)", [], _rolling_restart),
     Drill(
@@ -242,6 +285,19 @@ DRILLS = [
         _stop_postgres,
     ),
     Drill("postgres-slow", "an exclusive lock held on the items table", ["CatalogApiLatencyP99High"], _slow_postgres),
+    Drill(
+        "pgbouncer-restart",
+        "PgBouncer stopped, then started again (`make up PGBOUNCER=1`)",
+        ["CatalogApiErrorRateHigh"],
+        _restart_pgbouncer,
+    ),
+    Drill(
+        "primary-failover",
+        f"primary stopped, replica promoted {PROMOTE_AFTER_SECONDS:g} s later (`make up REPLICA=1`)",
+        # About 6 s of 503s: the fast error-budget burn pages; the error-rate alert's `for` outlasts it.
+        ["CatalogApiErrorBudgetBurn"],
+        _fail_over,
+    ),
 ]
 
 

@@ -4,8 +4,8 @@
 # what is missing and how to get it.
 #   uv (pinned)                  -> on PATH already, or installed into .tools/uv
 #   Python packages              -> `uv sync --frozen` from uv.lock
-#   PostgreSQL, Redis, nginx,
-#   Prometheus (with promtool)   -> apt-get when running as root, otherwise a message
+#   PostgreSQL, PgBouncer, Redis,
+#   nginx, Prometheus (promtool) -> apt-get when running as root, otherwise a message
 #   with the argument `image` (`make test`): a Docker engine (docker.io) and
 #   mmdebstrap for the image test -> apt-get when running as root; otherwise a
 #   note, and that test skips saying why
@@ -57,6 +57,7 @@ fi
 pg_ok() { command -v initdb >/dev/null 2>&1 || compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null; }
 missing=()
 pg_ok || missing+=(postgresql)
+{ command -v pgbouncer >/dev/null 2>&1 || [ -x /usr/sbin/pgbouncer ]; } || missing+=(pgbouncer)
 command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
 { command -v nginx >/dev/null 2>&1 || [ -x /usr/sbin/nginx ]; } || missing+=(nginx)
 command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)

@@ -3,6 +3,11 @@
     client -> nginx :8000 -> API "pods" :8001, :8002 (gunicorn + 1 uvicorn worker each)
                                 -> PostgreSQL :55432, Redis :56379
     job worker (python -m service.worker) -> PostgreSQL; probes and metrics on :9466
+    with PGBOUNCER=1 (`make up PGBOUNCER=1`): pods and worker -> PgBouncer :56432 (transaction mode)
+        -> PostgreSQL, as behind CloudNativePG's Pooler; LISTEN and migrations use PostgreSQL directly
+    with REPLICA=1 (`make up REPLICA=1`): a streaming replica :55433 (pg_basebackup) beside the primary;
+        everything connects with both hosts and target_session_attrs=read-write, so a failover
+        (`make drill ONLY=primary-failover`) needs no change of URL
     Prometheus :9090 scrapes the pods' metrics ports :9464, :9465 and the worker's :9466
 
 State, logs and pid files live under RUN_DIR (.run/). PostgreSQL and Redis are
@@ -44,6 +49,7 @@ import urllib.error
 import urllib.request
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import servers
 
@@ -61,6 +67,10 @@ class Stack:
     worker_metrics_port: int
     postgres_port: int
     redis_port: int
+    pgbouncer_port: int = 56432
+    pgbouncer: bool = False  # PGBOUNCER=1: the app reaches PostgreSQL through PgBouncer in transaction mode
+    replica_port: int = 55433
+    replica: bool = False  # REPLICA=1: a streaming replica of our PostgreSQL, and a multi-host DATABASE_URL
     database_url: str = ""
     redis_url: str = ""
     own_postgres: bool = True
@@ -82,12 +92,21 @@ class Stack:
             worker_metrics_port=int(os.environ.get("WORKER_METRICS_PORT", "9466")),
             postgres_port=int(os.environ.get("POSTGRES_PORT", "55432")),
             redis_port=int(os.environ.get("REDIS_PORT", "56379")),
+            pgbouncer_port=int(os.environ.get("PGBOUNCER_PORT", "56432")),
+            pgbouncer=os.environ.get("PGBOUNCER", "") not in ("", "0"),
+            replica_port=int(os.environ.get("POSTGRES_REPLICA_PORT", "55433")),
+            replica=os.environ.get("REPLICA", "") not in ("", "0"),
             database_url=os.environ.get("DATABASE_URL", ""),
             redis_url=os.environ.get("REDIS_URL", ""),
         )
         if len(stack.metrics_ports) != len(stack.pod_ports):
             raise StackError("API_POD_METRICS_PORTS needs one port per API pod (API_POD_PORTS)")
         stack.own_postgres = not stack.database_url
+        if stack.replica and (stack.pgbouncer or not stack.own_postgres):
+            raise StackError(
+                "REPLICA=1 needs the PostgreSQL `make up` starts (no DATABASE_URL) and no PGBOUNCER=1: "
+                "PgBouncer 1.18 cannot follow a failover (behind a pooler, the operator re-points it)"
+            )
         stack.own_redis = not stack.redis_url
         return stack
 
@@ -110,6 +129,10 @@ class Stack:
         data.setdefault("prometheus_port", 9090)
         data.setdefault("worker_metrics_port", 9466)
         data.setdefault("spill_dir", "")
+        data.setdefault("pgbouncer", False)
+        data.setdefault("pgbouncer_port", 56432)
+        data.setdefault("replica", False)
+        data.setdefault("replica_port", 55433)
         return cls(**data)
 
     @property
@@ -120,8 +143,42 @@ class Stack:
     def postgres(self) -> servers.Postgres:
         return servers.Postgres(self.shared_dir / "postgres", self.postgres_port, durable=True)
 
+    def postgres_replica(self) -> servers.Postgres:
+        """The second server of REPLICA=1 (a standby at first; the primary after a failover)."""
+        return servers.Postgres(self.shared_dir / "postgres-replica", self.replica_port, durable=True)
+
+    def both_hosts_url(self) -> str:
+        """Our two servers in one URL: asyncpg connects to whichever accepts writes."""
+        hosts = f"127.0.0.1:{self.postgres_port},127.0.0.1:{self.replica_port}"
+        return f"postgresql://postgres@{hosts}/{DATABASE_NAME}?target_session_attrs=read-write"
+
     def redis(self) -> servers.Redis:
         return servers.Redis(self.run_dir / "redis", self.redis_port)
+
+    def pgbouncer_server(self) -> servers.PgBouncer:
+        """PgBouncer in transaction mode in front of the stack's PostgreSQL (or DATABASE_URL's server)."""
+        parts = urlsplit(self.database_url or servers.Postgres(Path(), self.postgres_port).url())
+        return servers.PgBouncer(
+            self.shared_dir / "pgbouncer",
+            self.pgbouncer_port,
+            parts.port or 5432,
+            user=parts.username or "postgres",
+            password=parts.password or "",
+            server_host=parts.hostname or "127.0.0.1",
+        )
+
+    def app_database_env(self) -> dict[str, str]:
+        """DATABASE_URL and, through PgBouncer, DATABASE_POOL_MODE and DATABASE_DIRECT_URL."""
+        if not self.pgbouncer:
+            return {"DATABASE_URL": self.database_url}
+        parts = urlsplit(self.database_url)
+        credentials = parts.netloc.rpartition("@")[0]
+        pooled = parts._replace(netloc=f"{credentials}@127.0.0.1:{self.pgbouncer_port}").geturl()
+        return {
+            "DATABASE_URL": pooled,
+            "DATABASE_POOL_MODE": "transaction",
+            "DATABASE_DIRECT_URL": self.database_url,
+        }
 
 
 def prometheus_binary() -> str:
@@ -149,6 +206,8 @@ PORT_VARIABLES = {
     "worker_metrics_port": "WORKER_METRICS_PORT",
     "postgres_port": "POSTGRES_PORT",
     "redis_port": "REDIS_PORT",
+    "pgbouncer_port": "PGBOUNCER_PORT",
+    "replica_port": "POSTGRES_REPLICA_PORT",
 }
 
 
@@ -187,7 +246,7 @@ def app_environment(stack: Stack, port: int, metrics_port: int) -> dict[str, str
         env["API_KEYS"] = development_key(stack)[1]
     env.setdefault("SHUTDOWN_DRAIN_SECONDS", "2")
     env.update(
-        DATABASE_URL=stack.database_url,
+        **stack.app_database_env(),
         REDIS_URL=stack.redis_url,
         HOST="127.0.0.1",
         PORT=str(port),
@@ -256,18 +315,37 @@ def _start_backends(stack: Stack, missing: list[str]) -> None:
         postgres = stack.postgres()
         if "postgres" in missing:
             postgres.start()
-        if not postgres.has_database(DATABASE_NAME):
+        if not stack.replica and not postgres.has_database(DATABASE_NAME):
             postgres.create_database(DATABASE_NAME)
         stack.database_url = postgres.url(DATABASE_NAME)
+    if stack.replica:
+        _start_pair(stack, missing)
     if stack.own_redis:
         redis = stack.redis()
         if "redis" in missing:
             redis.start()
         stack.redis_url = redis.url()
+    if stack.pgbouncer and "pgbouncer" in missing:
+        stack.pgbouncer_server().start()
     stack.save()
     migrate_env = app_environment(stack, stack.pod_ports[0], stack.metrics_ports[0])
     if subprocess.run([sys.executable, "-m", "service.migrate"], cwd=ROOT, env=migrate_env, check=False).returncode:
         raise StackError("migrations failed; see the lines above")
+
+
+def _start_pair(stack: Stack, missing: list[str]) -> None:
+    """REPLICA=1: start both servers; the first time, create the database on the primary and
+    clone the replica from it. After a failover either may be the primary: the URL names both."""
+    first, second = stack.postgres(), stack.postgres_replica()
+    if "postgres-replica" in missing and (second.datadir / "PG_VERSION").exists():
+        second.start()
+    primary = first if not (first.datadir / "standby.signal").exists() else second
+    if not primary.has_database(DATABASE_NAME):
+        primary.create_database(DATABASE_NAME)
+    if not (second.datadir / "PG_VERSION").exists():
+        second.clone_from(first)
+        second.start()
+    stack.database_url = stack.both_hosts_url()
 
 
 def _start_pod(stack: Stack, index: int) -> None:
@@ -308,7 +386,7 @@ def worker_environment(stack: Stack) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("ENVIRONMENT", "development")
     env.setdefault("WORKER_SHUTDOWN_GRACE_SECONDS", "10")
-    env.update(DATABASE_URL=stack.database_url, METRICS_PORT=str(stack.worker_metrics_port))
+    env.update(**stack.app_database_env(), METRICS_PORT=str(stack.worker_metrics_port))
     return env
 
 
@@ -380,7 +458,9 @@ def _components(stack: Stack) -> list[str]:
     """Everything `up` runs, in start order."""
     return [
         *(["postgres"] if stack.own_postgres else []),
+        *(["postgres-replica"] if stack.replica else []),
         *(["redis"] if stack.own_redis else []),
+        *(["pgbouncer"] if stack.pgbouncer else []),
         *(f"api-{index}" for index in range(1, len(stack.pod_ports) + 1)),
         "worker",
         "nginx",
@@ -393,6 +473,10 @@ def _running(stack: Stack, component: str) -> bool:
         return stack.postgres().running()
     if component == "redis":
         return stack.redis().running()
+    if component == "pgbouncer":
+        return stack.pgbouncer_server().running()
+    if component == "postgres-replica":
+        return stack.postgres_replica().running()
     return alive(stack.pids.get(component, 0))
 
 
@@ -404,6 +488,8 @@ def _ports(stack: Stack, component: str) -> list[tuple[int, str]]:
     field_name = {
         "postgres": "postgres_port",
         "redis": "redis_port",
+        "pgbouncer": "pgbouncer_port",
+        "postgres-replica": "replica_port",
         "worker": "worker_metrics_port",
         "nginx": "api_port",
         "prometheus": "prometheus_port",
@@ -452,6 +538,10 @@ def _changed_settings(running: Stack, requested: Stack) -> list[str]:
         not requested.own_postgres and running.database_url != requested.database_url
     ):
         changed.append("DATABASE_URL")
+    if running.pgbouncer != requested.pgbouncer:
+        changed.append("PGBOUNCER")
+    if running.replica != requested.replica:
+        changed.append("REPLICA")
     if running.own_redis != requested.own_redis or (
         not requested.own_redis and running.redis_url != requested.redis_url
     ):
@@ -521,6 +611,12 @@ def _print_summary(stack: Stack) -> None:
         if "API_KEYS" not in os.environ
         else "  API keys             from your API_KEYS"
     )
+    pgbouncer_line = (
+        f"\n  PgBouncer            {stack.app_database_env()['DATABASE_URL']}   (transaction mode; the pods and the "
+        "worker go through it)"
+        if stack.pgbouncer
+        else ""
+    )
     print(f"""
 Catalog API is up (development mode).
   API (through nginx)  {base}/v1/items
@@ -531,7 +627,7 @@ Catalog API is up (development mode).
   Job worker           http://127.0.0.1:{stack.worker_metrics_port}/metrics (POST {base}/v1/jobs)
   Prometheus           http://127.0.0.1:{stack.prometheus_port}
   PostgreSQL           {stack.database_url}{f"   (data in {stack.postgres().directory})" if stack.own_postgres else ""}
-  Redis                {stack.redis_url}
+  Redis                {stack.redis_url}{pgbouncer_line}
   Logs                 {stack.run_dir}/api-*.log, worker.log, nginx/access.log
 {key_line}
 Stop everything with `make down`; roll the API pods with `make restart-api`.""")
@@ -594,15 +690,21 @@ def down(run_dir: Path | None = None) -> int:
     for name in [name for name in stack.pids if name.startswith("api-")]:
         # SIGTERM: the graceful path a pod takes (drain, finish in-flight, close pools).
         _stop_pid(stack.pids.pop(name), signal.SIGTERM, 40)
+    if stack.pgbouncer:
+        stack.pgbouncer_server().stop()
     if stack.own_redis:
         stack.redis().stop()
+    if stack.replica:
+        stack.postgres_replica().stop()
     if stack.own_postgres:
         stack.postgres().stop()
     stack.save()
     print(
         "stopped: Prometheus, nginx, worker, API pods"
+        + (", PgBouncer" if stack.pgbouncer else "")
         + (", Redis" if stack.own_redis else "")
         + (", PostgreSQL" if stack.own_postgres else "")
+        + (" and its replica" if stack.replica else "")
         + f" (data kept in {stack.shared_dir if stack.own_postgres else run_dir})"
     )
     return 0

@@ -30,6 +30,8 @@ class JobContext:
     attempt: int
     database_url: str
     request_id: str | None = None
+    # DATABASE_POOL_MODE=transaction: no statement cache (named statements cannot cross a transaction-mode pooler).
+    transaction_pooled: bool = False
 
 
 class PermanentJobError(Exception):
@@ -96,16 +98,23 @@ def _percentile(sorted_values: array[int], p: float) -> float:
     return sorted_values[low] + (sorted_values[high] - sorted_values[low]) * (rank - low)
 
 
-async def _read_prices(database_url: str, batch_size: int) -> tuple[dict[str, array[int]], dict[str, int], int]:
+async def _read_prices(context: JobContext, batch_size: int) -> tuple[dict[str, array[int]], dict[str, int], int]:
     prices: dict[str, array[int]] = {}
     stock_value: dict[str, int] = {}
     rows = 0
-    conn = await asyncpg.connect(database_url, timeout=10, server_settings={"application_name": "catalog-job"})
+    conn = await asyncpg.connect(
+        context.database_url,
+        timeout=10,
+        server_settings={"application_name": "catalog-job"},
+        statement_cache_size=0 if context.transaction_pooled else 100,
+    )
     try:
         # One snapshot for the whole report, read by a server-side cursor in batches.
         async with conn.transaction(isolation="repeatable_read", readonly=True):
-            cursor = await conn.cursor("SELECT category, price_cents, stock FROM items")
-            while batch := await cursor.fetch(batch_size):
+            # A cursor declared in SQL: asyncpg's cursor() leaves a named statement on the server
+            # connection, which a transaction-mode pooler hands to other clients (items/repository.py).
+            await conn.execute("DECLARE report NO SCROLL CURSOR FOR SELECT category, price_cents, stock FROM items")
+            while batch := await conn.fetch(f"FETCH FORWARD {int(batch_size)} FROM report"):
                 rows += len(batch)
                 for category, price, stock in batch:
                     prices.setdefault(category, array("q")).append(price)
@@ -116,7 +125,7 @@ async def _read_prices(database_url: str, batch_size: int) -> tuple[dict[str, ar
 
 
 def catalog_report(params: CatalogReportParams, context: JobContext) -> dict[str, Any]:
-    prices, stock_value, rows = asyncio.run(_read_prices(context.database_url, params.batch_size))
+    prices, stock_value, rows = asyncio.run(_read_prices(context, params.batch_size))
     categories = []
     for category in sorted(prices, key=lambda name: (-len(prices[name]), name))[:MAX_REPORT_CATEGORIES]:
         values = array("q", sorted(prices[category]))

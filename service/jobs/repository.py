@@ -273,7 +273,7 @@ async def release(conn: Connection, claim: Claim, worker: str) -> bool:
             INSERT INTO job_attempts (job_id, attempt, worker, outcome, error, started_at)
             SELECT id, attempts + 1, $3, 'released', 'the worker shut down before the job finished', $4 FROM done
         )
-        SELECT pg_notify($5, 'released') FROM done
+        SELECT true FROM done, LATERAL pg_notify($5, 'released')  -- pg_notify returns void: NULL to asyncpg
         """,
         claim.id,
         claim.lease_token,

@@ -128,6 +128,12 @@ async def run(settings: WorkerSettings) -> None:
         claim_loop = asyncio.create_task(worker.run(), name="claim-loop")
         worker.started = True
         logger.info("worker started", extra={"worker": name, "slots": slots})
+        if settings.session_database_url is None:
+            logger.warning(
+                "DATABASE_POOL_MODE=transaction without DATABASE_DIRECT_URL: no LISTEN for new jobs (it needs a "
+                "session); polling every WORKER_POLL_INTERVAL_SECONDS instead",
+                extra={"poll_seconds": settings.worker_poll_interval_seconds},
+            )
         stopped = asyncio.create_task(stop_requested.wait())
         await asyncio.wait([stopped, claim_loop], return_when=asyncio.FIRST_COMPLETED)
         crash = claim_loop.exception() if claim_loop.done() else None

@@ -31,7 +31,7 @@ import asyncpg
 
 from service import tracing
 from service.config import WorkerSettings
-from service.db import UNAVAILABLE_ERRORS
+from service.db import UNAVAILABLE_ERRORS, acquire
 from service.jobs import repository
 from service.jobs.kinds import KINDS, JobContext
 from service.jobs.schemas import AttemptOutcome, AttemptStatus, JobState, StopReason
@@ -200,7 +200,13 @@ class Worker:
         """Run the attempt in the slot's child; writes nothing."""
         if claim.kind not in KINDS:
             return Attempt(AttemptStatus.PERMANENT, f"unknown job kind {claim.kind!r}")
-        context = JobContext(str(claim.id), claim.attempt, str(self.settings.database_url), claim.request_id)
+        context = JobContext(
+            str(claim.id),
+            claim.attempt,
+            str(self.settings.database_url),
+            claim.request_id,
+            transaction_pooled=self.settings.transaction_pooled,
+        )
         try:
             status, payload = await slot.run(claim.kind, claim.params, context, self._limit_seconds(claim))
         except JobTimedOut as error:
@@ -251,7 +257,7 @@ class Worker:
         delay = 0.1
         while True:
             try:
-                async with self.pool.acquire() as conn:
+                async with acquire(self.pool) as conn:
                     return await write(conn, *args, **kwargs)
             except TRANSIENT_ERRORS as error:
                 metrics.DB_ERRORS.labels(operation).inc()
@@ -304,12 +310,18 @@ class Worker:
                 logger.info("pruned finished jobs", extra={"count": pruned})
 
     async def _ensure_listener(self) -> None:
-        """LISTEN on a dedicated connection; reconnect after PostgreSQL comes back."""
-        if self._listener is not None and not self._listener.is_closed():
+        """LISTEN on a dedicated connection; reconnect after PostgreSQL comes back.
+
+        LISTEN needs a session: behind a transaction-mode pooler it goes to DATABASE_DIRECT_URL,
+        and without one there is no listener (the worker polls every WORKER_POLL_INTERVAL_SECONDS;
+        `service/worker/__main__.py` says so at startup).
+        """
+        url = self.settings.session_database_url
+        if url is None or (self._listener is not None and not self._listener.is_closed()):
             return
         try:
             conn = await asyncpg.connect(
-                str(self.settings.database_url),
+                url,
                 timeout=self.settings.db_connect_timeout_seconds,
                 server_settings={"application_name": f"{self.settings.service_name}-listen"},
             )
@@ -324,7 +336,7 @@ class Worker:
     async def _db(self, operation: str, call: Callable[..., Awaitable[_T]], *args: object) -> _T | None:
         """One queue statement on a pooled connection; None (logged, counted) if the database is unavailable."""
         try:
-            async with self.pool.acquire(timeout=self.settings.db_pool_acquire_timeout_seconds) as conn:
+            async with acquire(self.pool, self.settings.db_pool_acquire_timeout_seconds) as conn:
                 return await call(conn, *args)
         except TRANSIENT_ERRORS as error:
             metrics.DB_ERRORS.labels(operation).inc()

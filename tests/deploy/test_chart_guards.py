@@ -71,6 +71,39 @@ GUARDS: dict[str, tuple[Values, list[str], Values]] = {
         ["worker max replicas + surge (31)", "connections per worker pod (5: WORKER_CONCURRENCY + 4)"],
         {"worker.keda.enabled": True, "worker.keda.maxReplicas": 4},
     ),
+    "a direct database URL without transaction pooling": (
+        {"secrets.databaseDirectUrl": "postgresql://c@db-rw:5432/c"},
+        ["secrets.databaseDirectUrl", "database.poolMode=transaction"],
+        {"secrets.databaseDirectUrl": "postgresql://c@db-rw:5432/c", "database.poolMode": "transaction"},
+    ),
+    "the same URL as pooled and direct": (
+        {
+            "database.poolMode": "transaction",
+            "secrets.databaseUrl": "postgresql://c@db:5432/c",
+            "secrets.databaseDirectUrl": "postgresql://c@db:5432/c",
+        },
+        ["secrets.databaseDirectUrl equals secrets.databaseUrl"],
+        {
+            "database.poolMode": "transaction",
+            "secrets.databaseUrl": "postgresql://c@db-pooler-rw:5432/c",
+            "secrets.databaseDirectUrl": "postgresql://c@db-rw:5432/c",
+        },
+    ),
+    "KEDA through a transaction-mode pooler without a direct URL": (
+        {"worker.keda.enabled": True, "worker.keda.maxReplicas": 4, "database.poolMode": "transaction"},
+        ["worker.keda.enabled", "database.poolMode=transaction", "secrets.databaseDirectUrl"],
+        {
+            "worker.keda.enabled": True,
+            "worker.keda.maxReplicas": 4,
+            "database.poolMode": "transaction",
+            "secrets.databaseDirectUrl": "postgresql://c@db-rw:5432/c",
+        },
+    ),
+    "a direct URL promised in a Secret that is not named": (
+        {"database.directUrlInSecret": True},
+        ["database.directUrlInSecret", "secrets.existingSecret"],
+        {"database.directUrlInSecret": True, "secrets.existingSecret": "catalog-own"},
+    ),
     "ingress and route together": (
         {"ingress.enabled": True, "httpRoute.enabled": True},
         ["ingress.enabled", "httpRoute.enabled"],
@@ -117,6 +150,8 @@ SCHEMA_CASES: dict[str, tuple[Values, str]] = {
     "bad environment variable name": ({"settings.extraEnv.log_level": "x"}, "extraEnv"),
     "short secret key": ({"secrets.secretKey": "short"}, "secretKey"),
     "database url scheme": ({"secrets.databaseUrl": "mysql://db/x"}, "databaseUrl"),
+    "direct database url scheme": ({"secrets.databaseDirectUrl": "mysql://db/x"}, "databaseDirectUrl"),
+    "pool mode": ({"database.poolMode": "statement"}, "poolMode"),
 }
 
 

@@ -10,7 +10,11 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.fixtures.backends import ROUTES
 from tests.fixtures.items import ITEM, snapshot
+
+# Directly and through PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction).
+DATABASE_ROUTES = ROUTES
 
 Request = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 TEN_MB = b"x" * (10 * 1024 * 1024)

@@ -8,7 +8,11 @@ import io
 import asyncpg
 import httpx
 
+from tests.fixtures.backends import ROUTES
 from tests.fixtures.items import ITEM
+
+# Directly and through PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction).
+DATABASE_ROUTES = ROUTES
 
 AWKWARD = [
     "plain",

@@ -12,8 +12,11 @@ import pytest
 from service.app import create_app
 from service.worker.http import ProbeServer
 from tests.fixtures.app import lifespan_client, make_settings
-from tests.fixtures.backends import Backends
+from tests.fixtures.backends import ROUTES, Backends
 from tests.fixtures.items import ITEM, seed
+
+# Directly and through PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction).
+DATABASE_ROUTES = ROUTES
 
 # Headers that differ between two responses to the same request.
 _VOLATILE = {"x-request-id", "x-ratelimit-remaining", "x-ratelimit-reset", "date"}

@@ -13,7 +13,10 @@ import pytest
 from service.app import create_app
 from service.config import Settings
 from tests.fixtures.app import lifespan_client, make_settings
-from tests.fixtures.backends import Backends, TableLock, dedicated_backends
+from tests.fixtures.backends import ROUTES, Backends, TableLock, dedicated_backends
+
+# Directly and through PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction).
+DATABASE_ROUTES = ROUTES
 
 
 async def test_probes_answer_when_healthy(client: httpx.AsyncClient) -> None:

@@ -11,7 +11,11 @@ import asyncpg
 import httpx
 
 from service.items import repository
+from tests.fixtures.backends import ROUTES
 from tests.fixtures.items import ITEM, seed
+
+# Directly and through PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction).
+DATABASE_ROUTES = ROUTES
 
 
 async def test_create_get_update_delete(client: httpx.AsyncClient) -> None:

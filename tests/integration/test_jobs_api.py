@@ -9,7 +9,11 @@ import asyncpg
 import httpx
 import pytest
 
+from tests.fixtures.backends import ROUTES
 from tests.fixtures.keys import READER_KEY
+
+# Directly and through PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction).
+DATABASE_ROUTES = ROUTES
 
 BURN = {"kind": "cpu.burn", "params": {"milliseconds": 5}}
 

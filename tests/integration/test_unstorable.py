@@ -19,9 +19,12 @@ from fastapi import Body
 from service.app import create_app
 from service.state import ConnectionDep
 from tests.fixtures.app import lifespan_client, make_settings
-from tests.fixtures.backends import Backends
+from tests.fixtures.backends import ROUTES, Backends
 from tests.fixtures.items import ITEM, snapshot
 from tests.fixtures.keys import WRITER
+
+# Directly and through PgBouncer in transaction mode (DATABASE_POOL_MODE=transaction).
+DATABASE_ROUTES = ROUTES
 
 _json = {"content-type": "application/json"}
 NUL = "a\x00b"

@@ -131,3 +131,35 @@ def test_plain_numbers_still_load(env: pytest.MonkeyPatch) -> None:
     settings = load_settings()
     assert (settings.db_pool_max_size, settings.request_timeout_seconds) == (7, 12.5)
     assert settings.rate_limit_reads.count == 600
+
+
+def test_pool_mode_is_session_or_transaction(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DATABASE_POOL_MODE", "statement")
+    [line] = error_lines(env)
+    assert line.startswith("configuration error: DATABASE_POOL_MODE is invalid:")
+    assert "'session' or 'transaction'" in line
+
+
+def test_a_direct_url_without_transaction_mode_is_refused_naming_both(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DATABASE_DIRECT_URL", "postgresql://app@db-rw.internal:5432/catalog")
+    [line] = error_lines(env)
+    assert "DATABASE_DIRECT_URL" in line
+    assert "DATABASE_POOL_MODE=transaction" in line
+    env.setenv("DATABASE_POOL_MODE", "transaction")
+    settings = load_settings()
+    assert settings.session_database_url == "postgresql://app@db-rw.internal:5432/catalog"
+
+
+def test_where_a_session_is_had(env: pytest.MonkeyPatch) -> None:
+    assert load_settings().session_database_url == GOOD["DATABASE_URL"]
+    env.setenv("DATABASE_POOL_MODE", "transaction")
+    settings = load_settings()
+    assert settings.transaction_pooled
+    assert settings.session_database_url is None  # the worker polls, migrations lock per transaction
+
+
+def test_a_malformed_direct_url_names_it(env: pytest.MonkeyPatch) -> None:
+    env.setenv("DATABASE_POOL_MODE", "transaction")
+    env.setenv("DATABASE_DIRECT_URL", "mysql://app@db/catalog")
+    [line] = error_lines(env)
+    assert line.startswith("configuration error: DATABASE_DIRECT_URL is invalid:")

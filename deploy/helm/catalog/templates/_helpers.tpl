@@ -127,6 +127,7 @@ them: quote those ("12345678901234567890").
 ENVIRONMENT: {{ .Values.settings.environment | quote }}
 LOG_LEVEL: {{ .Values.settings.logLevel | quote }}
 REQUEST_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.requestTimeoutSeconds | quote }}
+DATABASE_POOL_MODE: {{ include "catalog.poolMode" . | quote }}
 DB_POOL_MIN_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMinSize | quote }}
 DB_POOL_MAX_SIZE: {{ include "catalog.plain" .Values.settings.dbPoolMaxSize | quote }}
 DB_CONNECT_TIMEOUT_SECONDS: {{ include "catalog.plain" .Values.settings.dbConnectTimeoutSeconds | quote }}
@@ -144,9 +145,14 @@ JOB_MAX_ATTEMPTS: {{ include "catalog.plain" .Values.worker.jobMaxAttempts | quo
 {{- end }}
 {{- end }}
 
+{{/* Whether the pods get DATABASE_DIRECT_URL (from values or, by the operator's word, their own Secret). */}}
+{{- define "catalog.hasDirectUrl" -}}
+{{- if or .Values.secrets.databaseDirectUrl (and .Values.secrets.existingSecret .Values.database.directUrlInSecret) }}true{{ end }}
+{{- end }}
+
 {{/* Rolls the pods when settings or secrets given as values change. */}}
 {{- define "catalog.configChecksum" -}}
-{{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts | toJson | sha256sum }}
+{{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts (include "catalog.poolMode" .) | toJson | sha256sum }}
 {{- end }}
 
 {{/*
@@ -161,6 +167,16 @@ earlier chart in git history and checks that these defaults equal values.yaml's.
   networkPolicy.extraEgress   `with` of a missing key renders nothing, as its default []
 Removed values stay in values.schema.json marked deprecated (see CHANGELOG.md).
 */}}
+
+{{/* database.poolMode (added in 0.3.0), "session" when absent. */}}
+{{- define "catalog.poolMode" -}}
+{{- dig "database" "poolMode" "session" .Values.AsMap }}
+{{- end }}
+
+{{/* database.directPort (added in 0.3.0), 5432 when absent. */}}
+{{- define "catalog.directPort" -}}
+{{- include "catalog.plain" (dig "database" "directPort" 5432 .Values.AsMap) }}
+{{- end }}
 
 {{/* "true" when Tilt's live update is on (development.liveUpdate), else "". */}}
 {{- define "catalog.liveUpdate" -}}

@@ -11,6 +11,10 @@
 - ports:
     - port: {{ include "catalog.plain" .ctx.Values.database.port }}
       protocol: TCP
+    {{- if and (eq (include "catalog.poolMode" .ctx) "transaction") (include "catalog.hasDirectUrl" .ctx) (ne (int (include "catalog.directPort" .ctx)) (int .ctx.Values.database.port)) }}
+    - port: {{ include "catalog.directPort" .ctx }}
+      protocol: TCP
+    {{- end }}
   {{- with $np.databasePeers }}
   to:
     {{- toYaml . | nindent 4 }}
