@@ -31,7 +31,7 @@ from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
 from service.jobs.router import router as jobs_router
-from service.metrics import HttpMetricsMiddleware, instrument_pool, watch_event_loop
+from service.metrics import HttpMetricsMiddleware, initialise_http_series, instrument_pool, watch_event_loop
 from service.middleware import (
     PROBE_PATHS,
     HeadMiddleware,
@@ -196,6 +196,8 @@ def create_app(settings: Settings | None = None) -> CatalogApp:
     app.include_router(items_router)  # the hot routes are matched first
     app.include_router(jobs_router)
     app.include_router(health.router)
+    # Every series an alert reads exists at 0 before its first event (see initialise_http_series).
+    initialise_http_series(app.openapi()["paths"], PROBE_PATHS)
     return app
 
 

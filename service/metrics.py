@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any, Final
 
 import asyncpg
@@ -119,6 +120,42 @@ class HttpMetricsMiddleware:
             if duration is None:
                 duration = self._durations[key] = HTTP_DURATION.labels(*key)
             duration.observe(elapsed, exemplar)
+
+
+# The 5xx statuses this app answers with (ProblemError 503s, the time budget's 503, and 500 for
+# anything unhandled). Edge statuses (nginx's 502/504) are the proxy's to count, not ours.
+SERVER_ERROR_STATUSES: Final = ("500", "503")
+
+
+def initialise_http_series(paths: Mapping[str, Mapping[str, Any]], excluded_paths: frozenset[str]) -> int:
+    """Create, at zero, the duration series an alert reads before its first event; the number created.
+
+    `paths` is the app's OpenAPI `paths` object (route template -> method -> operation), the
+    one public list of what the app serves. Prometheus's `rate()` and `increase()` need two
+    samples of a series: a series born at its first error (value 1) shows no increase, so the
+    first 5xx of every route of a new pod went unseen by every error-ratio rule and alert
+    (sparse errors never counted at all). Created here: for each route and method it serves
+    (HEAD wherever GET), its success status and every 5xx in SERVER_ERROR_STATUSES; for
+    requests no route matched (the rate limiter and the body limits answer before routing)
+    the 5xx for every method. 4xx are not created (they spend no error budget; a first 404
+    is missing from the latency and throughput rates until its second). About 60 children
+    of 19 series each for the example domain.
+    """
+    wanted: set[tuple[str, str, str]] = set()
+    for path, operations in paths.items():
+        if path in excluded_paths:
+            continue
+        for method, operation in operations.items():
+            successes = sorted(code for code in operation.get("responses", {}) if str(code).startswith("2"))
+            for verb in ({"GET", "HEAD"} if method == "get" else {method.upper()}) & _KNOWN_METHODS:
+                for status in (*successes[:1], *SERVER_ERROR_STATUSES):
+                    wanted.add((path, verb, str(status)))
+    for verb in (*_KNOWN_METHODS, "_OTHER"):
+        for status in SERVER_ERROR_STATUSES:
+            wanted.add((UNMATCHED, verb, status))
+    for labels in wanted:
+        HTTP_DURATION.labels(*labels)
+    return len(wanted)
 
 
 def route_template(scope: Scope) -> str:
