@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import orjson
 import pytest
 
 from service.migrate import discover
-from tests.fixtures.engine import Engine
+from tests.fixtures.engine import STANDIN_PYTHON, Engine
 from tests.fixtures.image import BuiltImage, ChartUnderTest, Report, new_container
 from tests.fixtures.kubelet import Container, Prober, stop
 from tests.fixtures.paths import ROOT
@@ -125,6 +126,11 @@ def test_runtime_dependencies_are_consistent(
     assert result.returncode == 0, output
     python = engine.docker("run", "--rm", "--network", "host", image.tag, "python", "--version").stdout.strip()
     report.add("Runtime environment", f"{python} in /app/.venv; `uv pip check`: {output.splitlines()[-1]}")
+    # The tests ran the image's Python minor version (tests/deploy/test_dockerfile.py checks the Dockerfile's).
+    minor = ".".join(python.split()[1].split(".")[:2])
+    assert minor == "{}.{}".format(*sys.version_info[:2]), f"image has {python}, tests run {sys.version}"
+    if image.bases.build_args.get("PYTHON_IMAGE", "").startswith("catalog-standin/"):
+        assert minor == "{}.{}".format(*STANDIN_PYTHON), f"stand-in base has {python}, expected {STANDIN_PYTHON}"
 
 
 def test_migrations_exit_0_and_a_second_run_is_a_no_op(
