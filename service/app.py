@@ -27,7 +27,7 @@ from service import health, tracing
 from service.auth import KeyRing
 from service.cache import LocalTTLCache, TwoLevelCache
 from service.config import Settings, load_settings
-from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, create_pool, create_probe_pool
+from service.db import INVALID_DATA_ERRORS, UNAVAILABLE_ERRORS, Database, Pool, create_pool, create_probe_pool
 from service.errors import install_error_handlers
 from service.items.router import router as items_router
 from service.jobs.router import router as jobs_router
@@ -42,6 +42,7 @@ from service.middleware import (
 )
 from service.profiling import RequestProfilerMiddleware
 from service.ratelimit import RateLimiter, RateLimitMiddleware
+from service.redisclock import RedisClock
 from service.resilience import Bulkhead, CircuitBreaker, cancel_until_done
 from service.state import CatalogApp, State
 
@@ -62,19 +63,49 @@ def _breaker(name: str, settings: Settings) -> CircuitBreaker:
 
 
 async def _start_limiter(
-    settings: Settings, client: redis.Redis, breaker: CircuitBreaker, stack: contextlib.AsyncExitStack
+    settings: Settings, client: redis.Redis, clock: RedisClock, stack: contextlib.AsyncExitStack
 ) -> RateLimiter:
     """The rate limiter and its reconciler task; at exit the task stops and the pending counts are sent."""
     limiter = RateLimiter(
         client,
-        breaker,
+        clock.breaker,
         settings.service_name,
         local_share=settings.rate_limit_local_share,
         sync_seconds=settings.rate_limit_sync_seconds,
+        clock=clock.now,
     )
     limiter.start()
     stack.push_async_callback(limiter.close)
     return limiter
+
+
+async def _start_cache(
+    settings: Settings,
+    client: redis.Redis,
+    clock: RedisClock,
+    probe_pool: Pool,
+    stack: contextlib.AsyncExitStack,
+) -> TwoLevelCache | None:
+    """The two-level cache with its trust keeper and invalidation listener (None when CACHE_ENABLED is false)."""
+    if not settings.cache_enabled:
+        return None
+    local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
+    cache = TwoLevelCache(
+        client,
+        clock.breaker,  # the pod's one Redis breaker
+        namespace=settings.service_name,
+        l1=local,
+        l2_ttl_seconds=settings.cache_l2_ttl_seconds,
+        l1_lease_seconds=settings.cache_l1_lease_seconds,
+        debt_pool=probe_pool,  # a few statements a second; off the request pool like the probe
+        clock=clock,
+    )
+    await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL
+    keeper = asyncio.create_task(cache.keep_trust(), name="cache-trust")
+    stack.push_async_callback(cancel_until_done, keeper)
+    listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
+    stack.push_async_callback(cancel_until_done, listener)
+    return cache
 
 
 @asynccontextmanager
@@ -97,24 +128,12 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
         client = create_redis(settings)
         stack.push_async_callback(client.aclose)
         redis_breaker = _breaker("redis", settings)
-        namespace = settings.service_name
-        cache = None
-        if settings.cache_enabled:
-            local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
-            cache = TwoLevelCache(
-                client,
-                redis_breaker,
-                namespace=namespace,
-                l1=local,
-                l2_ttl_seconds=settings.cache_l2_ttl_seconds,
-                l1_lease_seconds=settings.cache_l1_lease_seconds,
-                debt_pool=probe_pool,  # a few statements a second; off the request pool like the probe
-            )
-            await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL
-            keeper = asyncio.create_task(cache.keep_trust(), name="cache-trust")
-            stack.push_async_callback(cancel_until_done, keeper)
-            listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
-            stack.push_async_callback(cancel_until_done, listener)
+        # Redis's clock, shared by everything pods coordinate through Redis (cache trust, rate windows).
+        clock = RedisClock(client, redis_breaker)
+        await clock.sample()  # best effort: until it answers, the limiter uses the wall clock
+        clock_keeper = asyncio.create_task(clock.keep_synced(), name="redis-clock")
+        stack.push_async_callback(cancel_until_done, clock_keeper)
+        cache = await _start_cache(settings, client, clock, probe_pool, stack)
         state: State = {
             "settings": settings,
             "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
@@ -122,9 +141,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             "redis": client,
             "keys": KeyRing(settings.api_keys),
             "cache": cache,
-            "limiter": (
-                await _start_limiter(settings, client, redis_breaker, stack) if settings.rate_limit_enabled else None
-            ),
+            "limiter": (await _start_limiter(settings, client, clock, stack) if settings.rate_limit_enabled else None),
             "exports": Bulkhead("export", settings.export_max_concurrent),
         }
         # Everything allocated so far lives as long as the process: move it out of
