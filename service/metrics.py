@@ -103,7 +103,9 @@ class HttpMetricsMiddleware:
             await self.app(scope, observed_receive, observed_send)
         except Exception as error:
             if not finished:
-                status = 500  # what the client gets (or a cut-off stream) from the layer above
+                # What the client gets (or a cut-off stream) from the layer above; a stream cut
+                # off because its reader was too slow is the client's doing, like leaving.
+                status = CLIENT_CLOSED if getattr(error, "by_client", False) else 500
             HTTP_EXCEPTIONS.labels(route_template(scope), type(error).__name__).inc()
             raise
         finally:

@@ -26,7 +26,15 @@ def json_response(body: Any, status: int = 200, headers: Mapping[str, str] | Non
 
 
 class StreamCut(Exception):
-    """A streamed response stopped before its end on purpose; the message says why."""
+    """A streamed response stopped before its end on purpose; the message says why.
+
+    `by_client`: the reader was too slow (recorded as 499, like a client that left: a slow
+    client must not spend the error budget); otherwise the server's side failed (500).
+    """
+
+    def __init__(self, reason: str, *, by_client: bool = False) -> None:
+        super().__init__(reason)
+        self.by_client = by_client
 
 
 class StreamGuard:
@@ -39,19 +47,21 @@ class StreamGuard:
         self.seconds = seconds
         self.deadline = asyncio.get_running_loop().time() + seconds
         self.reason: str | None = None
+        self.by_client = False
         self._stopped = asyncio.Event()
 
-    def stop(self, reason: str) -> None:
+    def stop(self, reason: str, *, by_client: bool = False) -> None:
         if self.reason is None:
             self.reason = reason
+            self.by_client = by_client
             self._stopped.set()
 
     def check(self) -> None:
         """StreamCut if the stream must stop now."""
         if self.reason is None and asyncio.get_running_loop().time() >= self.deadline:
-            self.stop(f"the reader did not finish within {self.seconds:g} s")
+            self.stop(f"the reader did not finish within {self.seconds:g} s", by_client=True)
         if self.reason is not None:
-            raise StreamCut(self.reason)
+            raise StreamCut(self.reason, by_client=self.by_client)
 
     async def send(self, send: Send, body: bytes) -> None:
         """Send one chunk, unless the guard trips first (a slow reader blocks `send` for as long as it likes)."""

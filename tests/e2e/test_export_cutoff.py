@@ -18,6 +18,7 @@ from collections.abc import Callable
 import asyncpg
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.fixtures.processes import ApiProcess
 
@@ -121,6 +122,24 @@ async def test_readers_too_slow_to_finish_in_time_are_cut_off_and_give_back_slot
     logged = [line for line in api.logs() if line.get("msg") == "stream cut off"]
     assert len(logged) == 2
     assert all("did not finish within 4 s" in line["reason"] for line in logged)
+    # A reader too slow is the client's doing: 499 like a client that left, no error budget spent.
+    route = {"http_route": "/v1/items/export.csv", "http_request_method": "GET"}
+    async with httpx.AsyncClient() as http:
+        for _ in range(20):  # observed as each export's task unwinds
+            metrics = (await http.get(f"http://127.0.0.1:{api.env['METRICS_PORT']}/metrics")).text
+            by_status = {
+                sample.labels["http_response_status_code"]: sample.value
+                for family in text_string_to_metric_families(metrics)
+                for sample in family.samples
+                if sample.name == "http_server_request_duration_seconds_count"
+                and route.items() <= sample.labels.items()
+            }
+            # The two cut off, and the export that found a free slot and left after its headers.
+            if by_status.get("499") == 3:
+                break
+            await asyncio.sleep(0.1)
+    assert by_status.get("499") == 3, by_status
+    assert by_status.get("500") == 0, by_status
 
 
 async def test_an_export_whose_transaction_is_gone_ends_at_once(
