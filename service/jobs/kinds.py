@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import math
 import time
+import unicodedata
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -107,7 +108,10 @@ async def _read_prices(database_url: str, batch_size: int) -> tuple[dict[str, ar
             cursor = await conn.cursor("SELECT category, price_cents, stock FROM items")
             while batch := await cursor.fetch(batch_size):
                 rows += len(batch)
-                for category, price, stock in batch:
+                for stored, price, stock in batch:
+                    # Grouped by the NFC form: rows stored before the API normalised text
+                    # (service/items/schemas.py) may hold one category in two Unicode forms.
+                    category = unicodedata.normalize("NFC", stored)
                     prices.setdefault(category, array("q")).append(price)
                     stock_value[category] = stock_value.get(category, 0) + price * stock
     finally:
