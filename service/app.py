@@ -210,11 +210,11 @@ def create_app(settings: Settings | None = None) -> CatalogApp:
     settings = settings or load_settings()
     app = CatalogApp(settings, lifespan=lifespan, middleware=middleware(settings))
     install_error_handlers(app, database_unavailable=UNAVAILABLE_ERRORS, invalid_data=INVALID_DATA_ERRORS)
-    app.include_router(items_router)  # the hot routes are matched first
-    app.include_router(jobs_router)
-    app.include_router(health.router)
+    routers = (items_router, jobs_router, health.router)  # the hot routes are matched first
+    for router in routers:
+        app.include_router(router)
     # Every series an alert reads exists at 0 before its first event (see initialise_http_series).
-    initialise_http_series(app.openapi()["paths"], PROBE_PATHS)
+    initialise_http_series((route for router in routers for route in router.routes), PROBE_PATHS)
     return app
 
 

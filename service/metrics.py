@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Mapping
+from collections.abc import Iterable
 from typing import Any, Final
 
 import asyncpg
@@ -129,32 +129,32 @@ class HttpMetricsMiddleware:
 SERVER_ERROR_STATUSES: Final = ("500", "503")
 
 
-def initialise_http_series(paths: Mapping[str, Mapping[str, Any]], excluded_paths: frozenset[str]) -> int:
+def initialise_http_series(routes: Iterable[object], excluded_paths: frozenset[str]) -> int:
     """Create, at zero, the duration series an alert reads before its first event; the number created.
 
-    `paths` is the app's OpenAPI `paths` object (route template -> method -> operation), the
-    one public list of what the app serves. Prometheus's `rate()` and `increase()` need two
-    samples of a series: a series born at its first error (value 1) shows no increase, so the
-    first 5xx of every route of a new pod went unseen by every error-ratio rule and alert
-    (sparse errors never counted at all). Created here: for each route and method it serves
-    (HEAD wherever GET), its success status and every 5xx in SERVER_ERROR_STATUSES; for
-    requests no route matched (the rate limiter and the body limits answer before routing)
-    the 5xx for every method. 4xx are not created (they spend no error budget; a first 404
-    is missing from the latency and throughput rates until its second). About 60 children
-    of 19 series each for the example domain.
+    `routes` are the app's routes (FastAPI's APIRoute: `path_format`, `methods`, `status_code`).
+    Prometheus's `rate()` and `increase()` need two samples of a series: a series born at its
+    first error (value 1) shows no increase, so the first 5xx of every route of a new pod went
+    unseen by every error-ratio rule and alert (sparse errors never counted at all). Created
+    here: for each route and method it serves (HEAD wherever GET), its success status and every
+    5xx in SERVER_ERROR_STATUSES; for requests no route matched (the rate limiter and the body
+    limits answer before routing) the 5xx for every method. 4xx are not created (they spend no
+    error budget; a first 404 is missing from the latency and throughput rates until its
+    second). About 60 children of 19 series each for the example domain.
     """
     wanted: set[tuple[str, str, str]] = set()
-    for path, operations in paths.items():
-        if path in excluded_paths:
+    for route in routes:
+        path = getattr(route, "path_format", None)
+        methods = set(getattr(route, "methods", None) or ())
+        if not isinstance(path, str) or path in excluded_paths:
             continue
-        for method, operation in operations.items():
-            successes = sorted(code for code in operation.get("responses", {}) if str(code).startswith("2"))
-            for verb in ({"GET", "HEAD"} if method == "get" else {method.upper()}) & _KNOWN_METHODS:
-                for status in (*successes[:1], *SERVER_ERROR_STATUSES):
-                    wanted.add((path, verb, str(status)))
-    for verb in (*_KNOWN_METHODS, "_OTHER"):
+        success = str(getattr(route, "status_code", None) or 200)
+        for method in (methods | ({"HEAD"} if "GET" in methods else set())) & _KNOWN_METHODS:
+            for status in (success, *SERVER_ERROR_STATUSES):
+                wanted.add((path, method, status))
+    for method in (*_KNOWN_METHODS, "_OTHER"):
         for status in SERVER_ERROR_STATUSES:
-            wanted.add((UNMATCHED, verb, status))
+            wanted.add((UNMATCHED, method, status))
     for labels in wanted:
         HTTP_DURATION.labels(*labels)
     return len(wanted)
