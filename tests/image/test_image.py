@@ -214,6 +214,21 @@ def test_an_item_created_with_the_secret_s_key_reads_back(api: Running, chart_un
     assert {key: fetched.json()[key] for key in item} == item
 
 
+def test_deeply_nested_job_params_are_a_problem_on_the_image_s_python(
+    api: Running, chart_under_test: ChartUnderTest
+) -> None:
+    """The image's interpreter meets client JSON as production does (Python 3.12 once answered 500 here)."""
+    api.prober.wait_ready(timeout=60)
+    headers = {"Authorization": f"Bearer {chart_under_test.writer_key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=api.url, headers=headers, timeout=10) as http:
+        for depth in (40, 960, 5000):
+            nested = '{"a":' * depth + "1" + "}" * depth
+            body = f'{{"kind":"cpu.burn","params":{{"milliseconds":1,"x":{nested}}}}}'
+            response = http.post("/v1/jobs", content=body)
+            assert response.status_code in {400, 422}, (depth, response.status_code, response.text[:200])
+            assert response.headers["content-type"] == "application/problem+json"
+
+
 def _post_job(api: Running, key: str, params: dict[str, object]) -> str:
     response = httpx.post(
         f"{api.url}/v1/jobs",
