@@ -12,7 +12,10 @@
 # Both Python stages use PYTHON_IMAGE so the virtualenv's interpreter path
 # (/usr/local/bin/python3 in the official image) is valid in the final stage.
 # checkov:skip=CKV_DOCKER_7: checkov reads FROM ${...} as an untagged image; the base images are build arguments whose defaults are pinned versions (tests/deploy/test_dockerfile.py checks them)
-ARG PYTHON_IMAGE=python:3.12.11-slim-bookworm
+# Python 3.11: the minor version every test runs (Debian 12's python3, which `make test` uses) and
+# the image test's stand-in base has; tests/deploy/test_dockerfile.py keeps the three equal (the
+# image once shipped 3.12, whose JSON parser accepts deeper nesting than any test had seen).
+ARG PYTHON_IMAGE=python:3.11.13-slim-bookworm
 # uv, pinned to the version deploy/local/bootstrap.sh installs.
 ARG UV_IMAGE=ghcr.io/astral-sh/uv:0.13.9
 

@@ -43,6 +43,22 @@ def _labels(labels: dict[str, str]) -> str:
     return "{" + ", ".join(f'{key}="{value}"' for key, value in labels.items()) + "}"
 
 
+def born_at_first_event(values: str) -> str:
+    """`values` ("a+bxn") as the series would be scraped if the exporter created it at its first event.
+
+    Our exporters create every series an alert reads at zero before its first event (service/metrics.py,
+    service/worker/metrics.py), which is what the cases' first sample (t=0) shows. Without that, the
+    series is absent at t=0 and first seen one step later, already at its first count: `rate()` over it
+    loses that first increase, and each alert fires a step late (on sparse errors, never). The tests in
+    tests/deploy/test_monitoring.py run every case in this shape and expect promtool to fail.
+    """
+    match = re.fullmatch(r"(-?[\d.]+)\+(-?[\d.]+)x(\d+)", values)
+    if match is None:
+        raise ValueError(f"born_at_first_event() does not know {values!r}")
+    start, step, count = float(match.group(1)), float(match.group(2)), int(match.group(3))
+    return f"_ {start + step:g}+{step:g}x{count - 1}"
+
+
 def counter(per_step: float, steps: int, start: float = 0) -> str:
     return f"{start:g}+{per_step:g}x{steps}"
 
@@ -62,7 +78,9 @@ class Api:
     client_errors: dict[str, int] = field(default_factory=dict)
     up: float | None = 1
 
-    def series(self, mon: Monitoring, steps: int) -> list[Yaml]:
+    def series(self, mon: Monitoring, steps: int, late: bool = False) -> list[Yaml]:
+        """The pod's series from t=0; `late`: each first scraped at its first event (born_at_first_event)."""
+        shape = born_at_first_event if late else str
         base = {
             "job": mon.api_job,
             "instance": "api-1:9464",
@@ -74,11 +92,11 @@ class Api:
         statuses = {"200": self.ok, "500": self.errors, **self.client_errors}
         for status, count in statuses.items():
             labels = _labels(base | {"http_response_status_code": status})
-            out.append({"series": f"{name}_count{labels}", "values": counter(count, steps)})
+            out.append({"series": f"{name}_count{labels}", "values": shape(counter(count, steps))})
         buckets = {le(mon.slo.p50_alert): self.fast_p50, le(mon.slo.p99_alert): self.fast_p99, "+Inf": self.ok}
         for bound, count in buckets.items():
             labels = _labels(base | {"http_response_status_code": "200", "le": bound})
-            out.append({"series": f"{name}_bucket{labels}", "values": counter(count, steps)})
+            out.append({"series": f"{name}_bucket{labels}", "values": shape(counter(count, steps))})
         if self.up is not None:
             up = _labels({"job": mon.api_job, "instance": "api-1:9464"})
             out.append({"series": f"up{up}", "values": gauge(self.up, steps)})
@@ -98,19 +116,21 @@ class Worker:
     up: float | None = 1
     kind: str = "cpu.burn"
 
-    def series(self, mon: Monitoring, steps: int) -> list[Yaml]:
+    def series(self, mon: Monitoring, steps: int, late: bool = False) -> list[Yaml]:
+        """The worker's series from t=0; `late`: each first scraped at its first event (born_at_first_event)."""
+        shape = born_at_first_event if late else str
         base = {"job": mon.worker_job, "instance": "worker-1:9464"}
         kind = base | {"kind": self.kind}
         out: list[Yaml] = [
-            {"series": f"job_queue_depth{_labels(kind)}", "values": self.depth.format(steps=steps)},
-            {"series": f"jobs_dead{_labels(kind)}", "values": gauge(self.dead, steps)},
+            {"series": f"job_queue_depth{_labels(kind)}", "values": shape(self.depth.format(steps=steps))},
+            {"series": f"jobs_dead{_labels(kind)}", "values": shape(gauge(self.dead, steps))},
         ]
         for outcome, count in (("succeeded", self.succeeded), ("failed", self.failed), ("dead", self.dead_per_step)):
             labels = _labels(kind | {"outcome": outcome})
-            out.append({"series": f"jobs_processed_total{labels}", "values": counter(count, steps)})
+            out.append({"series": f"jobs_processed_total{labels}", "values": shape(counter(count, steps))})
         for bound, count in self.wait.items():
             labels = _labels(kind | {"le": bound})
-            out.append({"series": f"job_queue_wait_seconds_bucket{labels}", "values": counter(count, steps)})
+            out.append({"series": f"job_queue_wait_seconds_bucket{labels}", "values": shape(counter(count, steps))})
         if self.up is not None:
             out.append({"series": f"up{_labels(base)}", "values": gauge(self.up, steps)})
         return out
@@ -128,7 +148,8 @@ class Case:
     api: Api = field(default_factory=Api)
     worker: Worker = field(default_factory=Worker)
 
-    def to_yaml(self, mon: Monitoring, step: int = MINUTE) -> Yaml:
+    def to_yaml(self, mon: Monitoring, step: int = MINUTE, late: bool = False) -> Yaml:
+        """The promtool test group; `late`: the series as an exporter without zero-initialised children shows them."""
         fires = self.active + self.alert.for_
         steps = fires // step + 1
         labels = {"severity": self.alert.severity, **self.alert.labels, **self.labels}
@@ -140,7 +161,7 @@ class Case:
         return {
             "name": f"{self.alert.name}: {self.name}",
             "interval": format_duration(step),
-            "input_series": [*self.api.series(mon, steps), *self.worker.series(mon, steps)],
+            "input_series": [*self.api.series(mon, steps, late), *self.worker.series(mon, steps, late)],
             "alert_rule_test": [
                 {"eval_time": format_duration(fires - step), "alertname": self.alert.name, "exp_alerts": []},
                 {
@@ -371,6 +392,16 @@ def throughput(mon: Monitoring) -> Yaml:
                 expect=False,
             ),
         ],
+    }
+
+
+def one_case(mon: Monitoring, case: Case, rule_files: list[str], *, late: bool) -> Yaml:
+    """A promtool test document holding one case (in the `late` shape or as committed)."""
+    return {
+        "rule_files": rule_files,
+        "evaluation_interval": "1m",
+        "group_eval_order": _group_order(mon),
+        "tests": [case.to_yaml(mon, late=late)],
     }
 
 

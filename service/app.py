@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager
 
 import redis.asyncio as redis
@@ -31,7 +31,7 @@ from service.errors import install_error_handlers
 from service.exposition import serve_metrics
 from service.items.router import router as items_router
 from service.jobs.router import router as jobs_router
-from service.metrics import HttpMetricsMiddleware, instrument_pool, watch_event_loop
+from service.metrics import HttpMetricsMiddleware, initialise_http_series, instrument_pool, watch_event_loop
 from service.middleware import (
     PROBE_PATHS,
     HeadMiddleware,
@@ -42,6 +42,7 @@ from service.middleware import (
 )
 from service.profiling import RequestProfilerMiddleware
 from service.ratelimit import RateLimiter, RateLimitMiddleware
+from service.redisclock import RedisClock
 from service.resilience import Bulkhead, CircuitBreaker, cancel_until_done
 from service.state import CatalogApp, State
 
@@ -62,15 +63,16 @@ def _breaker(name: str, settings: Settings) -> CircuitBreaker:
 
 
 async def _start_limiter(
-    settings: Settings, client: redis.Redis, breaker: CircuitBreaker, stack: contextlib.AsyncExitStack
+    settings: Settings, client: redis.Redis, clock: RedisClock, stack: contextlib.AsyncExitStack
 ) -> RateLimiter:
     """The rate limiter and its reconciler task; at exit the task stops and the pending counts are sent."""
     limiter = RateLimiter(
         client,
-        breaker,
+        clock.breaker,
         settings.service_name,
         local_share=settings.rate_limit_local_share,
         sync_seconds=settings.rate_limit_sync_seconds,
+        clock=clock.now,
     )
     limiter.start()
     stack.push_async_callback(limiter.close)
@@ -91,6 +93,35 @@ async def _open_pools(settings: Settings, stack: contextlib.AsyncExitStack) -> t
     return pool, probe_pool
 
 
+async def _start_cache(
+    settings: Settings,
+    client: redis.Redis,
+    clock: RedisClock,
+    probe_pool: Pool,
+    stack: contextlib.AsyncExitStack,
+) -> TwoLevelCache | None:
+    """The two-level cache with its trust keeper and invalidation listener (None when CACHE_ENABLED is false)."""
+    if not settings.cache_enabled:
+        return None
+    local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
+    cache = TwoLevelCache(
+        client,
+        clock.breaker,  # the pod's one Redis breaker
+        namespace=settings.service_name,
+        l1=local,
+        l2_ttl_seconds=settings.cache_l2_ttl_seconds,
+        l1_lease_seconds=settings.cache_l1_lease_seconds,
+        debt_pool=probe_pool,  # a few statements a second; off the request pool like the probe
+        clock=clock,
+    )
+    await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL
+    keeper = asyncio.create_task(cache.keep_trust(), name="cache-trust")
+    stack.push_async_callback(cancel_until_done, keeper)
+    listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
+    stack.push_async_callback(cancel_until_done, listener)
+    return cache
+
+
 @asynccontextmanager
 async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
     """Opens what requests share (pool, Redis client, cache, limiter), yields it, closes it after the last request."""
@@ -107,24 +138,12 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
         client = create_redis(settings)
         stack.push_async_callback(client.aclose)
         redis_breaker = _breaker("redis", settings)
-        namespace = settings.service_name
-        cache = None
-        if settings.cache_enabled:
-            local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
-            cache = TwoLevelCache(
-                client,
-                redis_breaker,
-                namespace=namespace,
-                l1=local,
-                l2_ttl_seconds=settings.cache_l2_ttl_seconds,
-                l1_lease_seconds=settings.cache_l1_lease_seconds,
-                debt_pool=probe_pool,  # a few statements a second; off the request pool like the probe
-            )
-            await cache.refresh_trust()  # best effort: until a token exists, reads go to PostgreSQL
-            keeper = asyncio.create_task(cache.keep_trust(), name="cache-trust")
-            stack.push_async_callback(cancel_until_done, keeper)
-            listener = asyncio.create_task(cache.listen_for_invalidations(), name="cache-invalidations")
-            stack.push_async_callback(cancel_until_done, listener)
+        # Redis's clock, shared by everything pods coordinate through Redis (cache trust, rate windows).
+        clock = RedisClock(client, redis_breaker)
+        await clock.sample()  # best effort: until it answers, the limiter uses the wall clock
+        clock_keeper = asyncio.create_task(clock.keep_synced(), name="redis-clock")
+        stack.push_async_callback(cancel_until_done, clock_keeper)
+        cache = await _start_cache(settings, client, clock, probe_pool, stack)
         state: State = {
             "settings": settings,
             "db": Database(pool, _breaker("postgres", settings), settings.db_pool_acquire_timeout_seconds),
@@ -132,9 +151,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             "redis": client,
             "keys": KeyRing(settings.api_keys),
             "cache": cache,
-            "limiter": (
-                await _start_limiter(settings, client, redis_breaker, stack) if settings.rate_limit_enabled else None
-            ),
+            "limiter": (await _start_limiter(settings, client, clock, stack) if settings.rate_limit_enabled else None),
             "exports": Bulkhead("export", settings.export_max_concurrent),
         }
         # Everything allocated so far lives as long as the process: move it out of
@@ -206,7 +223,22 @@ def create_app(settings: Settings | None = None) -> CatalogApp:
     app.include_router(items_router)  # the hot routes are matched first
     app.include_router(jobs_router)
     app.include_router(health.router)
+    # Every series an alert reads exists at 0 before its first event (see initialise_http_series).
+    initialise_http_series(_served_routes(app.routes), PROBE_PATHS)
     return app
+
+
+def _served_routes(routes: Iterable[object]) -> Iterator[object]:
+    """Every route, those of included routers too: FastAPI (0.16x) keeps an included router whole
+    (`original_router`) rather than copying its routes into the app's list. Our routers carry their
+    prefix in their routes' paths; tests/e2e/test_first_errors.py checks the result against the
+    running app's OpenAPI document (generating that here cost 0.2 s per app)."""
+    for route in routes:
+        included = getattr(route, "original_router", None)
+        if included is not None:
+            yield from _served_routes(included.routes)
+        else:
+            yield route
 
 
 _RATE_LIMIT_HEADERS = ["X-RateLimit-Limit", "X-RateLimit-Remaining", "X-RateLimit-Reset"]

@@ -41,7 +41,11 @@ pub/sub messages.
   the token; not empty, it bumps those keys' versions, deletes their values,
   starts a new token (all old stamps die) and deletes the debt it applied.
   Absolute expiry times (PXAT) make a command delayed in a frozen Redis
-  harmless; pods' and Redis's clocks must agree within CLOCK_SKEW_SECONDS.
+  harmless. They are on Redis's clock as each pod knows it from `TIME`
+  (service/redisclock.py: the earliest it can read, so a lease never runs
+  long), never on the pod's wall clock: pods' clocks may disagree by any
+  amount. CLOCK_SKEW_SECONDS is the margin for clocks *running* at different
+  rates over one lease (and Redis's millisecond expiry).
 - Single flight: concurrent misses for one key in one process share one
   load, but only those that arrive before the leader's first I/O (the same
   event-loop turn): a request that arrives later may follow a write the
@@ -73,6 +77,7 @@ from redis.exceptions import RedisError
 from service.db import UNAVAILABLE_ERRORS, Pool
 from service.errors import ServiceUnavailable
 from service.metrics import CACHE_REQUESTS, DEPENDENCY_ERRORS
+from service.redisclock import RedisClock
 from service.resilience import CircuitBreaker, CircuitOpen, DependencyCall, cancel_until_done
 
 logger = logging.getLogger(__name__)
@@ -215,9 +220,12 @@ class TwoLevelCache:
         l2_ttl_seconds: float,
         debt_pool: Pool | None = None,
         l1_lease_seconds: float = 0.0,
+        clock: RedisClock | None = None,
     ) -> None:
         self.redis = client
         self.breaker = breaker
+        # Redis's clock: the trust token's absolute expiry is on it, never on this pod's wall clock.
+        self.clock = clock or RedisClock(client, breaker)
         self.namespace = namespace
         self.l1 = l1
         self.l2_ttl_ms = int(l2_ttl_seconds * 1000)
@@ -402,9 +410,17 @@ class TwoLevelCache:
             raise ServiceUnavailable("The change was saved, but caches could not be invalidated; retry.") from None
         await asyncio.sleep(TRUST_SECONDS + CLOCK_SKEW_SECONDS)
 
-    async def refresh_trust(self, clock: Callable[[], float] = time.time) -> bool:
-        """Read `cache_debt`, apply it in Redis and extend (or renew) the trust token. False if it could not."""
-        started = clock()  # before the read: the lease is measured from what this read could see
+    async def refresh_trust(self) -> bool:
+        """Read `cache_debt`, apply it in Redis and extend (or renew) the trust token. False if it could not.
+
+        The token expires TRUST_SECONDS after the read began, on Redis's clock: its earliest
+        possible reading at that instant (service/redisclock.py), so the lease never runs
+        longer than TRUST_SECONDS whatever this pod's wall clock says (a pod 3 s behind used
+        to set expiries in the past, and every pod's entries died with each new token).
+        """
+        started = time.monotonic()  # before the read: the lease is measured from what this read could see
+        if not self.clock.synced and not await self.clock.sample():
+            return False  # Redis unreachable: no extension, the token lapses and reads go to PostgreSQL
         debt: list[tuple[int, str]] = []
         if self.debt_pool is not None:
             try:
@@ -415,7 +431,9 @@ class TwoLevelCache:
         keys = [self.trust_key]
         for _, key in debt:
             keys.extend(self._keys(key))
-        expire_at_ms = int((started + TRUST_SECONDS) * 1000)
+        earliest = self.clock.earliest(started)
+        assert earliest is not None  # synced above
+        expire_at_ms = int((earliest + TRUST_SECONDS) * 1000)
         token = secrets.token_hex(8).encode()
         done = await self._redis(
             "trust", lambda: self._keep(keys=keys, args=[token, expire_at_ms, self.version_ttl_ms])

@@ -243,6 +243,9 @@ class Settings(CommonSettings):
 
     # Bulkhead: concurrent CSV exports per pod; more get 503 at once.
     export_max_concurrent: int = Field(2, ge=1, le=100)
+    # An export holds a slot and a database connection while its client reads; one whose client has
+    # not read it all by then is cut off (the client sees a truncated body, never a complete one).
+    export_max_seconds: Seconds = 300.0
 
     # Server (read by service/gunicorn_conf.py). The chain: the proxy's
     # upstream keep-alive (60 s) < keepalive; drain + in-flight budget <

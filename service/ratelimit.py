@@ -33,6 +33,13 @@ but the refused ones, so a client always gets at least `limit` requests.
 tests/integration/test_ratelimit.py (two limiters) and tests/e2e/test_request_path.py
 (two gunicorn pods, one client) check `limit <= admitted <= limit + 2B`.
 
+**Whose clock.** A window is `floor(t / period)` of Redis's clock as every pod reads it
+(service/redisclock.py: `TIME`, timed with the pod's monotonic clock), not of the pod's wall
+clock: a pod 30 s ahead used to count under the next minute's key while its peers counted
+under this one's, and the bound doubled (240 writes admitted of 120). Pods now agree on
+window boundaries to within a few milliseconds whatever their wall clocks say;
+tests/e2e/test_clock_skew.py runs two pods, one with its wall clock moved.
+
 **Headers.** `X-RateLimit-Limit` is exact; `-Reset` is the window's end in
 seconds (exact); `-Remaining` is exact near the limit and, far from it, this
 pod's estimate: it misses what other pods admitted since this pod's last sync
@@ -67,6 +74,7 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -160,8 +168,12 @@ class RateLimiter:
         *,
         local_share: float = DEFAULT_LOCAL_SHARE,
         sync_seconds: float = DEFAULT_SYNC_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.client = client
+        # Which window a request falls in: Redis's clock (RedisClock.now) in the app, so pods
+        # whose wall clocks disagree still count under the same keys (see the module docstring).
+        self.clock = clock
         self.breaker = breaker
         self.namespace = namespace
         self.local_share = local_share
@@ -197,7 +209,7 @@ class RateLimiter:
 
         Never refuses: a refusal is always decided by Redis.
         """
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         _, counter = self._counter(identity, rate, now)
         unconfirmed = counter.pending + counter.inflight
         if unconfirmed >= counter.budget or counter.near_limit or self.breaker.is_open:
@@ -216,7 +228,7 @@ class RateLimiter:
         position in the window's sequence, so the limit is as exact as with one
         INCR each, at a fraction of the round trips under load.
         """
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         local = self.admit_locally(identity, rate, now)
         if local is not None:
             return local
@@ -269,7 +281,7 @@ class RateLimiter:
         counters far from their limit (a pod must remember a counter near its
         limit until the window ends: that memory is what the bound rests on).
         """
-        now = time.time() if now is None else now
+        now = self.clock() if now is None else now
         due: list[tuple[str, _Counter, int]] = []
         for key, counter in list(self._counters.items()):
             unconfirmed = counter.pending + counter.inflight

@@ -2,7 +2,7 @@
 # Builds the image from the Dockerfile: `make image` (IMAGE=catalog:dev by default).
 # Arguments are passed to the build, e.g. base images from a mirror:
 #   make image IMAGE=registry.example.com/catalog:1.0.0 \
-#     BUILD_ARGS="--build-arg PYTHON_IMAGE=mirror.example.com/python:3.12.11-slim-bookworm"
+#     BUILD_ARGS="--build-arg PYTHON_IMAGE=mirror.example.com/python:3.11.13-slim-bookworm"
 #
 # Engine: docker, or podman when that is what is installed (CONTAINER_ENGINE=docker|podman
 # chooses). The Dockerfile caches uv's downloads with `RUN --mount=type=cache`, which needs

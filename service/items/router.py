@@ -7,11 +7,13 @@ document the responses in OpenAPI.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 from collections.abc import AsyncGenerator, AsyncIterator, Sequence
 from typing import Annotated, Any
 
+import asyncpg
 import orjson
 from fastapi import APIRouter, Depends, Path, Query, Request
 from pydantic import BeforeValidator
@@ -26,8 +28,8 @@ from service.items.schemas import Item, ItemBatch, ItemCreate, ItemPage, ItemUpd
 from service.numbers import ascii_int, parse_decimal
 from service.pagination import decode_cursor, encode_cursor
 from service.resilience import Bulkhead
-from service.responses import json_response
-from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, State, readable_state
+from service.responses import GuardedStreamingResponse, StreamCut, StreamGuard, json_response
+from service.state import CacheDep, ConnectionDep, DatabaseDep, ExportsDep, SettingsDep, State, readable_state
 
 # The state, for a request allowed to read items: one dependency on the hot read paths.
 _read_state = readable_state("items:read")
@@ -130,8 +132,9 @@ async def batch_get_items(
     response_class=StreamingResponse,
     responses={200: {"content": {"text/csv": {}}, "description": "Every item, as CSV."}},
 )
-async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingResponse:
-    chunks = _export_csv(db, exports)
+async def export_items(db: DatabaseDep, exports: ExportsDep, settings: SettingsDep) -> StreamingResponse:
+    guard = StreamGuard(settings.export_max_seconds)
+    chunks = _export_csv(db, exports, guard)
     # Start the export before answering, so a full bulkhead, a saturated pool or a
     # database error is a 503 problem rather than a 200 with a truncated body.
     header = await anext(chunks)
@@ -142,43 +145,77 @@ async def export_items(db: DatabaseDep, exports: ExportsDep) -> StreamingRespons
             async for chunk in chunks:
                 yield chunk
         finally:
-            await chunks.aclose()  # stopped early (client gone, HEAD answered): the connection goes back now
+            await chunks.aclose()  # stopped early (client gone, HEAD answered, cut): the connection goes back now
 
-    return StreamingResponse(
+    return GuardedStreamingResponse(
         body(),
+        guard,
         media_type="text/csv; charset=utf-8",
         headers={"Content-Disposition": 'attachment; filename="items.csv"'},
     )
 
 
-async def _export_csv(db: Database, exports: Bulkhead) -> AsyncGenerator[bytes, None]:
+async def _export_csv(db: Database, exports: Bulkhead, guard: StreamGuard) -> AsyncGenerator[bytes, None]:
     """The header line, then one CSV chunk per cursor batch; memory is one batch at most.
 
     RFC 4180 for every value the API accepts (CRLF line ends; fields with a comma,
     quote, CR or LF quoted), and text cells starting with = + - @ tab CR (or ')
     prefixed with ' so a spreadsheet does not run them (OWASP's advice); see `neutralise`.
 
-    At most EXPORT_MAX_CONCURRENT exports run per pod: each holds a connection
-    and a CPU share for as long as its client reads.
+    At most EXPORT_MAX_CONCURRENT exports run per pod: each holds a connection and a
+    CPU share for as long as its client reads, so each is bounded: EXPORT_MAX_SECONDS
+    in all (`guard`), and it ends at once, truncated, when its connection dies (PostgreSQL
+    ending an idle transaction, a restart): a slow reader's send would otherwise hold
+    the slot and the dead connection for as long as the reader kept reading.
     """
     if not exports.try_enter():
         raise ServiceUnavailable("Too many exports are running on this instance; retry shortly.")
+    started = False
     try:
         buffer = io.StringIO()
         # RFC 4180: CRLF line ends, and (QUOTE_MINIMAL) any field holding a comma, a quote,
         # CR or LF is quoted, quotes doubled; with "\n" as terminator a bare CR went unquoted.
         writer = csv.writer(buffer, lineterminator="\r\n")
-        async with db.connection() as conn, conn.transaction(isolation="repeatable_read", readonly=True):
-            # One snapshot for the whole export; a slow reader may idle up to a minute between chunks.
-            await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
-            yield (",".join(repository.COLUMNS) + "\r\n").encode()
-            async for batch in repository.stream_all(conn):
-                writer.writerows(_csv_rows(batch))
-                yield buffer.getvalue().encode()
-                buffer.seek(0)
-                buffer.truncate()
+        async with db.connection() as conn:
+
+            def lost(_: object) -> None:
+                guard.stop(_TRANSACTION_GONE)
+
+            conn.add_termination_listener(lost)
+            try:
+                async with conn.transaction(isolation="repeatable_read", readonly=True):
+                    # One snapshot for the whole export. PostgreSQL's own backstop: a transaction
+                    # idle for a minute (a reader stalled, or this process frozen) is ended.
+                    await conn.execute("SET LOCAL idle_in_transaction_session_timeout = '60s'")
+                    started = True
+                    yield (",".join(repository.COLUMNS) + "\r\n").encode()
+                    async for batch in repository.stream_all(conn):
+                        writer.writerows(_csv_rows(batch))
+                        yield buffer.getvalue().encode()
+                        buffer.seek(0)
+                        buffer.truncate()
+            finally:
+                # A connection that died was released by the pool already (and its listeners dropped).
+                with contextlib.suppress(asyncpg.InterfaceError):
+                    conn.remove_termination_listener(lost)
+    except _CONNECTION_GONE as error:
+        if not started:
+            raise  # before the response: the error handlers answer 503
+        raise StreamCut(_TRANSACTION_GONE) from error  # mid-stream: cut, so it never looks complete
     finally:
         exports.leave()
+
+
+_TRANSACTION_GONE = "the database ended the export's transaction"
+# What a connection PostgreSQL closed under a transaction raises on its next use (or on the
+# transaction's exit): the session was ended (idle timeout, pg_terminate_backend, a restart).
+_CONNECTION_GONE: tuple[type[Exception], ...] = (
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.AdminShutdownError,
+    asyncpg.IdleInTransactionSessionTimeoutError,
+    OSError,
+)
 
 
 # OWASP "CSV injection": a spreadsheet runs a cell that starts with one of these as a formula.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from typing import Annotated, Self
 
@@ -15,15 +16,32 @@ def storable_text(value: str) -> str:
     return value
 
 
-# The pattern already keeps NUL out of a sku; free text needs the check.
+def nfc(value: str) -> str:
+    """Unicode NFC: "Café" sent precomposed (U+00E9) or decomposed (e + U+0301) is stored as one string.
+
+    Text is compared, grouped (catalog.report by category) and made unique as stored, so two
+    forms of the same text would be two categories; normalised here, at the domain's edge.
+    """
+    return unicodedata.normalize("NFC", value)
+
+
+# A sku is an identifier: ASCII letters, digits and . _ - only (so no Unicode forms to
+# normalise), compared exactly, case included: "W-1" and "w-1" are two items. The pattern
+# also keeps NUL out of a sku; free text needs the check.
 Sku = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._\-]+$")
 ]
 Name = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(storable_text)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(storable_text),
+    AfterValidator(nfc),
 ]
 Category = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(storable_text)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(storable_text),
+    AfterValidator(nfc),
 ]
 # PostgreSQL bigint / integer bounds, so a valid request can never overflow a column.
 PriceCents = Annotated[int, Field(ge=0, le=2**63 - 1)]

@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import math
 import time
+import unicodedata
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -116,7 +117,10 @@ async def _read_prices(context: JobContext, batch_size: int) -> tuple[dict[str, 
             await conn.execute("DECLARE report NO SCROLL CURSOR FOR SELECT category, price_cents, stock FROM items")
             while batch := await conn.fetch(f"FETCH FORWARD {int(batch_size)} FROM report"):
                 rows += len(batch)
-                for category, price, stock in batch:
+                for stored, price, stock in batch:
+                    # Grouped by the NFC form: rows stored before the API normalised text
+                    # (service/items/schemas.py) may hold one category in two Unicode forms.
+                    category = unicodedata.normalize("NFC", stored)
                     prices.setdefault(category, array("q")).append(price)
                     stock_value[category] = stock_value.get(category, 0) + price * stock
     finally:

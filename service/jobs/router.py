@@ -22,7 +22,7 @@ from starlette.responses import Response
 from service import tracing
 from service.auth import Principal, read_access, require_scope
 from service.errors import Conflict, NotFound
-from service.guards import require_json_body
+from service.guards import MAX_JSON_DEPTH, require_json_body, too_deep
 from service.jobs import repository
 from service.jobs.errors import IdempotencyKeyReused
 from service.jobs.kinds import KINDS, JobKind
@@ -47,21 +47,22 @@ def _invalid(location: list[str | int], message: str, error_type: str) -> Reques
 
 
 def _unstorable(value: Any, location: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
-    """The location of the first string (key or value) a jsonb column cannot hold: NUL or a lone surrogate."""
-    if isinstance(value, str):
-        return None if _storable(value) else location
-    if isinstance(value, dict):
-        for key, item in value.items():
-            if not _storable(key):
-                return (*location, key)
-            found = _unstorable(item, (*location, key))
-            if found is not None:
-                return found
-    if isinstance(value, list):
-        for index, item in enumerate(value):
-            found = _unstorable(item, (*location, index))
-            if found is not None:
-                return found
+    """The location of the first string (key or value) a jsonb column cannot hold: NUL or a lone surrogate.
+
+    Iterative, in document order (a key before its value); `too_deep` bounded the nesting first anyway.
+    """
+    # (node, its location, is it a key?)
+    stack: list[tuple[Any, tuple[str | int, ...], bool]] = [(value, location, False)]
+    while stack:
+        node, where, is_key = stack.pop()
+        if isinstance(node, str):
+            if not _storable(node):
+                return where
+        elif isinstance(node, dict) and not is_key:
+            for key, item in reversed(node.items()):
+                stack.extend(((item, (*where, key), False), (key, (*where, key), True)))
+        elif isinstance(node, list):
+            stack.extend((item, (*where, index), False) for index, item in reversed(list(enumerate(node))))
     return None
 
 
@@ -72,6 +73,9 @@ def _storable(text: str) -> bool:
 
 def validate_job(body: JobCreate) -> tuple[JobKind, dict[str, Any]]:
     """The kind from the registry and the params as its model normalises them; 422 otherwise."""
+    deep = too_deep(body.params, MAX_JSON_DEPTH - 1)  # params sit one level into the body
+    if deep is not None:
+        raise _invalid(["params", *deep], f"nested deeper than {MAX_JSON_DEPTH} levels", "too_deep")
     bad = _unstorable(body.params, ("params",))
     if bad is not None:
         raise _invalid(list(bad), "must not contain NUL (\\u0000) or a lone surrogate", "string_unicode")

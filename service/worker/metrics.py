@@ -43,16 +43,27 @@ JOBS_RELEASED = Counter("jobs_released_total", "Jobs handed back unfinished at s
 RUNNING = Gauge("worker_jobs_running", "Jobs this worker is running now.")
 SLOTS = Gauge("worker_slots", "Child processes this worker runs jobs in (its maximum concurrency).")
 DB_ERRORS = Counter("worker_database_errors_total", "Failed queue statements, by operation.", ["operation"])
+# The `operation` label: every queue statement the runner names (service/worker/runner.py).
+DB_OPERATIONS: Final = ("claim", "release", "complete", "fail", "renew", "reclaim", "count", "prune", "listen")
 
 
 def initialise() -> None:
-    """Create every series for the known kinds at zero, so rates and absences mean something from the start."""
+    """Create every labelled series at zero, so the first failure of a kind is an increase.
+
+    `rate()` over a series that first appears at 1 is 0: a worker's first dead job, lost
+    lease or failed statement would otherwise be invisible to the rules (and sparse ones
+    forever). Every kind x outcome, every counter by kind, every queue operation.
+    """
     for kind in KINDS:
         QUEUE_DEPTH.labels(kind)
         JOBS_DEAD.labels(kind)
         QUEUE_WAIT.labels(kind)
         JOB_TIMEOUTS.labels(kind)
         LEASES_RECLAIMED.labels(kind)
+        LEASES_LOST.labels(kind)
+        JOBS_RELEASED.labels(kind)
         for outcome in OUTCOMES:
             JOBS_PROCESSED.labels(kind, outcome)
             JOB_DURATION.labels(kind, outcome)
+    for operation in DB_OPERATIONS:
+        DB_ERRORS.labels(operation)

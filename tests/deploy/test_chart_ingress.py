@@ -39,3 +39,15 @@ def test_httproute_timeouts_follow_the_chain() -> None:
     without = render(set_values={"httpRoute.enabled": True})
     [plain_rule] = without.get("HTTPRoute", name("api"))["spec"]["rules"]
     assert "timeouts" not in plain_rule, "off by default: NGINX Gateway Fabric does not implement them"
+
+
+def test_response_buffering_is_off_unless_asked_for_on_both_flavors() -> None:
+    """Exports stream through the edge (values.yaml says why); ingress.responseBuffering turns buffering on."""
+    for values, key, off, on in (
+        ("production-values.yaml", "nginx.ingress.kubernetes.io/proxy-buffering", "off", "on"),
+        ("nginx-inc-values.yaml", "nginx.org/proxy-buffering", "False", "True"),
+    ):
+        default = render([CI / values]).get("Ingress", name("api"))["metadata"]["annotations"]
+        assert default[key] == off
+        buffered = render([CI / values], {"ingress.responseBuffering": True}).get("Ingress", name("api"))
+        assert buffered["metadata"]["annotations"][key] == on

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-from monitoring import dashboards, generate, queries, rules
+from monitoring import dashboards, generate, promtests, queries, rules
 from service import slo
 from tests.fixtures.paths import ROOT
 
@@ -71,6 +71,33 @@ def test_promtool_rule_tests_pass() -> None:
     assert tests
     result = _run("test", "rules", *(str(path.name) for path in tests), cwd=tests[0].parent)
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+# Alerts that read only `up`, which Prometheus itself writes at every scrape: no first event to miss.
+_UP_ONLY = {"CatalogApiDown", "CatalogWorkerDown"}
+_CASES = [case for case in promtests.cases(slo.load_monitoring()) if case.alert.name not in _UP_ONLY]
+
+
+@pytest.mark.parametrize("case", _CASES, ids=[f"{case.alert.name}: {case.name}" for case in _CASES])
+def test_each_alert_counts_the_first_event_of_a_series_that_starts_at_zero(
+    case: promtests.Case, tmp_path: Path
+) -> None:
+    """Each alert fires on time from the first errors in series at 0 (as our exporters create them),
+    and the same case fails when the series are first scraped at their first event instead: each
+    case can tell, so an exporter that stopped creating its series at zero would be caught by the
+    series test in tests/e2e/test_first_errors.py, and these show what it would cost each alert."""
+    mon = slo.load_monitoring()
+    rule_files = [str(path) for path in sorted(RULES.glob("*.yaml"))]
+    results = {}
+    for late in (False, True):
+        path = tmp_path / f"late-{late}.test.yaml"
+        path.write_text(json.dumps(promtests.one_case(mon, case, rule_files, late=late)))  # JSON is YAML
+        results[late] = _run("test", "rules", str(path))
+    assert results[False].returncode == 0, results[False].stdout + results[False].stderr
+    assert results[True].returncode != 0, f"{case.alert.name} fired on time even without the series at zero"
+    failure = results[True].stdout + results[True].stderr
+    assert case.alert.name in failure, failure
+    assert "got:[]" in failure, failure  # missing when it was due, not a file promtool refused
 
 
 def _test_groups() -> list[tuple[int, dict[str, Any]]]:

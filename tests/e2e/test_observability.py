@@ -16,105 +16,24 @@ error-rate alert must reach `firing`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import shutil
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import asyncpg
 import httpx
-import orjson
 import pytest
-import servers
 
 from monitoring import queries
 from tests.fixtures.backends import Backends, TableLock
 from tests.fixtures.keys import WRITER
-from tests.fixtures.paths import ROOT
 from tests.fixtures.processes import ApiProcess, WorkerProcess
+from tests.fixtures.prometheus import alert_states, prometheus, query
 
 pytestmark = pytest.mark.e2e
 ITEMS = 300
 RATE_INTERVAL = "20s"  # Grafana's $__rate_interval for a 1 s scrape, with room for a missed scrape
-
-
-def _backfill_last_week(directory: Path) -> Path:
-    """One hour of API traffic a week ago (50 requests per 5 s), as a TSDB block made by promtool.
-
-    Samples every 5 s: the panels' rate window here is RATE_INTERVAL (20 s), and a range
-    selector needs two samples inside it at every evaluation; at a 15 s step it held
-    only one two times out of three, and the week-ago panels came back empty."""
-    start = int(time.time()) - 7 * 86400 - 1800
-    series = (
-        'http_server_request_duration_seconds_count{job="catalog-api",instance="last-week",'
-        'http_route="/v1/items/{item_id}",http_request_method="GET",http_response_status_code="200"}'
-    )
-    lines = ["# TYPE http_server_request_duration_seconds_count unknown"]
-    lines += [f"{series} {50 * (n + 1)} {start + 5 * n}" for n in range(720)]
-    source = directory / "last-week.om"
-    source.write_text("\n".join([*lines, "# EOF"]) + "\n")
-    blocks = directory / "blocks"
-    subprocess.run(
-        ["promtool", "tsdb", "create-blocks-from", "openmetrics", str(source), str(blocks)],
-        check=True,
-        capture_output=True,
-    )
-    return blocks
-
-
-@contextlib.contextmanager
-def prometheus(directory: Path, api_metrics: str, worker_metrics: str) -> Iterator[str]:
-    binary = shutil.which("prometheus")
-    assert binary is not None, "prometheus comes with Debian's prometheus package (make install installs it)"
-    rules = directory / "rules"
-    subprocess.run(
-        [sys.executable, "monitoring/generate.py", "--profile", "test", "--rules-dir", str(rules)],
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-    )
-    data = directory / "data"
-    shutil.copytree(_backfill_last_week(directory), data)
-    config = {
-        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-        "rule_files": [str(rules / "*.yaml")],
-        "scrape_configs": [
-            {"job_name": "catalog-api", "static_configs": [{"targets": [api_metrics]}]},
-            {"job_name": "catalog-worker", "static_configs": [{"targets": [worker_metrics]}]},
-        ],
-    }
-    (directory / "prometheus.yml").write_bytes(orjson.dumps(config))  # JSON is YAML
-    port = servers.free_port()
-    with (directory / "prometheus.log").open("wb") as log:
-        process = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={directory / 'prometheus.yml'}",
-                f"--storage.tsdb.path={data}",
-                f"--web.listen-address=127.0.0.1:{port}",
-                "--enable-feature=exemplar-storage",
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/-/ready", timeout=1).status_code == 200:
-                    break
-            assert process.poll() is None, (directory / "prometheus.log").read_text()
-            assert time.monotonic() < deadline, "Prometheus did not become ready"
-            time.sleep(0.1)
-        yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 class Traffic:
@@ -177,18 +96,8 @@ async def _inject_faults(db: asyncpg.Connection, traffic: Traffic) -> None:
     assert traffic.errors() > 0
 
 
-async def _query(http: httpx.AsyncClient, expr: str) -> list[dict[str, Any]]:
-    response = await http.get("/api/v1/query", params={"query": expr})
-    body = response.json()
-    assert response.status_code == 200, f"{expr}: {body}"
-    assert body["status"] == "success", f"{expr}: {body}"
-    result: list[dict[str, Any]] = body["data"]["result"]
-    return result
-
-
 async def _alert_state(http: httpx.AsyncClient, name: str) -> str | None:
-    alerts = (await http.get("/api/v1/alerts")).json()["data"]["alerts"]
-    states = {alert["state"] for alert in alerts if alert["labels"]["alertname"] == name}
+    states = {state for state, labels in await alert_states(http) if labels["alertname"] == name}
     return "firing" if "firing" in states else next(iter(states), None)
 
 
@@ -235,7 +144,7 @@ async def test_every_panel_query_and_recording_rule_has_data_and_the_error_alert
             checked = 0
             for where, expr in [*queries.panel_queries(), *queries.recording_rules("test")]:
                 checked += 1
-                if not await _query(http, queries.substitute(expr, values)):
+                if not await query(http, queries.substitute(expr, values)):
                     empty.append(f"{where}: {expr}")
             for where, definition in queries.variable_queries():
                 metric, label = definition.removeprefix("label_values(").removesuffix(")").rsplit(", ", 1)

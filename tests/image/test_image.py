@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ import orjson
 import pytest
 
 from service.migrate import discover
-from tests.fixtures.engine import Engine
+from tests.fixtures.engine import STANDIN_PYTHON, Engine
 from tests.fixtures.image import BuiltImage, ChartUnderTest, Report, new_container
 from tests.fixtures.kubelet import Container, Prober, stop
 from tests.fixtures.paths import ROOT
@@ -125,6 +126,11 @@ def test_runtime_dependencies_are_consistent(
     assert result.returncode == 0, output
     python = engine.docker("run", "--rm", "--network", "host", image.tag, "python", "--version").stdout.strip()
     report.add("Runtime environment", f"{python} in /app/.venv; `uv pip check`: {output.splitlines()[-1]}")
+    # The tests ran the image's Python minor version (tests/deploy/test_dockerfile.py checks the Dockerfile's).
+    minor = ".".join(python.split()[1].split(".")[:2])
+    assert minor == "{}.{}".format(*sys.version_info[:2]), f"image has {python}, tests run {sys.version}"
+    if image.bases.build_args.get("PYTHON_IMAGE", "").startswith("catalog-standin/"):
+        assert minor == "{}.{}".format(*STANDIN_PYTHON), f"stand-in base has {python}, expected {STANDIN_PYTHON}"
 
 
 def test_migrations_exit_0_and_a_second_run_is_a_no_op(
@@ -206,6 +212,21 @@ def test_an_item_created_with_the_secret_s_key_reads_back(api: Running, chart_un
         fetched = http.get(f"/v1/items/{created.json()['id']}")
     assert fetched.status_code == 200
     assert {key: fetched.json()[key] for key in item} == item
+
+
+def test_deeply_nested_job_params_are_a_problem_on_the_image_s_python(
+    api: Running, chart_under_test: ChartUnderTest
+) -> None:
+    """The image's interpreter meets client JSON as production does (Python 3.12 once answered 500 here)."""
+    api.prober.wait_ready(timeout=60)
+    headers = {"Authorization": f"Bearer {chart_under_test.writer_key}", "Content-Type": "application/json"}
+    with httpx.Client(base_url=api.url, headers=headers, timeout=10) as http:
+        for depth in (40, 960, 5000):
+            nested = '{"a":' * depth + "1" + "}" * depth
+            body = f'{{"kind":"cpu.burn","params":{{"milliseconds":1,"x":{nested}}}}}'
+            response = http.post("/v1/jobs", content=body)
+            assert response.status_code in {400, 422}, (depth, response.status_code, response.text[:200])
+            assert response.headers["content-type"] == "application/problem+json"
 
 
 def _post_job(api: Running, key: str, params: dict[str, object]) -> str:

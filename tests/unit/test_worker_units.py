@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from service.config import ConfigurationError, load_worker_settings
+from service.worker import metrics as worker_metrics
 from service.worker.__main__ import available_cpus
 from service.worker.runner import retry_delay
 from tests.fixtures.paths import ROOT
@@ -81,3 +83,12 @@ def test_a_job_process_whose_parent_is_already_gone_exits_at_once() -> None:
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=30, check=False
     )
     assert (child.returncode, child.stdout) == (0, "still running\n")
+
+
+def test_every_queue_operation_the_runner_names_is_created_at_zero() -> None:
+    """worker_database_errors_total{operation} children exist before the first failure (a first failed
+    statement would otherwise be no increase): the runner may name only operations in DB_OPERATIONS."""
+    source = (ROOT / "service" / "worker" / "runner.py").read_text()
+    named = set(re.findall(r'(?:_db|_write|DB_ERRORS\.labels)\(\s*"([a-z_]+)"', source))
+    assert len(named) >= 8
+    assert named <= set(worker_metrics.DB_OPERATIONS), named - set(worker_metrics.DB_OPERATIONS)
