@@ -40,6 +40,7 @@ from service.middleware import (
     RequestLimitsMiddleware,
     security_headers,
 )
+from service.oidc import TokenVerifier, start_verifier
 from service.profiling import RequestProfilerMiddleware
 from service.ratelimit import RateLimiter, RateLimitMiddleware
 from service.resilience import Bulkhead, CircuitBreaker, cancel_until_done
@@ -77,6 +78,14 @@ async def _start_limiter(
     return limiter
 
 
+async def _start_verifier(settings: Settings, stack: contextlib.AsyncExitStack) -> TokenVerifier | None:
+    """The access-token verifier (None without OIDC_ISSUER_URL); never raises: an unreachable issuer is retried."""
+    tokens = await start_verifier(settings)
+    if tokens is not None:
+        stack.push_async_callback(tokens.keys.close)
+    return tokens
+
+
 @asynccontextmanager
 async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
     """Opens what requests share (pool, Redis client, cache, limiter), yields it, closes it after the last request."""
@@ -97,14 +106,13 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
         client = create_redis(settings)
         stack.push_async_callback(client.aclose)
         redis_breaker = _breaker("redis", settings)
-        namespace = settings.service_name
         cache = None
         if settings.cache_enabled:
             local = LocalTTLCache(settings.cache_l1_max_items, settings.cache_l1_ttl_seconds)
             cache = TwoLevelCache(
                 client,
                 redis_breaker,
-                namespace=namespace,
+                namespace=settings.service_name,
                 l1=local,
                 l2_ttl_seconds=settings.cache_l2_ttl_seconds,
                 l1_lease_seconds=settings.cache_l1_lease_seconds,
@@ -121,6 +129,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             "probe_pool": probe_pool,
             "redis": client,
             "keys": KeyRing(settings.api_keys),
+            "tokens": await _start_verifier(settings, stack),
             "cache": cache,
             "limiter": (
                 await _start_limiter(settings, client, redis_breaker, stack) if settings.rate_limit_enabled else None

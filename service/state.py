@@ -18,6 +18,7 @@ from service.auth import KeyRing, read_access
 from service.cache import TwoLevelCache
 from service.config import Settings
 from service.db import Connection, Database, Pool
+from service.oidc import TokenVerifier
 from service.ratelimit import RateLimiter
 from service.resilience import Bulkhead
 
@@ -71,6 +72,7 @@ class State(TypedDict):
     probe_pool: Pool  # one connection for /readyz, outside the request pool
     redis: redis.Redis
     keys: KeyRing
+    tokens: TokenVerifier | None  # None when OIDC_ISSUER_URL is not set
     cache: TwoLevelCache | None  # None when CACHE_ENABLED is false
     limiter: RateLimiter | None  # None when RATE_LIMIT_ENABLED is false
     exports: Bulkhead
