@@ -58,7 +58,8 @@ IMAGE ?= catalog:dev
 image:
 	@IMAGE=$(IMAGE) bash deploy/local/image.sh $(BUILD_ARGS)
 
-# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), as root.
+# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), chromium for the
+# CORS browser test (as root), and Dex for the identity tests (deploy/identity/dex/build.sh).
 test: lint tools
 	@bash deploy/local/bootstrap.sh image
 	$(UV) run pytest

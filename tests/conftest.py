@@ -12,4 +12,5 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.image",
     "tests.fixtures.identity",
+    "tests.fixtures.browser",
 ]
