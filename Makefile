@@ -85,6 +85,7 @@ bench:
 	@# Both run even if the first misses a target; the exit status says whether all were met.
 	@status=0; \
 	$(UV) run python bench/request_path.py || status=1; \
+	$(UV) run python bench/token_auth.py || status=1; \
 	$(UV) run python bench/cache_writes.py || status=1; \
 	$(UV) run python bench/export_memory.py || status=1; \
 	$(UV) run python bench/jobs.py || status=1; \
