@@ -156,7 +156,7 @@ class IssuerKeys:
             if self._jwks_uri is None:
                 self._jwks_uri = await self._discover()
             keys = _usable_keys(await self._get_json(self._jwks_uri))
-        except (httpx.HTTPError, ValueError, PyJWKSetError) as error:
+        except (httpx.HTTPError, httpx.InvalidURL, ValueError, PyJWKSetError) as error:
             JWKS_FETCHES.labels("failed").inc()
             logger.warning(
                 "could not fetch the issuer's signing keys; keeping the keys we have",

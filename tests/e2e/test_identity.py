@@ -25,7 +25,7 @@ import orjson
 import pytest
 import servers
 
-from tests.fixtures.identity import AUDIENCE, READER, SCOPE_MAP, Dex, SigningKeyPair
+from tests.fixtures.identity import AUDIENCE, READER, SCOPE_MAP, Dex, KeyServer, SigningKeyPair, dex_binary
 from tests.fixtures.keys import WRITER, WRITER_KEY
 from tests.fixtures.paths import ROOT
 from tests.fixtures.processes import ApiProcess
@@ -149,6 +149,49 @@ def test_issuer_down_at_startup_the_server_starts_keys_work_tokens_get_503(
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
         assert "retry-after" in response.headers
+    assert any("could not fetch the issuer's signing keys" in line.get("msg", "") for line in api.logs())
+
+
+def test_key_rotation_through_gunicorn_without_a_restart(
+    start_api: Callable[..., ApiProcess], key_server: KeyServer
+) -> None:
+    old, new = key_server.published[0], SigningKeyPair.generate("key-2")
+    api = start_api(
+        OIDC_ISSUER_URL=key_server.issuer,
+        OIDC_AUDIENCE=AUDIENCE,
+        OIDC_JWKS_REFRESH_SECONDS="1",
+        OIDC_JWKS_MIN_REFETCH_SECONDS="0.2",
+        READS_REQUIRE_KEY="true",
+    )
+    old_token = old.sign(key_server.claims())
+    with httpx.Client(base_url=api.url, timeout=10) as http:
+        assert http.get("/v1/items", headers=bearer(old_token)).status_code == 200
+        time.sleep(0.3)
+        key_server.published = [old, new]  # the issuer rotates in key-2 and signs with it
+        assert http.get("/v1/items", headers=bearer(new.sign(key_server.claims()))).status_code == 200
+        key_server.published = [new]  # and retires key-1
+        time.sleep(2.5)  # more than two refresh intervals
+        retired = http.get("/v1/items", headers=bearer(old_token))
+        assert retired.status_code == 401
+        assert retired.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+        assert http.get("/v1/items", headers=bearer(new.sign(key_server.claims()))).status_code == 200
+
+
+def test_cached_keys_keep_working_through_gunicorn_while_dex_is_down(
+    start_api: Callable[..., ApiProcess], tmp_path: Path
+) -> None:
+    own = Dex(dex_binary(), tmp_path).start()  # the session's Dex stays up for the other tests
+    try:
+        api = start_api(**token_env(own, OIDC_JWKS_REFRESH_SECONDS="0.5", OIDC_JWKS_MIN_REFETCH_SECONDS="0.2"))
+        token = own.token()
+        with httpx.Client(base_url=api.url, timeout=10) as http:
+            assert http.post("/v1/items", json=item(), headers=bearer(token)).status_code == 201
+            own.stop()
+            time.sleep(1.5)  # background refreshes fail meanwhile; the pod keeps its keys
+            assert http.post("/v1/items", json=item(), headers=bearer(token)).status_code == 201
+            assert http.get("/readyz").status_code == 200  # the issuer is not a readiness dependency
+    finally:
+        own.stop()
     assert any("could not fetch the issuer's signing keys" in line.get("msg", "") for line in api.logs())
 
 
