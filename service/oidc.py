@@ -113,10 +113,6 @@ class IssuerKeys:
     def get(self, kid: str) -> SigningKey | None:
         return self._keys.get(kid)
 
-    @property
-    def kids(self) -> frozenset[str]:
-        return frozenset(self._keys)
-
     async def start(self) -> None:
         """One fetch now (a failure is logged, not raised: the service starts), then refresh in the background."""
         await self.refresh()
