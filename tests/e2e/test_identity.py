@@ -245,6 +245,11 @@ def test_tokens_through_nginx_and_both_pods(stack_with_tokens: dict[str, str], d
         assert http.get("/v1/items", params={"access_token": editor}).status_code == 400
         assert http.get("/v1/items", headers=bearer(reader)).status_code == 200
     # A header line over nginx's 8 kB buffer (large_client_header_buffers) never reaches a pod:
-    # nginx answers 400 itself and closes the connection.
+    # nginx answers 431 itself, as problem+json like the API's own 431.
     with httpx.Client(base_url=url, timeout=10) as http:
-        assert http.get("/v1/items", headers=bearer(oversized)).status_code == 400
+        refused = http.get("/v1/items", headers=bearer(oversized))
+        assert refused.status_code == 431
+        assert refused.headers["content-type"] == "application/problem+json"
+        assert refused.json()["status"] == 431
+    with httpx.Client(base_url=url, timeout=10) as http:  # any header line that long, not only a token
+        assert http.get("/v1/items", headers={"Cookie": "session=" + "x" * 9000}).status_code == 431
