@@ -262,7 +262,7 @@ class TokenVerifier:
                 return principal
             del self._verified[token]
         if len(token) > MAX_TOKEN_BYTES:
-            raise _rejected("too_large", f"the token is longer than {MAX_TOKEN_BYTES} bytes")
+            raise InvalidToken("too_large", f"the token is longer than {MAX_TOKEN_BYTES} bytes")
         key, algorithm = self._key_for(token)
         principal = self._check(token, key, algorithm)
         if len(self._verified) >= VERIFIED_CACHE_SIZE:
@@ -285,18 +285,19 @@ class TokenVerifier:
         try:
             return self.verify(token)
         except KeyNotFound as missing:
-            raise _rejected("unknown_key", f"the token's key {missing.kid!r} is not one the issuer publishes") from None
+            raise InvalidToken("unknown_key", f"the issuer publishes no key {_short(missing.kid)}") from None
 
     def _key_for(self, token: str) -> tuple[SigningKey, str]:
         try:
             header = jwt.get_unverified_header(token)
         except PyJWTError:
-            raise _rejected("malformed", "the token is not a well-formed JWT") from None
+            raise InvalidToken("malformed", "the token is not a well-formed JWT") from None
         algorithm, kid = header.get("alg"), header.get("kid")
         if algorithm not in self._algorithms:
-            raise _rejected("algorithm", f"alg {algorithm!r} is not accepted; accepted: {sorted(self._algorithms)}")
+            accepted = ", ".join(sorted(self._algorithms))
+            raise InvalidToken("algorithm", f"alg {_short(algorithm)} is not accepted (accepted: {accepted})")
         if not isinstance(kid, str):
-            raise _rejected("malformed", "the token's header names no key (kid)")
+            raise InvalidToken("malformed", "the token's header names no key (kid)")
         if not self.keys.ever_fetched:
             raise IssuerUnavailable
         key = self.keys.get(kid)
@@ -304,7 +305,7 @@ class TokenVerifier:
             raise KeyNotFound(kid)
         # A key that names its algorithm may be used with that one only (RFC 7517, 4.4).
         if key.algorithm is not None and key.algorithm != algorithm:
-            raise _rejected("algorithm", f"key {kid!r} is for {key.algorithm}, not {algorithm}")
+            raise InvalidToken("algorithm", f"key {_short(kid)} is for {key.algorithm}, not {algorithm}")
         return key, algorithm
 
     def _check(self, token: str, key: SigningKey, algorithm: str) -> TokenPrincipal:
@@ -319,20 +320,20 @@ class TokenVerifier:
                 options={"require": ["exp", "iss", "aud", "sub"], "strict_aud": False},
             )
         except jwt.ExpiredSignatureError:
-            raise _rejected("expired", "the token has expired") from None
+            raise InvalidToken("expired", "the token has expired") from None
         except jwt.ImmatureSignatureError:
-            raise _rejected("not_yet_valid", "the token is not valid yet (nbf or iat in the future)") from None
+            raise InvalidToken("not_yet_valid", "the token is not valid yet (nbf or iat in the future)") from None
         except jwt.InvalidIssuerError:
-            raise _rejected("issuer", "the token was issued by another issuer") from None
+            raise InvalidToken("issuer", "the token was issued by another issuer") from None
         except jwt.InvalidAudienceError:
-            raise _rejected("audience", "the token is meant for another audience") from None
+            raise InvalidToken("audience", "the token is meant for another audience") from None
         except jwt.InvalidSignatureError:
-            raise _rejected("signature", "the token's signature does not verify") from None
+            raise InvalidToken("signature", "the token's signature does not verify") from None
         except PyJWTError as error:
-            raise _rejected("invalid", f"the token is not valid: {error}") from None
+            raise InvalidToken("invalid", f"the token is not valid: {error}") from None
         subject = payload["sub"]
         if not isinstance(subject, str) or not subject:
-            raise _rejected("invalid", "the token's sub is not a string")
+            raise InvalidToken("invalid", "the token's sub is not a string")
         return TokenPrincipal(subject, self._mapper.scopes(payload), float(payload["exp"]))
 
 
@@ -342,8 +343,10 @@ class KeyNotFound(Exception):
         self.kid = kid
 
 
-def _rejected(reason: str, description: str) -> InvalidToken:
-    return InvalidToken(reason, description)
+def _short(value: object) -> str:
+    """A header value the client chose, quoted and cut to 40 characters: it is echoed in our answer."""
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
 
 
 async def start_verifier(settings: Settings) -> TokenVerifier | None:

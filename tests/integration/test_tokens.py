@@ -329,3 +329,15 @@ async def test_issuer_down_at_startup_keys_work_tokens_get_503_until_it_is_back(
         key_server.down = False
         await asyncio.sleep(0.4)
         assert (await http.get("/v1/items", headers=bearer(token))).status_code == 200
+
+
+async def test_what_the_client_chose_is_echoed_short(forged_client: httpx.AsyncClient, key_server: KeyServer) -> None:
+    # The kid and alg come from the attacker; the answer quotes at most 40 characters of them.
+    long_kid = SigningKeyPair.generate("k" * 5000).sign(key_server.claims())
+    response = await refused(forged_client, long_kid, "unknown_key")
+    assert len(response.headers["www-authenticate"]) < 200
+    for alg in ["X" * 3000, "\r\nSet-Cookie: a=b"]:
+        header = b64({"alg": alg, "kid": "key-1"})
+        response = await refused(forged_client, f"{header}.{b64(key_server.claims())}.sig", "algorithm")
+        assert len(response.headers["www-authenticate"]) < 200
+        assert "set-cookie" not in response.headers
