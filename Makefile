@@ -58,7 +58,8 @@ IMAGE ?= catalog:dev
 image:
 	@IMAGE=$(IMAGE) bash deploy/local/image.sh $(BUILD_ARGS)
 
-# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), as root.
+# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), chromium for the
+# CORS browser test (as root), and Dex for the identity tests (deploy/identity/dex/build.sh).
 test: lint tools
 	@bash deploy/local/bootstrap.sh image
 	$(UV) run pytest
@@ -84,6 +85,7 @@ bench:
 	@# Both run even if the first misses a target; the exit status says whether all were met.
 	@status=0; \
 	$(UV) run python bench/request_path.py || status=1; \
+	$(UV) run python bench/token_auth.py || status=1; \
 	$(UV) run python bench/cache_writes.py || status=1; \
 	$(UV) run python bench/export_memory.py || status=1; \
 	$(UV) run python bench/jobs.py || status=1; \

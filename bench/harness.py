@@ -94,9 +94,9 @@ def seed(database_url: str, rows: int) -> None:
 
 @contextmanager
 def server(
-    command: list[str], env: dict[str, str], port: int, *, pin: bool = True
+    command: list[str], env: dict[str, str], port: int, *, pin: bool = True, headers: dict[str, str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server (pinned to SERVER_CPU), wait until it answers, stop it afterwards."""
+    """Start a server (pinned to SERVER_CPU), wait until it answers (sent `headers`), stop it afterwards."""
     log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
     prefix = ["taskset", "-c", SERVER_CPU] if pin else []
     process = subprocess.Popen(
@@ -113,7 +113,7 @@ def server(
             if process.poll() is not None:
                 raise RuntimeError(f"server exited: {Path(log.name).read_text()[-2000:]}")
             try:
-                if httpx.get(f"http://127.0.0.1:{port}/v1/items/1", timeout=1).status_code == 200:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/items/1", headers=headers, timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 pass

@@ -47,6 +47,15 @@ def _request_path(data: dict[str, Any]) -> Iterator[Row]:
         yield Row(target["name"], _x(target["ratio"]), target["target"], target["met"])
 
 
+def _token_auth(data: dict[str, Any]) -> Iterator[Row]:
+    yield Row(
+        "cache hit, CPU per request, access token / API key",
+        _x(data["cost_ratio_token_over_key"]),
+        data["target"],
+        data["met"],
+    )
+
+
 def _cache_writes(data: dict[str, Any]) -> Iterator[Row]:
     for name, row in data["rows"].items():
         target = data["target"]
@@ -137,6 +146,7 @@ def _drills(data: dict[str, Any]) -> Iterator[Row]:
 
 BENCHES = [
     Bench("Request path", "request_path", "uv run python bench/request_path.py", _request_path),
+    Bench("Token vs API key", "token_auth", "uv run python bench/token_auth.py", _token_auth),
     Bench("Cache writes", "cache_writes", "uv run python bench/cache_writes.py", _cache_writes),
     Bench("Worker tier", "jobs", "uv run python bench/jobs.py", _jobs),
     Bench(

@@ -40,6 +40,7 @@ from service.middleware import (
     RequestLimitsMiddleware,
     security_headers,
 )
+from service.oidc import TokenVerifier, start_verifier
 from service.profiling import RequestProfilerMiddleware
 from service.ratelimit import RateLimiter, RateLimitMiddleware
 from service.redisclock import RedisClock
@@ -122,6 +123,14 @@ async def _start_cache(
     return cache
 
 
+async def _start_verifier(settings: Settings, stack: contextlib.AsyncExitStack) -> TokenVerifier | None:
+    """The access-token verifier (None without OIDC_ISSUER_URL); never raises: an unreachable issuer is retried."""
+    tokens = await start_verifier(settings)
+    if tokens is not None:
+        stack.push_async_callback(tokens.keys.close)
+    return tokens
+
+
 @asynccontextmanager
 async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
     """Opens what requests share (pool, Redis client, cache, limiter), yields it, closes it after the last request."""
@@ -150,6 +159,7 @@ async def lifespan(app: CatalogApp) -> AsyncIterator[State]:
             "probe_pool": probe_pool,
             "redis": client,
             "keys": KeyRing(settings.api_keys),
+            "tokens": await _start_verifier(settings, stack),
             "cache": cache,
             "limiter": (await _start_limiter(settings, client, clock, stack) if settings.rate_limit_enabled else None),
             "exports": Bulkhead("export", settings.export_max_concurrent),

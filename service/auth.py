@@ -1,4 +1,7 @@
-"""API keys: who is calling, and may they do this.
+"""Who is calling, and may they do this: API keys, and access tokens from an OpenID provider.
+
+A bearer credential shaped like a JWT (`header.payload.signature`) is an
+access token, verified by service/oidc.py; anything else is an API key.
 
 Keys are random tokens shown once when made (`python -m service.apikeys`);
 the service stores only their SHA-256 (a fast hash is right for high-entropy
@@ -19,7 +22,9 @@ from typing import Any
 from fastapi import Depends, Request
 
 from service.config import ApiKeySpec
-from service.errors import Forbidden, Unauthorized
+from service.errors import CredentialInQuery, InsufficientScope, ServiceUnavailable, Unauthorized
+from service.metrics import TOKEN_REJECTIONS
+from service.oidc import InvalidToken, IssuerUnavailable, TokenPrincipal, TokenVerifier, looks_like_jwt
 
 TOKEN_PREFIX = "cat_"  # noqa: S105 - a prefix that makes leaked keys easy to grep for, not a secret
 
@@ -28,6 +33,10 @@ TOKEN_PREFIX = "cat_"  # noqa: S105 - a prefix that makes leaked keys easy to gr
 class Principal:
     name: str
     scopes: frozenset[str]
+
+
+# Whoever authenticated: an API key's principal or an access token's.
+Caller = Principal | TokenPrincipal
 
 
 class KeyRing:
@@ -56,20 +65,50 @@ def bearer_token(authorization: str | None) -> str | None:
     return token.strip() or None if scheme.lower() == "bearer" else None
 
 
-def require_scope(scope: str) -> Callable[[Request], Awaitable[Principal]]:
-    """A dependency: 401 without a valid key, 403 when the key lacks `scope`."""
+def refuse_credential_in_query(query_string: bytes) -> None:
+    """400 when the URL carries `access_token` (RFC 6750's form we do not accept)."""
+    if b"access_token" in query_string and any(
+        part.split(b"=", 1)[0] == b"access_token" for part in query_string.split(b"&")
+    ):
+        raise CredentialInQuery
 
-    async def dependency(request: Request) -> Principal:
-        token = bearer_token(request.headers.get("authorization"))
-        if token is None:
-            raise Unauthorized("Send an API key as `Authorization: Bearer <key>`.")
-        keys: KeyRing = request.scope["state"]["keys"]
-        principal = keys.authenticate(token)
+
+async def authenticate(request: Request) -> Caller:
+    """The caller: 401 without a valid credential, 503 when tokens cannot be judged yet (issuer never reached)."""
+    refuse_credential_in_query(request.scope["query_string"])
+    credential = bearer_token(request.headers.get("authorization"))
+    if credential is None:
+        raise Unauthorized("Send an API key or an access token as `Authorization: Bearer <credential>`.", error=None)
+    state = request.scope["state"]
+    if not looks_like_jwt(credential):
+        keys: KeyRing = state["keys"]
+        principal = keys.authenticate(credential)
         if principal is None:
             raise Unauthorized("The API key is not valid.")
-        request.scope["principal"] = principal.name  # for the access log
+        return principal
+    verifier: TokenVerifier | None = state["tokens"]
+    if verifier is None:
+        raise Unauthorized("This service accepts no access tokens (no OIDC issuer is configured).")
+    try:
+        return await verifier.authenticate(credential)
+    except InvalidToken as invalid:
+        TOKEN_REJECTIONS.labels(invalid.reason).inc()
+        raise Unauthorized(f"The access token is not valid: {invalid.description}.") from None
+    except IssuerUnavailable:
+        raise ServiceUnavailable(
+            "The identity provider's signing keys have not been fetched yet; retry shortly.",
+            retry_after_seconds=max(1, round(verifier.keys.min_refetch_seconds)),
+        ) from None
+
+
+def require_scope(scope: str) -> Callable[[Request], Awaitable[Caller]]:
+    """A dependency: 401 without a valid credential, 403 when it lacks `scope` (RFC 6750 challenges on both)."""
+
+    async def dependency(request: Request) -> Caller:
+        principal = await authenticate(request)
+        request.scope["principal"] = principal.name  # for the access log; never the credential
         if scope not in principal.scopes:
-            raise Forbidden(f"The key {principal.name!r} lacks the {scope!r} scope.")
+            raise InsufficientScope(f"{principal.name!r} lacks the {scope!r} scope.", scope=scope)
         return principal
 
     return dependency
@@ -81,11 +120,16 @@ def requires(scope: str) -> Any:
 
 
 def read_access(scope: str) -> Callable[[Request], Awaitable[None]]:
-    """A dependency for one domain's reads: public unless READS_REQUIRE_KEY is set; then the key needs `scope`."""
+    """A dependency for one domain's reads: public unless READS_REQUIRE_KEY is set; then the caller needs `scope`.
+
+    A token in the query string is refused on public reads too: the URL would carry it into logs.
+    """
     required = require_scope(scope)
 
     async def dependency(request: Request) -> None:
         if request.scope["state"]["settings"].reads_require_key:
             await required(request)
+        elif request.scope["query_string"]:
+            refuse_credential_in_query(request.scope["query_string"])
 
     return dependency

@@ -15,6 +15,7 @@ import tempfile
 from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Self, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import (
     BaseModel,
@@ -67,6 +68,42 @@ class ApiKeySpec(BaseModel):
         if unknown:
             raise ValueError(f"unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}")
         return scopes
+
+
+# Signature algorithms a token may use: asymmetric only. An HMAC algorithm would make the
+# issuer's published key a signing secret (anyone could forge with it); "none" signs nothing.
+ASYMMETRIC_ALGORITHMS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}
+)
+_LOOPBACK_HOSTS = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
+
+
+def check_algorithms(algorithms: list[str]) -> list[str]:
+    """`algorithms` when all are asymmetric JWS algorithms; ValueError naming the refused ones otherwise."""
+    if not algorithms:
+        raise ValueError(f"name at least one of {sorted(ASYMMETRIC_ALGORITHMS)}")
+    refused = [alg for alg in algorithms if alg not in ASYMMETRIC_ALGORITHMS]
+    if refused:
+        raise ValueError(
+            f"{refused} refused: only asymmetric algorithms are allowed ({', '.join(sorted(ASYMMETRIC_ALGORITHMS))}); "
+            "HS* would turn the issuer's public key into a signing secret and 'none' verifies nothing"
+        )
+    return algorithms
+
+
+def check_issuer_url(url: str) -> str:
+    """`url` if it can be an OpenID issuer: https (http only on loopback), a host, no query or fragment.
+
+    Kept exactly as given: a token's `iss` must equal it character for character.
+    """
+    parsed = urlsplit(url)
+    if parsed.scheme not in {"https", "http"} or not parsed.hostname:
+        raise ValueError("expected an https:// URL, e.g. https://login.example.com/realms/catalog")
+    if parsed.scheme == "http" and parsed.hostname not in _LOOPBACK_HOSTS:
+        raise ValueError("must be https:// (plain http is accepted only for a loopback issuer in tests)")
+    if parsed.query or parsed.fragment:
+        raise ValueError("must not have a query or fragment")
+    return url
 
 
 class Rate(BaseModel):
@@ -216,6 +253,23 @@ class Settings(CommonSettings):
     api_keys: list[ApiKeySpec] = []
     reads_require_key: bool = False
 
+    # Access tokens from an OpenID provider, beside API keys (service/oidc.py, docs/identity.md).
+    # Unset issuer: tokens are not accepted. Discovery and the JWKS are fetched at startup and cached.
+    oidc_issuer_url: str | None = None
+    oidc_audience: str | None = None
+    # Claims whose values become scopes ("scope" and "scp": space-separated or a list; a dotted
+    # path such as "realm_access.roles" reaches into an object), mapped by OIDC_SCOPE_MAP
+    # (a JSON object: value -> list of our scopes). Empty map: a value that is one of ours counts as itself.
+    oidc_scope_claims: Annotated[list[str], NoDecode] = ["scope"]
+    oidc_scope_map: dict[str, frozenset[str]] = {}
+    oidc_algorithms: Annotated[list[str], NoDecode] = ["RS256"]
+    oidc_leeway_seconds: float = Field(30.0, ge=0, le=300)
+    # The cached JWKS is refetched this often (a removed key is refused at most this long after),
+    # and an unknown `kid` triggers at most one extra fetch per OIDC_JWKS_MIN_REFETCH_SECONDS.
+    oidc_jwks_refresh_seconds: Seconds = 300.0
+    oidc_jwks_min_refetch_seconds: Seconds = 30.0
+    oidc_http_timeout_seconds: Seconds = 2.0
+
     # Rate limits, counted in Redis so they hold across pods; per API key, else per client IP.
     rate_limit_enabled: bool = True
     rate_limit_reads: Annotated[Rate, NoDecode] = Rate(count=1200, period_seconds=60)
@@ -277,7 +331,28 @@ class Settings(CommonSettings):
             )
         return value
 
-    _lists = field_validator("cors_allow_origins", "trusted_proxies", mode="before")(_comma_list)
+    _lists = field_validator(
+        "cors_allow_origins", "trusted_proxies", "oidc_scope_claims", "oidc_algorithms", mode="before"
+    )(_comma_list)
+
+    @field_validator("oidc_issuer_url")
+    @classmethod
+    def _issuer_url(cls, value: str | None) -> str | None:
+        return None if value is None or not value.strip() else check_issuer_url(value.strip())
+
+    @field_validator("oidc_algorithms")
+    @classmethod
+    def _asymmetric_only(cls, algorithms: list[str]) -> list[str]:
+        return check_algorithms(algorithms)
+
+    @field_validator("oidc_scope_map")
+    @classmethod
+    def _map_onto_known_scopes(cls, mapping: dict[str, frozenset[str]]) -> dict[str, frozenset[str]]:
+        for source, scopes in mapping.items():
+            unknown = scopes - SCOPES
+            if unknown:
+                raise ValueError(f"{source!r} maps onto unknown scopes {sorted(unknown)}; known: {sorted(SCOPES)}")
+        return mapping
 
     @model_validator(mode="after")
     def _check_invariants(self) -> Self:
@@ -293,6 +368,7 @@ class Settings(CommonSettings):
                 "REQUEST_TIMEOUT_SECONDS must exceed DB_STATEMENT_TIMEOUT_SECONDS so a slow query "
                 "is cancelled by PostgreSQL before the request budget runs out"
             )
+        self._check_oidc()
         names = [key.name for key in self.api_keys]
         if len(set(names)) != len(names):
             raise ValueError("API_KEYS has two keys with the same name")
@@ -308,6 +384,15 @@ class Settings(CommonSettings):
                     "SECRET_KEY must be set to a random value of at least 32 characters when ENVIRONMENT=production"
                 )
         return self
+
+    def _check_oidc(self) -> None:
+        if self.oidc_issuer_url and not self.oidc_audience:
+            raise ValueError(
+                "OIDC_AUDIENCE must be set when OIDC_ISSUER_URL is: without an audience check a token "
+                "the issuer made for any other application would be accepted here"
+            )
+        if self.oidc_jwks_min_refetch_seconds > self.oidc_jwks_refresh_seconds:
+            raise ValueError("OIDC_JWKS_MIN_REFETCH_SECONDS must not exceed OIDC_JWKS_REFRESH_SECONDS")
 
     @cached_property
     def openapi_enabled(self) -> bool:

@@ -75,17 +75,54 @@ class BadRequest(ProblemError):
     title = "Bad Request"
 
 
+def bearer_challenge(error: str | None = None, description: str | None = None, **params: str) -> str:
+    """A `WWW-Authenticate: Bearer ...` value (RFC 6750, 3): no error code when no credential was sent.
+
+    Values are quoted strings, so `"` and `\\` (and anything outside printable ASCII) are dropped from them.
+    """
+    fields = {"error": error, "error_description": description, **params}
+    quoted = [f'{name}="{_quotable(value)}"' for name, value in fields.items() if value]
+    return "Bearer " + ", ".join(quoted) if quoted else "Bearer"
+
+
+def _quotable(value: str) -> str:
+    return "".join(char for char in value if " " <= char <= "~" and char not in '"\\')
+
+
 class Unauthorized(ProblemError):
+    """401: no credential (`error` None), or one that is not valid (`invalid_token`)."""
+
     status = 401
     title = "Unauthorized"
 
-    def __init__(self, detail: str | None = None) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+    def __init__(self, detail: str | None = None, *, error: str | None = "invalid_token") -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": bearer_challenge(error, detail if error else None)})
 
 
 class Forbidden(ProblemError):
     status = 403
     title = "Forbidden"
+
+
+class InsufficientScope(Forbidden):
+    """403 for a valid credential without the scope the route needs; the challenge names that scope."""
+
+    def __init__(self, detail: str, *, scope: str) -> None:
+        super().__init__(
+            detail, headers={"WWW-Authenticate": bearer_challenge("insufficient_scope", detail, scope=scope)}
+        )
+
+
+class CredentialInQuery(ProblemError):
+    """400 for an access token in the URL (RFC 6750, 2.3): URLs end up in logs, histories and Referer headers."""
+
+    status = 400
+    title = "Bad Request"
+    problem_type = "/problems/credential-in-query"
+
+    def __init__(self) -> None:
+        detail = "Send credentials in the Authorization header, never in the query string."
+        super().__init__(detail, headers={"WWW-Authenticate": bearer_challenge("invalid_request", detail)})
 
 
 class NotFound(ProblemError):

@@ -224,3 +224,16 @@ def instrument_pool(pool: asyncpg.Pool) -> None:
     DB_POOL_CONNECTIONS.labels("open").set_function(pool.get_size)
     DB_POOL_CONNECTIONS.labels("idle").set_function(pool.get_idle_size)
     DB_POOL_CONNECTIONS.labels("in_use").set_function(lambda: pool.get_size() - pool.get_idle_size())
+
+
+JWKS_FETCHES = Counter(
+    "oidc_jwks_fetches_total",
+    "Fetches of the OpenID issuer's signing keys (JWKS), by outcome: fetched or failed (old keys kept).",
+    ["outcome"],
+)
+TOKEN_REJECTIONS = Counter(
+    "auth_token_rejections_total",
+    "Access tokens refused (answered 401), by reason: malformed, too_large, algorithm, unknown_key, signature, "
+    "expired, not_yet_valid, issuer, audience, invalid.",
+    ["reason"],
+)

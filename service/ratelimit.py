@@ -86,6 +86,7 @@ from service.auth import KeyRing, bearer_token
 from service.config import Rate
 from service.errors import ServiceUnavailable, TooManyRequests
 from service.metrics import RATE_LIMIT_DECISIONS
+from service.oidc import InvalidToken, IssuerUnavailable, KeyNotFound, TokenVerifier, looks_like_jwt
 from service.resilience import CircuitBreaker, CircuitOpen, DependencyAttempt, DependencyCall
 
 logger = logging.getLogger(__name__)
@@ -414,15 +415,22 @@ class RateLimitMiddleware:
 
 
 def _identity(scope: Scope) -> str:
-    """The API key's name when a valid key is presented, else the client address.
+    """The API key's name or the access token's subject when the credential is valid, else the client address.
 
-    Only a key that authenticates counts: otherwise anyone could dodge the
-    per-IP limit by sending a new made-up key with every request. The client
-    address is the proxy-resolved one (see TRUSTED_PROXIES).
+    Only a credential that authenticates counts: otherwise anyone could dodge the
+    per-IP limit by sending a new made-up key with every request. A token is
+    checked without I/O (a token whose key must first be fetched counts by address).
+    The client address is the proxy-resolved one (see TRUSTED_PROXIES).
     """
     for name, value in scope["headers"]:
         if name == b"authorization":
             token = bearer_token(value.decode("latin-1"))
+            if token and looks_like_jwt(token):
+                verifier: TokenVerifier | None = scope["state"]["tokens"]
+                with contextlib.suppress(InvalidToken, KeyNotFound, IssuerUnavailable):  # the route answers those
+                    if verifier is not None:
+                        return verifier.verify(token).name
+                break
             keys: KeyRing = scope["state"]["keys"]
             principal = keys.authenticate(token) if token else None
             if principal is not None:

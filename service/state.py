@@ -20,6 +20,7 @@ from service.cache import TwoLevelCache
 from service.config import Settings
 from service.db import Connection, Database, Pool
 from service.middleware import keep_connection_after_complete_response
+from service.oidc import TokenVerifier
 from service.ratelimit import RateLimiter
 from service.resilience import Bulkhead
 
@@ -86,6 +87,7 @@ class State(TypedDict):
     probe_pool: Pool  # one connection for /readyz, outside the request pool
     redis: redis.Redis
     keys: KeyRing
+    tokens: TokenVerifier | None  # None when OIDC_ISSUER_URL is not set
     cache: TwoLevelCache | None  # None when CACHE_ENABLED is false
     limiter: RateLimiter | None  # None when RATE_LIMIT_ENABLED is false
     exports: Bulkhead

@@ -12,4 +12,6 @@ pytest_plugins = [
     "tests.fixtures.processes",
     "tests.fixtures.edge",
     "tests.fixtures.image",
+    "tests.fixtures.identity",
+    "tests.fixtures.browser",
 ]

@@ -9,6 +9,10 @@
 #   with the argument `image` (`make test`): a Docker engine (docker.io) and
 #   mmdebstrap for the image test -> apt-get when running as root; otherwise a
 #   note, and that test skips saying why
+#   also with `image`: chromium for the CORS test in a real browser (apt-get as
+#   root, otherwise that test skips), and Dex, the OpenID provider the identity
+#   tests run against, built from the Go module proxy (deploy/identity/dex/build.sh;
+#   minutes the first time, then cached outside the clone)
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -84,6 +88,22 @@ if [ "${1:-}" = image ]; then
     else
       say "the image test will skip: ${image_missing[*]} missing (as root: apt-get install -y ${image_missing[*]})"
     fi
+  fi
+fi
+
+# The identity tests: a real browser (tests/e2e/test_cors_browser.py) and a real OpenID provider.
+if [ "${1:-}" = image ]; then
+  if ! command -v chromium >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt_install chromium
+    else
+      say "the browser test will skip: chromium missing (as root: apt-get install -y chromium)"
+    fi
+  fi
+  if command -v go >/dev/null 2>&1; then
+    say "Dex for the identity tests: $(bash deploy/identity/dex/build.sh)"
+  else
+    say "the identity tests will skip: no Go toolchain to build Dex (deploy/identity/dex/build.sh)"
   fi
 fi
 

@@ -20,7 +20,7 @@ from pydantic import ValidationError
 from starlette.responses import Response
 
 from service import tracing
-from service.auth import Principal, read_access, require_scope
+from service.auth import Caller, read_access, require_scope
 from service.errors import Conflict, NotFound
 from service.guards import MAX_JSON_DEPTH, require_json_body, too_deep
 from service.jobs import repository
@@ -33,7 +33,7 @@ from service.state import ConnectionDep, SettingsDep
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 JobId = Annotated[UUID, Path(description="The job's id.")]
-Writer = Annotated[Principal, Depends(require_scope("jobs:write"))]
+Writer = Annotated[Caller, Depends(require_scope("jobs:write"))]
 # Printable ASCII without spaces at the ends, as the Idempotency-Key draft expects of a key.
 _IDEMPOTENCY_KEY = re.compile(r"^[\x21-\x7e]([\x20-\x7e]{0,198}[\x21-\x7e])?$")
 _TRACEPARENT = re.compile(r"^[0-9a-f]{2}-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")

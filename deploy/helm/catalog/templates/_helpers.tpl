@@ -140,6 +140,15 @@ MAX_BODY_BYTES: {{ include "catalog.plain" .Values.settings.maxBodyBytes | quote
 TRUSTED_PROXIES: {{ .Values.settings.trustedProxies | quote }}
 {{- /* The API stamps it on each job it enqueues; the worker enforces what the job carries. */}}
 JOB_MAX_ATTEMPTS: {{ include "catalog.plain" .Values.worker.jobMaxAttempts | quote }}
+{{- with .Values.oidc }}
+{{- if .issuerUrl }}
+OIDC_ISSUER_URL: {{ .issuerUrl | quote }}
+OIDC_AUDIENCE: {{ .audience | quote }}
+OIDC_SCOPE_CLAIMS: {{ .scopeClaims | quote }}
+OIDC_SCOPE_MAP: {{ .scopeMap | quote }}
+OIDC_ALGORITHMS: {{ .algorithms | quote }}
+{{- end }}
+{{- end }}
 {{- range $name, $value := .Values.settings.extraEnv }}
 {{ $name }}: {{ include "catalog.plain" $value | quote }}
 {{- end }}
@@ -152,7 +161,7 @@ JOB_MAX_ATTEMPTS: {{ include "catalog.plain" .Values.worker.jobMaxAttempts | quo
 
 {{/* Rolls the pods when settings or secrets given as values change. */}}
 {{- define "catalog.configChecksum" -}}
-{{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts (include "catalog.poolMode" .) | toJson | sha256sum }}
+{{- list .Values.settings .Values.secrets .Values.worker.jobMaxAttempts (include "catalog.poolMode" .) .Values.oidc | toJson | sha256sum }}
 {{- end }}
 
 {{/*
@@ -176,6 +185,11 @@ Removed values stay in values.schema.json marked deprecated (see CHANGELOG.md).
 {{/* database.directPort (added in 0.3.0), 5432 when absent. */}}
 {{- define "catalog.directPort" -}}
 {{- include "catalog.plain" (dig "database" "directPort" 5432 .Values.AsMap) }}
+{{- end }}
+
+{{/* oidc.issuerUrl (added in 0.5.0), "" when absent: the oidc map is new, so never .Values.oidc.<key>. */}}
+{{- define "catalog.oidcIssuerUrl" -}}
+{{- dig "oidc" "issuerUrl" "" .Values.AsMap }}
 {{- end }}
 
 {{/* "true" when Tilt's live update is on (development.liveUpdate), else "". */}}
@@ -299,4 +313,14 @@ checkov.io/skip1: CKV_K8S_11=No CPU limit by default on purpose - CFS quotas thr
 checkov.io/skip2: CKV_K8S_15=Tags are fixed (moving tags are refused by the chart) or digests, so IfNotPresent cannot run stale code and avoids a registry dependency on every restart
 checkov.io/skip3: CKV_K8S_35=The service reads settings from environment variables only (service/config.py); the Secret is injected with envFrom and never logged
 checkov.io/skip4: CKV_K8S_43=image.digest pins by digest when set; otherwise a fixed tag is required and moving tags are refused
+{{- end }}
+
+{{/* The port of oidc.issuerUrl: the one in the URL, else 443 (the schema allows https only). */}}
+{{- define "catalog.oidcIssuerPort" -}}
+{{- $host := (urlParse (include "catalog.oidcIssuerUrl" .)).host -}}
+{{- if regexMatch ":[0-9]+$" $host -}}
+{{- regexFind "[0-9]+$" $host -}}
+{{- else -}}
+443
+{{- end -}}
 {{- end }}
