@@ -13,6 +13,10 @@
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
 #   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
 #   make image   build the image (docker, or podman when that is what you have); IMAGE=catalog:dev, BUILD_ARGS="--build-arg ..."
+#   make cluster  a single-node Kubernetes built from upstream source on this machine (docs/cluster.md; root, Go)
+#   make cluster-down  stop it; nothing of it is left on the host
+#   make cluster-status  what of it runs, and what of it is left on the host
+#   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
 .DEFAULT_GOAL := help
@@ -20,7 +24,8 @@ SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
-	loadtest drill profile kind-up kind-down
+	loadtest drill profile kind-up kind-down \
+	cluster cluster-down cluster-status cluster-test
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -62,6 +67,21 @@ image:
 test: lint tools
 	@bash deploy/local/bootstrap.sh image
 	$(UV) run pytest
+
+# A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.
+cluster:
+	@bash deploy/local/bootstrap.sh cluster >/dev/null
+	@python3 deploy/cluster/cluster.py up
+
+cluster-down:
+	@python3 deploy/cluster/cluster.py down
+
+cluster-status:
+	@python3 deploy/cluster/cluster.py status
+
+cluster-test: tools
+	@bash deploy/local/bootstrap.sh image cluster
+	$(UV) run pytest tests/cluster -q
 
 up: install
 	$(UV) run python deploy/local/stack.py up

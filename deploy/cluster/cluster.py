@@ -237,8 +237,9 @@ def action_containerd() -> None:
     state = host.RUNTIME_DIR / "containerd"
     cni_conf = RUN / "cni"
     cni_conf.mkdir(parents=True, exist_ok=True)
-    render("cni.conflist", cni_conf / "10-catalog-cluster.conflist", BRIDGE=host.BRIDGE,
-           CNI_IPAM_DIR=str(host.RUNTIME_DIR / "ipam"), POD_CIDR=host.POD_CIDR, POD_GATEWAY=host.POD_GATEWAY)  # fmt: skip
+    ipam = str(host.RUNTIME_DIR / "ipam")
+    render("cni.conflist", cni_conf / "10-catalog-cluster.conflist", BRIDGE=host.BRIDGE, CNI_IPAM_DIR=ipam,
+           POD_CIDR=host.POD_CIDR, POD_GATEWAY=host.POD_GATEWAY)  # fmt: skip
     render("containerd.toml", RUN / "containerd.toml", CONTAINERD_ROOT=str(lay.containerd_root),
            CONTAINERD_STATE=str(state), CONTAINERD_SOCKET=str(lay.containerd_socket), PAUSE_IMAGE=PAUSE_IMAGE,
            CNI_BIN_DIR=str(CNI_BIN_DIR), CNI_CONF_DIR=str(cni_conf), RUNC=lay.bin("runc", "runc"),
@@ -273,7 +274,9 @@ def coredns_archive() -> Path:
     binary = bin_dir("coredns") / "coredns"
     out = binary.parent.parent / "coredns-image.tar"
     if not out.exists():
-        images.oci_archive(coredns_image(), {"/coredns": binary}, ["/coredns"], "65532:65532", out.with_suffix(".partial"))
+        images.oci_archive(
+            coredns_image(), {"/coredns": binary}, ["/coredns"], "65532:65532", out.with_suffix(".partial")
+        )
         out.with_suffix(".partial").rename(out)
     return out
 

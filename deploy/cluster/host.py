@@ -16,6 +16,7 @@ the sysctls as they were before. `leftovers()` lists what of that still exists.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -127,7 +128,7 @@ def _cgroup_dirs() -> list[Path]:
         for hierarchy in CGROUP_ROOT.iterdir():
             top = hierarchy / "kubepods"
             if top.is_dir():
-                found.extend(path for path, _, _ in os.walk(top))
+                found.extend(Path(path) for path, _, _ in os.walk(top))
     return sorted(found, key=lambda path: len(path.parts), reverse=True)
 
 
@@ -271,10 +272,8 @@ def clean_cgroups() -> None:
     for _ in range(20):
         stop(pod_processes(), grace=0.5)
         for directory in _cgroup_dirs():
-            try:
+            with contextlib.suppress(OSError):  # busy until its last process is reaped
                 directory.rmdir()
-            except OSError:
-                pass
         if not _cgroup_dirs():
             return
         time.sleep(0.5)
@@ -284,8 +283,6 @@ def restore_sysctls() -> None:
     if not SYSCTL_RECORD.exists():
         return
     for name, value in json.loads(SYSCTL_RECORD.read_text()).items():
-        try:
+        with contextlib.suppress(OSError):  # a sysctl this kernel lacks
             _sysctl_path(name).write_text(value)
-        except OSError:
-            pass
     SYSCTL_RECORD.unlink()

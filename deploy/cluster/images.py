@@ -88,7 +88,10 @@ def oci_archive(name: str, files: dict[str, Path], entrypoint: list[str], user: 
                 }
             ],
         }
-        for member, data in (("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'), ("index.json", json.dumps(index).encode())):
+        for member, data in (
+            ("oci-layout", b'{"imageLayoutVersion":"1.0.0"}'),
+            ("index.json", json.dumps(index).encode()),
+        ):
             info = tarfile.TarInfo(member)
             info.size = len(data)
             info.mtime = int(time.time())

@@ -61,9 +61,7 @@ def sign(pki: Path, stem: str, cn: str, groups: tuple[str, ...] = (), *, server_
     csr = pki / f"{stem}.csr"
     _openssl("req", "-new", "-key", str(pki / f"{stem}.key"), "-subj", _subject(cn, groups), "-out", str(csr))
     if server_names:
-        sans = ",".join(
-            f"IP:{name}" if name.replace(".", "").isdigit() else f"DNS:{name}" for name in server_names
-        )
+        sans = ",".join(f"IP:{name}" if name.replace(".", "").isdigit() else f"DNS:{name}" for name in server_names)
         extensions = f"subjectAltName={sans}\nextendedKeyUsage=serverAuth,clientAuth\n"
     else:
         extensions = "extendedKeyUsage=clientAuth\n"
