@@ -63,9 +63,10 @@ IMAGE ?= catalog:dev
 image:
 	@IMAGE=$(IMAGE) bash deploy/local/image.sh $(BUILD_ARGS)
 
-# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), as root.
+# `bootstrap.sh image cluster`: docker.io and mmdebstrap for the image test (tests/image), and what
+# the local Kubernetes of tests/cluster needs besides Go (docs/cluster.md), as root.
 test: lint tools
-	@bash deploy/local/bootstrap.sh image
+	@bash deploy/local/bootstrap.sh image cluster
 	$(UV) run pytest
 
 # A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.

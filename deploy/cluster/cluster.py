@@ -292,7 +292,7 @@ def tool_dir(family: str, module: str) -> str:
 def action_kubelet() -> None:
     lay = layout()
     render("kubelet.yaml", RUN / "kubelet.yaml", NODE_IP=host.NODE_IP, PKI=str(lay.pki),
-           CONTAINERD_SOCKET=str(lay.containerd_socket), DNS_IP=host.DNS_IP)  # fmt: skip
+           CONTAINERD_SOCKET=str(lay.containerd_socket), DNS_IP=host.DNS_IP, POD_LOGS=str(host.POD_LOGS))  # fmt: skip
     lay.kubelet_root.mkdir(parents=True, exist_ok=True)
     start("kubelet", components.kubelet(lay))
     wait(f"node {components.NODE_NAME} Ready", node_ready, 180, "kubelet")
@@ -380,6 +380,7 @@ def clean() -> None:
     host.restore_sysctls()
     shutil.rmtree(host.RUNTIME_DIR, ignore_errors=True)
     shutil.rmtree(host.STATE_DIR / "kubelet", ignore_errors=True)
+    host.clean_pod_logs()
     shutil.rmtree(RUN / "pids", ignore_errors=True)
 
 

@@ -111,6 +111,8 @@ def _controller_auth(layout: Layout, who: str) -> list[str]:
         f"--authentication-kubeconfig={kubeconfig}",
         f"--authorization-kubeconfig={kubeconfig}",
         "--bind-address=127.0.0.1",
+        # Its self-signed serving certificate goes here, not to the default /var/run/kubernetes.
+        f"--cert-dir={layout.pki}/{who}",
         "--leader-elect=false",
         "--profiling=false",
         "--v=1",

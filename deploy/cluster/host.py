@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import time
@@ -34,6 +35,9 @@ DNS_IP = "198.19.0.10"
 BRIDGE = "cni0"
 RUNTIME_DIR = Path("/run/catalog-cluster")  # sockets, containerd state, network namespaces
 STATE_DIR = Path("/var/lib/catalog-cluster")  # kubelet root; containerd's images are kept
+POD_LOGS = STATE_DIR / "pod-logs"
+# The kubelet links every container's log here whatever podLogsDir says.
+CONTAINER_LOG_LINKS = Path("/var/log/containers")
 GUARD_CHAIN = "CATALOG-CLUSTER-FWD"
 CHAIN_PREFIXES = ("KUBE-", "CNI-", "CATALOG-")
 NFT_TABLES = (("ip", "kube-proxy"), ("ip6", "kube-proxy"))
@@ -286,3 +290,12 @@ def restore_sysctls() -> None:
         with contextlib.suppress(OSError):  # a sysctl this kernel lacks
             _sysctl_path(name).write_text(value)
     SYSCTL_RECORD.unlink()
+
+
+def clean_pod_logs() -> None:
+    """The pods' logs, and the kubelet's links to them in /var/log/containers (only those into ours)."""
+    if CONTAINER_LOG_LINKS.is_dir():
+        for link in CONTAINER_LOG_LINKS.iterdir():
+            if link.is_symlink() and os.readlink(link).startswith(str(POD_LOGS) + "/"):
+                link.unlink()
+    shutil.rmtree(POD_LOGS, ignore_errors=True)
