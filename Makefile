@@ -25,7 +25,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
 	loadtest drill profile kind-up kind-down \
-	cluster cluster-down cluster-status cluster-test
+	cluster cluster-build cluster-down cluster-status cluster-test
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -67,7 +67,15 @@ image:
 # the local Kubernetes of tests/cluster needs besides Go (docs/cluster.md), as root.
 test: lint tools
 	@bash deploy/local/bootstrap.sh image cluster
+	@$(MAKE) --no-print-directory cluster-build
 	$(UV) run pytest
+
+# The cluster's binaries, built once into the cache outside the clone (about 45 minutes cold on
+# 2 busy cores, nothing when cached); skipped, like tests/cluster, without root or Go.
+cluster-build:
+	@if [ "$$(id -u)" -eq 0 ] && command -v go >/dev/null 2>&1 && [ "$${CATALOG_CLUSTER:-}" != skip ]; then \
+		bash deploy/cluster/build.sh; \
+	else echo "cluster-build: skipped (needs root and Go; CATALOG_CLUSTER=skip skips it)"; fi
 
 # A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.
 cluster:

@@ -12,9 +12,13 @@ import re
 from datetime import datetime
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.fixtures.cluster import Release, eventually
+
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
 
 WARNING = re.compile(r"^(W\d{4} |.*\bwarning\b)", re.IGNORECASE | re.MULTILINE)
 

@@ -8,8 +8,12 @@ from __future__ import annotations
 import time
 
 import httpx
+import pytest
 
 from tests.fixtures.cluster import Release, eventually, query
+
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
 
 JOB_MILLISECONDS = 8000  # CPU time; long enough to be in flight when the pod is deleted
 

@@ -49,6 +49,9 @@ def test_a_pod_resolves_and_reaches_the_api_service(release: Release, probe_name
     service = f"{release.resource('api')}.{release.namespace}.svc.cluster.local"
     code = f"""
 import urllib.request
+
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
 print(urllib.request.urlopen("http://{service}/readyz", timeout=5).status)
 """
     phase, log = run_pod(release.cluster, probe_namespace, unique("dns"), code)

@@ -8,8 +8,12 @@ from __future__ import annotations
 import json
 
 import httpx
+import pytest
 
 from tests.fixtures.cluster import Release, eventually
+
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
 
 
 def _evict(release: Release, pod: str) -> tuple[int, str]:

@@ -19,9 +19,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 import httpx
+import pytest
 
 from tests.fixtures.cluster import Release, kubectl_binary, query
 from tests.fixtures.items import new_item
+
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
 
 RATE = 20.0  # requests per second, half writes, half reads of the item just written
 DEADLINE = 600  # the whole load is bounded in time, whatever happens

@@ -36,6 +36,9 @@ from urllib3.exceptions import HTTPError
 
 from tests.fixtures.cluster import LocalCluster, Release
 
+# On the local cluster the first test also waits for it, the image and the install.
+pytestmark = pytest.mark.timeout(1500)
+
 TIMEOUT = float(os.environ.get("CATALOG_TIMEOUT", "300"))
 ELSEWHERE = bool(os.environ.get("KUBECONFIG") or os.environ.get("CATALOG_URL"))
 

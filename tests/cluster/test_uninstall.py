@@ -14,6 +14,9 @@ import pytest
 
 from tests.fixtures.cluster import CLUSTER_SCRIPT, LocalCluster, Release, eventually
 
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
+
 # Kept on purpose after uninstall: the migration hook Job (hook-delete-policy before-hook-creation keeps
 # the last run for `kubectl logs`; helm never deletes hooks on uninstall) and the pod it ran in.
 KEPT = {"Job", "Pod"}
