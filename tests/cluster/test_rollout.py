@@ -143,8 +143,9 @@ def test_rolling_update_under_load_loses_nothing(release: Release) -> None:
         ended = [line for line in lines if len(line) > 2 and line[2].startswith("api=")]
         assert ended, f"{name}: the watch never saw the api container terminate:\n{watched[-3000:]}"
         code, finished = ended[-1][2].removeprefix("api=").split("@")
-        deleted = _stamp(next(line[1] for line in lines if line[1] != "-"))
-        took = (_stamp(finished) - deleted).total_seconds()
+        # deletionTimestamp is when the grace period ends (deletion request + grace), not the request.
+        deadline = _stamp(next(line[1] for line in lines if line[1] != "-"))
+        took = float(str(grace)) - (deadline - _stamp(finished)).total_seconds()
         print(f"{name}: exit {code} {took:.0f} s after deletion (grace {grace} s)")
         assert code == "0"
         assert took <= float(str(grace))
