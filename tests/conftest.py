@@ -14,4 +14,5 @@ pytest_plugins = [
     "tests.fixtures.image",
     "tests.fixtures.identity",
     "tests.fixtures.browser",
+    "tests.fixtures.cluster",
 ]

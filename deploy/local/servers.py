@@ -168,12 +168,14 @@ def _run(command: list[str], what: str) -> None:
 
 @dataclass
 class Postgres:
-    """A PostgreSQL cluster in `directory`, listening on 127.0.0.1:`port` only."""
+    """A PostgreSQL cluster in `directory`, listening on `listen`:`port` (127.0.0.1 unless told)."""
 
     directory: Path
     port: int
     durable: bool = False  # tests trade durability for speed; `make up` keeps its data safe
     settings: tuple[str, ...] = ()  # extra `-c name=value` server settings, e.g. "log_statement=all"
+    listen: str = "127.0.0.1"  # the local cluster's pods reach it at the node address (tests/cluster)
+    clients: tuple[str, ...] = ()  # more client networks (CIDR) let in without a password, e.g. the pod range
 
     @property
     def datadir(self) -> Path:
@@ -184,7 +186,7 @@ class Postgres:
         return self.directory / "postgres.log"
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@{self.listen}:{self.port}/{database}"
 
     def _pg(self, tool: str) -> str:
         return str(postgres_bindir() / tool)
@@ -222,10 +224,20 @@ class Postgres:
             ),
             "initdb",
         )
+        # initdb lets in 127.0.0.1 only; a server listening elsewhere is also reached at its own address.
+        networks = ([f"{self.listen}/32"] if self.listen != "127.0.0.1" else []) + list(self.clients)
+        if networks:
+            with (self.datadir / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in networks)
 
     def start(self) -> None:
         self.init()
-        options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.directory}", "-c max_connections=200"]
+        options = [
+            f"-p {self.port}",
+            f"-c listen_addresses={self.listen}",
+            f"-k {self.directory}",
+            "-c max_connections=200",
+        ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         options += [f"-c {setting}" for setting in self.settings]
@@ -255,7 +267,7 @@ class Postgres:
             pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return False
-        return port == self.port and process_alive(pid) and port_open(self.port)
+        return port == self.port and process_alive(pid) and port_open(self.port, self.listen)
 
     def stop(self, mode: str = "fast") -> None:
         if not (self.datadir / "postmaster.pid").exists():
@@ -324,7 +336,7 @@ class Postgres:
 
     def create_database(self, name: str) -> None:
         _run(
-            _as_postgres_user([self._pg("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name]),
+            _as_postgres_user([self._pg("createdb"), "-h", self.listen, "-p", str(self.port), "-U", "postgres", name]),
             f"createdb {name}",
         )
 
@@ -334,7 +346,7 @@ class Postgres:
                 [
                     self._pg("psql"),
                     "-h",
-                    "127.0.0.1",
+                    self.listen,
                     "-p",
                     str(self.port),
                     "-U",
@@ -450,17 +462,18 @@ class PgBouncer:
 
 @dataclass
 class Redis:
-    """A Redis server in `directory`, listening on 127.0.0.1:`port` only, with no persistence."""
+    """A Redis server in `directory`, listening on `listen`:`port` (127.0.0.1 unless told), with no persistence."""
 
     directory: Path
     port: int
+    listen: str = "127.0.0.1"
 
     @property
     def pidfile(self) -> Path:
         return self.directory / "redis.pid"
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{self.listen}:{self.port}/{db}"
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -470,7 +483,10 @@ class Redis:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                self.listen,
+                # Off the loopback Redis refuses clients without a password unless told otherwise.
+                "--protected-mode",
+                "no" if self.listen != "127.0.0.1" else "yes",
                 "--save",
                 "",
                 "--appendonly",
@@ -487,7 +503,7 @@ class Redis:
             "redis-server",
         )
         deadline = time.monotonic() + 10
-        while not port_open(self.port):
+        while not port_open(self.port, self.listen):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not listen on {self.port}; see {self.directory / 'redis.log'}")
             time.sleep(0.05)
@@ -498,7 +514,7 @@ class Redis:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return False
-        return process_alive(pid) and port_open(self.port)
+        return process_alive(pid) and port_open(self.port, self.listen)
 
     def stop(self) -> None:
         try:
@@ -510,5 +526,5 @@ class Redis:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 10
-        while port_open(self.port) and time.monotonic() < deadline:
+        while port_open(self.port, self.listen) and time.monotonic() < deadline:
             time.sleep(0.05)
