@@ -5,6 +5,7 @@
 # and build flags, so a later clone or CI run on the same machine reuses them.
 #
 #   deploy/cluster/build.sh [family ...]     families: kubernetes etcd containerd runc coredns
+#                                            (the default), and tilt (`make tilt`; built only when named)
 #   deploy/cluster/build.sh --print-bin F    the cache's bin directory for family F (no build)
 #
 # Prints one line per component: "build: [n/N] family/component (elapsed)".
@@ -18,6 +19,8 @@ CACHE=${CATALOG_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/catalog-cluster}
 export GOFLAGS="-p=2 -mod=readonly -trimpath ${GOFLAGS:-}"
 export GOTOOLCHAIN=local
 FAMILIES=(kubernetes etcd containerd runc coredns)
+# Tools that run against the cluster rather than make it: built only when asked for.
+EXTRA_FAMILIES=(tilt)
 
 # family -> "package:binary" pairs, build tags, CGO, and version ldflags
 components() {
@@ -27,7 +30,8 @@ components() {
     containerd) echo github.com/containerd/containerd/v2/cmd/{containerd,containerd-shim-runc-v2,ctr} ;;
     runc) echo github.com/opencontainers/runc ;;
     coredns) echo github.com/coredns/coredns ;;
-    *) echo "build: unknown family $1 (one of: ${FAMILIES[*]})" >&2; return 1 ;;
+    tilt) echo github.com/tilt-dev/tilt/cmd/tilt ;;
+    *) echo "build: unknown family $1 (one of: ${FAMILIES[*]} ${EXTRA_FAMILIES[*]})" >&2; return 1 ;;
   esac
 }
 tags() {
@@ -38,7 +42,8 @@ tags() {
     *) echo "" ;;
   esac
 }
-cgo() { [ "$1" = runc ] && echo 1 || echo 0; }
+# runc links libseccomp; tilt links tree-sitter's C parser (its Go package has no pure-Go build).
+cgo() { case $1 in runc | tilt) echo 1 ;; *) echo 0 ;; esac; }
 
 # The main module's version of MOD, as pinned in the family's go.mod.
 pinned() { (cd "$TOOLS/$1" && go list -m -f '{{.Version}}' "$2"); }
@@ -66,6 +71,11 @@ ldflags() {
       v=$(pinned runc github.com/opencontainers/runc)
       echo "-s -w -X main.version=${v#v}" ;;
     coredns) echo "-s -w" ;;
+    tilt)
+      # What upstream's release sets (goreleaser: main.version without the "v"). A build
+      # without it calls itself a dev build and looks for the web UI's dev server.
+      v=$(pinned tilt github.com/tilt-dev/tilt)
+      echo "-s -w -X main.version=${v#v} -X main.date=1970-01-01" ;;
   esac
 }
 
