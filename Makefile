@@ -15,12 +15,13 @@
 #   make image   build the image (docker, or podman when that is what you have); IMAGE=catalog:dev, BUILD_ARGS="--build-arg ..."
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
+#   make tilt    Tilt (built from its Go module) against `make cluster`'s cluster: TILT_ARGS="up" (default), "ci", "down"
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
-	loadtest drill profile kind-up kind-down
+	loadtest drill profile kind-up kind-down tilt
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -111,3 +112,8 @@ kind-up:
 
 kind-down:
 	@bash deploy/kind/cluster.sh down
+
+# Tilt on the cluster of `make cluster` (deploy/cluster/tilt.py; docs/tilt.md).
+TILT_ARGS ?= up
+tilt: tools
+	$(UV) run python deploy/cluster/tilt.py $(TILT_ARGS)

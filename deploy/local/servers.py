@@ -288,10 +288,11 @@ class Postgres:
 
 @dataclass
 class Redis:
-    """A Redis server in `directory`, listening on 127.0.0.1:`port` only, with no persistence."""
+    """A Redis server in `directory`, listening on `bind`:`port` (127.0.0.1 unless told), with no persistence."""
 
     directory: Path
     port: int
+    bind: str = "127.0.0.1"  # space-separated addresses (redis-server --bind)
 
     @property
     def pidfile(self) -> Path:
@@ -308,7 +309,7 @@ class Redis:
                 "--port",
                 str(self.port),
                 "--bind",
-                "127.0.0.1",
+                self.bind,
                 "--save",
                 "",
                 "--appendonly",

@@ -29,8 +29,10 @@ def _section(title: str) -> str:
     return readme.split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
 
 
-def test_the_tilt_section_says_it_is_not_run_in_ci() -> None:
-    assert "Evaluated, not run, in our CI" in _section(TILT_SECTION)
+def test_the_tilt_section_says_what_ci_runs_and_what_it_only_evaluates() -> None:
+    section = _section(TILT_SECTION)
+    assert "Run in our CI on the single-node cluster built from source; the kind path is\nevaluated" in section
+    assert "(docs/tilt.md)" in section
 
 
 def test_every_make_target_the_tilt_section_names_exists() -> None:
@@ -58,7 +60,7 @@ def test_every_tilt_resource_and_label_the_tilt_section_names_is_in_the_tiltfile
     assert len(resources) >= 15
     for name in resources:
         if name.endswith("*"):
-            assert any(q.startswith(name[:-1]) for q in quoted), name
+            assert f"'{name[:-1]}" in tiltfile, name
         else:
             assert name in quoted, f"{name} is not a resource name in the Tiltfile"
 
