@@ -79,10 +79,15 @@ ldflags() {
   esac
 }
 
+# tilt embeds its web UI, or a page pointing to the CLI where there is no Node.js 20+
+# (deploy/cluster/tilt-web.sh): the key says which.
+web_kind() { [ "$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\)\..*/\1/p')" -ge 20 ] 2>/dev/null && echo ui || echo placeholder; }
+extra_flags() { [ "$1" != tilt ] || echo "-overlay=$(bash "$HERE/tilt-web.sh" "$(pinned tilt github.com/tilt-dev/tilt)")"; }
+
 key() {
   local fam=$1
   { cat "$TOOLS/$fam/go.mod" "$TOOLS/$fam/go.sum"; go version; tags "$fam"; cgo "$fam"; ldflags "$fam"
-    components "$fam"; } | sha256sum | cut -c1-12
+    components "$fam"; [ "$fam" != tilt ] || { web_kind; cat "$HERE/tilt-web.sh"; }; } | sha256sum | cut -c1-12
 }
 bindir() { echo "$CACHE/$1-$(key "$1")/bin"; }
 
@@ -113,7 +118,9 @@ for fam in "$@"; do
     printf 'build: [%d/%d] %s/%s building (elapsed %dm%02ds)\n' "$n" "$total" "$fam" "$name" \
       $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60))
     mkdir -p "$tmp"
-    (cd "$TOOLS/$fam" && CGO_ENABLED=$(cgo "$fam") go build -tags "$(tags "$fam")" \
+    flags=$(extra_flags "$fam")
+    # shellcheck disable=SC2086  # no flags or one -overlay=PATH
+    (cd "$TOOLS/$fam" && CGO_ENABLED=$(cgo "$fam") go build -tags "$(tags "$fam")" $flags \
       -ldflags "$(ldflags "$fam")" -o "$tmp/$name" "$pkg")
     printf 'build: [%d/%d] %s/%s done in %ds\n' "$n" "$total" "$fam" "$name" $((SECONDS - t0))
   done

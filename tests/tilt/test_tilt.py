@@ -18,6 +18,8 @@ report, not an assertion (this machine's load varies); the tests assert what mus
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -73,6 +75,54 @@ def tilt_run() -> Iterator[TiltRun]:
         finally:
             run.down()
             shutil.rmtree(workdir, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def tilt_binary() -> Path:
+    """The pinned Tilt: built where the cluster runs, else used only if already cached."""
+    tilt_launcher = launcher()
+    cached = tilt_launcher.bin_dir("tilt") / "tilt"
+    if not cached.exists():
+        why = running_cluster()
+        if why:
+            pytest.skip(f"{why}; and Tilt is not built here (deploy/cluster/build.sh tilt)")
+    tilt: Path = tilt_launcher.tilt_binary()
+    return tilt
+
+
+@pytest.mark.parametrize(
+    ("context", "args", "resources"),
+    [
+        ("catalog-cluster", [], {"backends", "api", "worker", "migrations"}),
+        ("kind-catalog", ["--keda"], {"keda", "ingress-nginx", "kube-prometheus-stack", "postgres", "smoke-tests"}),
+    ],
+)
+def test_the_real_tilt_evaluates_the_tiltfile(
+    tilt_binary: Path, tmp_path: Path, context: str, args: list[str], resources: set[str]
+) -> None:
+    """`tilt alpha tiltfile-result`: Tilt's own Starlark, built-ins and checks (no cluster contacted)."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(
+        "apiVersion: v1\nkind: Config\n"
+        f"clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:1'}}}}]\n"
+        "users: [{name: u, user: {token: x}}]\n"
+        f"contexts: [{{name: {context}, context: {{cluster: c, user: u}}}}]\ncurrent-context: {context}\n"
+    )
+    env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{ROOT / '.tools' / 'bin'}:{os.environ['PATH']}"}
+    result = subprocess.run(
+        [str(tilt_binary), "alpha", "tiltfile-result", "--", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluated = json.loads(result.stdout)
+    assert evaluated["Error"] is None
+    names = {manifest["Name"] for manifest in evaluated["Manifests"]}
+    assert resources <= names, names
 
 
 def _edit(path: Path, old: str, new: str) -> float:
