@@ -13,6 +13,10 @@
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
 #   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
 #   make image   build the image (docker, or podman when that is what you have); IMAGE=catalog:dev, BUILD_ARGS="--build-arg ..."
+#   make cluster  a single-node Kubernetes built from upstream source on this machine (docs/cluster.md; root, Go)
+#   make cluster-down  stop it; nothing of it is left on the host
+#   make cluster-status  what of it runs, and what of it is left on the host
+#   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
 #   make tilt    Tilt (built from its Go module) against `make cluster`'s cluster: TILT_ARGS="up" (default), "ci", "down"
@@ -21,7 +25,8 @@ SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
-	loadtest drill profile kind-up kind-down tilt
+	loadtest drill profile kind-up kind-down \
+	cluster cluster-build cluster-down cluster-status cluster-test tilt
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -59,10 +64,34 @@ IMAGE ?= catalog:dev
 image:
 	@IMAGE=$(IMAGE) bash deploy/local/image.sh $(BUILD_ARGS)
 
-# `bootstrap.sh image`: docker.io and mmdebstrap for the image test (tests/image), as root.
+# `bootstrap.sh image cluster`: docker.io and mmdebstrap for the image test (tests/image), and what
+# the local Kubernetes of tests/cluster needs besides Go (docs/cluster.md), as root.
 test: lint tools
-	@bash deploy/local/bootstrap.sh image
+	@bash deploy/local/bootstrap.sh image cluster
+	@$(MAKE) --no-print-directory cluster-build
 	$(UV) run pytest
+
+# The cluster's binaries, built once into the cache outside the clone (about 45 minutes cold on
+# 2 busy cores, nothing when cached); skipped, like tests/cluster, without root or Go.
+cluster-build:
+	@if [ "$$(id -u)" -eq 0 ] && command -v go >/dev/null 2>&1 && [ "$${CATALOG_CLUSTER:-}" != skip ]; then \
+		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt; \
+	else echo "cluster-build: skipped (needs root and Go; CATALOG_CLUSTER=skip skips it)"; fi
+
+# A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.
+cluster:
+	@bash deploy/local/bootstrap.sh cluster >/dev/null
+	@python3 deploy/cluster/cluster.py up
+
+cluster-down:
+	@python3 deploy/cluster/cluster.py down
+
+cluster-status:
+	@python3 deploy/cluster/cluster.py status
+
+cluster-test: tools
+	@bash deploy/local/bootstrap.sh image cluster
+	$(UV) run pytest tests/cluster -q
 
 up: install
 	$(UV) run python deploy/local/stack.py up

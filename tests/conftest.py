@@ -11,4 +11,5 @@ pytest_plugins = [
     "tests.fixtures.app",
     "tests.fixtures.processes",
     "tests.fixtures.image",
+    "tests.fixtures.cluster",
 ]

@@ -9,6 +9,9 @@
 #   with the argument `image` (`make test`): a Docker engine (docker.io) and
 #   mmdebstrap for the image test -> apt-get when running as root; otherwise a
 #   note, and that test skips saying why
+#   with the argument `cluster` (`make cluster`, `make test`): what the local Kubernetes
+#   (deploy/cluster) needs besides Go -> apt-get when running as root; otherwise a note,
+#   and the cluster tests skip saying why
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -82,6 +85,27 @@ if [ "${1:-}" = image ]; then
       apt_install "${image_missing[@]}"
     else
       say "the image test will skip: ${image_missing[*]} missing (as root: apt-get install -y ${image_missing[*]})"
+    fi
+  fi
+fi
+
+# The local Kubernetes (deploy/cluster, tests/cluster): CNI plugins, runc's libseccomp, a static
+# libc for the pause binary, nft for kube-proxy's nftables mode. Go itself (1.25+) is not in
+# Debian 12; without it the cluster tests skip and say so.
+if [[ " $* " == *" cluster "* ]]; then
+  cluster_missing=()
+  [ -x /usr/lib/cni/bridge ] || cluster_missing+=(containernetworking-plugins)
+  [ -e /usr/include/seccomp.h ] || cluster_missing+=(libseccomp-dev)
+  command -v gcc >/dev/null 2>&1 || cluster_missing+=(gcc)
+  [ -e /usr/lib/x86_64-linux-gnu/libc.a ] || compgen -G '/usr/lib/*/libc.a' >/dev/null || cluster_missing+=(libc6-dev)
+  command -v nft >/dev/null 2>&1 || cluster_missing+=(nftables)
+  command -v iptables >/dev/null 2>&1 || cluster_missing+=(iptables)
+  command -v openssl >/dev/null 2>&1 || cluster_missing+=(openssl)
+  if [ ${#cluster_missing[@]} -gt 0 ]; then
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt_install "${cluster_missing[@]}"
+    else
+      say "the cluster tests will skip: ${cluster_missing[*]} missing (as root: apt-get install -y ${cluster_missing[*]})"
     fi
   fi
 fi

@@ -161,12 +161,14 @@ def _run(command: list[str], what: str) -> None:
 
 @dataclass
 class Postgres:
-    """A PostgreSQL cluster in `directory`, listening on 127.0.0.1:`port` only."""
+    """A PostgreSQL cluster in `directory`, listening on `listen`:`port` (127.0.0.1 unless told)."""
 
     directory: Path
     port: int
     durable: bool = False  # tests trade durability for speed; `make up` keeps its data safe
     settings: tuple[str, ...] = ()  # extra `-c name=value` server settings, e.g. "log_statement=all"
+    listen: str = "127.0.0.1"  # the local cluster's pods reach it at the node address (tests/cluster)
+    clients: tuple[str, ...] = ()  # more client networks (CIDR) let in without a password, e.g. the pod range
 
     @property
     def datadir(self) -> Path:
@@ -177,7 +179,7 @@ class Postgres:
         return self.directory / "postgres.log"
 
     def url(self, database: str = "postgres") -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
+        return f"postgresql://postgres@{self.listen}:{self.port}/{database}"
 
     def _pg(self, tool: str) -> str:
         return str(postgres_bindir() / tool)
@@ -215,10 +217,18 @@ class Postgres:
             ),
             "initdb",
         )
+        if self.clients:
+            with (self.datadir / "pg_hba.conf").open("a") as hba:
+                hba.writelines(f"host all all {network} trust\n" for network in self.clients)
 
     def start(self) -> None:
         self.init()
-        options = [f"-p {self.port}", "-c listen_addresses=127.0.0.1", f"-k {self.directory}", "-c max_connections=200"]
+        options = [
+            f"-p {self.port}",
+            f"-c listen_addresses={self.listen}",
+            f"-k {self.directory}",
+            "-c max_connections=200",
+        ]
         if not self.durable:
             options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
         options += [f"-c {setting}" for setting in self.settings]
@@ -248,7 +258,7 @@ class Postgres:
             pid, port = int(lines[0]), int(lines[3])
         except (OSError, ValueError, IndexError):
             return False
-        return port == self.port and process_alive(pid) and port_open(self.port)
+        return port == self.port and process_alive(pid) and port_open(self.port, self.listen)
 
     def stop(self, mode: str = "fast") -> None:
         if not (self.datadir / "postmaster.pid").exists():
@@ -288,18 +298,18 @@ class Postgres:
 
 @dataclass
 class Redis:
-    """A Redis server in `directory`, listening on `bind`:`port` (127.0.0.1 unless told), with no persistence."""
+    """A Redis server in `directory`, listening on `listen`:`port` (127.0.0.1 unless told), with no persistence."""
 
     directory: Path
     port: int
-    bind: str = "127.0.0.1"  # space-separated addresses (redis-server --bind)
+    listen: str = "127.0.0.1"
 
     @property
     def pidfile(self) -> Path:
         return self.directory / "redis.pid"
 
     def url(self, db: int = 0) -> str:
-        return f"redis://127.0.0.1:{self.port}/{db}"
+        return f"redis://{self.listen}:{self.port}/{db}"
 
     def start(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -309,7 +319,10 @@ class Redis:
                 "--port",
                 str(self.port),
                 "--bind",
-                self.bind,
+                self.listen,
+                # Off the loopback Redis refuses clients without a password unless told otherwise.
+                "--protected-mode",
+                "no" if self.listen != "127.0.0.1" else "yes",
                 "--save",
                 "",
                 "--appendonly",
@@ -326,7 +339,7 @@ class Redis:
             "redis-server",
         )
         deadline = time.monotonic() + 10
-        while not port_open(self.port):
+        while not port_open(self.port, self.listen):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"redis-server did not listen on {self.port}; see {self.directory / 'redis.log'}")
             time.sleep(0.05)
@@ -337,7 +350,7 @@ class Redis:
             pid = int(self.pidfile.read_text().strip())
         except (OSError, ValueError):
             return False
-        return process_alive(pid) and port_open(self.port)
+        return process_alive(pid) and port_open(self.port, self.listen)
 
     def stop(self) -> None:
         try:
@@ -349,5 +362,5 @@ class Redis:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + 10
-        while port_open(self.port) and time.monotonic() < deadline:
+        while port_open(self.port, self.listen) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -1,0 +1,138 @@
+"""`helm install` on the local Kubernetes (deploy/cluster): what a user meets in the first hour.
+
+The release goes into a namespace that enforces the restricted Pod Security
+Standard; the API server admits (or refuses) every pod, validates and defaults
+every object, runs the migration hook before the Deployments, and the kubelet
+runs the probes. Runs where `make cluster` can start (root, Go); skips otherwise.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.fixtures.cluster import Release, eventually
+
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
+
+WARNING = re.compile(r"^(W\d{4} |.*\bwarning\b)", re.IGNORECASE | re.MULTILINE)
+
+
+def test_helm_install_printed_no_warning(release: Release) -> None:
+    """No admission (PodSecurity warn/audit), deprecation or validation warning reached helm."""
+    warnings = WARNING.findall(release.install_output)
+    assert not warnings, release.install_output
+    print(
+        f"helm install --wait took {release.install_seconds:.0f} s; monitoring CRDs applied: {release.monitoring_crds}"
+    )
+
+
+def test_namespace_enforces_restricted_and_refuses_a_privileged_pod(release: Release) -> None:
+    labels = release.cluster.json("get", "namespace", release.namespace)["metadata"]["labels"]
+    assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
+    privileged = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "privileged", "namespace": release.namespace},
+        "spec": {"containers": [{"name": "c", "image": "catalog:image-test", "securityContext": {"privileged": True}}]},
+    }
+    refused = release.cluster.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(privileged))
+    assert refused.returncode != 0, refused.stdout
+    assert 'violates PodSecurity "restricted:latest"' in refused.stderr, refused.stderr
+    assert "privileged" in refused.stderr, refused.stderr
+
+
+def _objects(text: str) -> list[tuple[str, str]]:
+    found = []
+    for document in yaml.safe_load_all(text):
+        if document and "kind" in document:
+            found.append((document["kind"], document["metadata"]["name"]))
+    return found
+
+
+def test_every_rendered_object_exists(release: Release) -> None:
+    manifest = release.cluster.helm("get", "manifest", release.name, "--namespace", release.namespace).stdout
+    hooks = release.cluster.helm("get", "hooks", release.name, "--namespace", release.namespace).stdout
+    objects = _objects(manifest)
+    assert len(objects) >= 8, manifest[:2000]
+    missing = []
+    for kind, name in objects:
+        got = release.cluster.kubectl("-n", release.namespace, "get", kind, name, "-o", "name", check=False)
+        if not got.strip():
+            missing.append(f"{kind}/{name}")
+    assert not missing, missing
+    # Hooks: the migration Job is kept after success (before-hook-creation), its Secret deleted on success.
+    kinds = {kind for kind, _ in _objects(hooks)}
+    assert "Job" in kinds, hooks[:2000]
+
+
+def test_migration_hook_job_completed(release: Release) -> None:
+    jobs = release.cluster.json(
+        "-n", release.namespace, "get", "jobs", "-l", f"app.kubernetes.io/instance={release.name}"
+    )["items"]
+    assert jobs, "the migration Job is kept after success"
+    for job in jobs:
+        conditions = {c["type"]: c["status"] for c in job["status"].get("conditions", [])}
+        assert conditions.get("Complete") == "True", job["status"]
+
+
+def test_api_and_worker_available_with_restricted_pods(release: Release) -> None:
+    for component in ("api", "worker"):
+        deployment = release.cluster.json("-n", release.namespace, "get", "deployment", release.resource(component))
+        conditions = {c["type"]: c["status"] for c in deployment["status"]["conditions"]}
+        assert conditions["Available"] == "True", deployment["status"]
+        assert deployment["status"]["availableReplicas"] == deployment["spec"]["replicas"]
+        for pod in release.pods(component):
+            spec: dict[str, Any] = pod["spec"]
+            assert spec["securityContext"]["runAsNonRoot"] is True
+            for container in spec["containers"]:
+                assert container["securityContext"]["allowPrivilegeEscalation"] is False
+                assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+            status = pod["status"]
+            print(f"{pod['metadata']['name']}: {status['phase']} on {pod['spec']['nodeName']} ({status['podIP']})")
+
+
+def _time(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+
+
+def test_no_probe_failed_after_a_pod_was_ready(release: Release) -> None:
+    pods = {pod["metadata"]["name"]: pod for component in ("api", "worker") for pod in release.pods(component)}
+    ready_at = {}
+    for name, pod in pods.items():
+        [ready] = [c for c in pod["status"]["conditions"] if c["type"] == "Ready"]
+        assert ready["status"] == "True", pod["status"]
+        ready_at[name] = _time(ready["lastTransitionTime"])
+    events = release.cluster.json("-n", release.namespace, "get", "events", "--field-selector", "reason=Unhealthy")[
+        "items"
+    ]
+    late = [
+        f"{e['involvedObject']['name']}: {e['message']}"
+        for e in events
+        if e["involvedObject"]["name"] in ready_at
+        and _time(e.get("lastTimestamp") or e["eventTime"]) > ready_at[e["involvedObject"]["name"]]
+    ]
+    assert not late, late
+
+
+def test_hpa_is_accepted_and_seen_by_the_controller(release: Release) -> None:
+    """The HPA object is valid and the controller works on it; its CPU metrics need a metrics API (not here)."""
+
+    def conditions() -> dict[str, dict[str, str]]:
+        hpa = release.cluster.json("-n", release.namespace, "get", "hpa", release.resource("api"))
+        assert hpa["spec"]["scaleTargetRef"]["name"] == release.resource("api")
+        return {c["type"]: c for c in hpa.get("status", {}).get("conditions", [])}
+
+    eventually(
+        lambda: None if conditions().get("AbleToScale", {}).get("status") == "True" else str(conditions()),
+        "the HPA controller reports AbleToScale",
+        timeout=90,
+        every=3,
+    )
+    active = conditions().get("ScalingActive", {})
+    print(f"HPA ScalingActive={active.get('status')} ({active.get('reason')}): no metrics-server on this cluster")
