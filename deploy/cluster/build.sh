@@ -82,7 +82,6 @@ ldflags() {
 # tilt embeds its web UI, or a page pointing to the CLI where there is no Node.js 20+
 # (deploy/cluster/tilt-web.sh): the key says which.
 web_kind() { [ "$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\)\..*/\1/p')" -ge 20 ] 2>/dev/null && echo ui || echo placeholder; }
-extra_flags() { [ "$1" != tilt ] || echo "-overlay=$(bash "$HERE/tilt-web.sh" "$(pinned tilt github.com/tilt-dev/tilt)")"; }
 
 key() {
   local fam=$1
@@ -118,9 +117,13 @@ for fam in "$@"; do
     printf 'build: [%d/%d] %s/%s building (elapsed %dm%02ds)\n' "$n" "$total" "$fam" "$name" \
       $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60))
     mkdir -p "$tmp"
-    flags=$(extra_flags "$fam")
-    # shellcheck disable=SC2086  # no flags or one -overlay=PATH
-    (cd "$TOOLS/$fam" && CGO_ENABLED=$(cgo "$fam") go build -tags "$(tags "$fam")" $flags \
+    moddir=$TOOLS/$fam
+    if [ "$fam" = tilt ]; then
+      # Its module with the web UI embedded (tilt-web.sh); a failed UI build stops here
+      # (an assignment keeps the command substitution's exit status).
+      moddir=$(bash "$HERE/tilt-web.sh" "$(pinned tilt github.com/tilt-dev/tilt)")
+    fi
+    (cd "$moddir" && CGO_ENABLED=$(cgo "$fam") go build -tags "$(tags "$fam")" \
       -ldflags "$(ldflags "$fam")" -o "$tmp/$name" "$pkg")
     printf 'build: [%d/%d] %s/%s done in %ds\n' "$n" "$total" "$fam" "$name" $((SECONDS - t0))
   done

@@ -27,7 +27,7 @@ IMAGE=$ref bash deploy/local/image.sh --target dev ${CATALOG_IMAGE_BUILD_ARGS:-}
 built=$SECONDS
 # docker save names the image docker.io/library/catalog:...: the name the kubelet
 # resolves the pod's "catalog:..." to.
-docker save "$ref" | "$ctr" --address "$socket" --namespace k8s.io images import -
+docker save "$ref" | "$ctr" --address "$socket" --namespace k8s.io images import --local -
 # The engine keeps only the newest build of this repository's images (each live-update
 # fallback would otherwise leave one more behind); containerd keeps the ones pods use.
 docker image ls --format '{{.Repository}}:{{.Tag}}' "${ref%%:*}" | grep -v -x -F "$ref" | grep ':tilt-' |

@@ -1,16 +1,22 @@
 #!/usr/bin/env bash
-# Tilt's web UI for the Tilt that deploy/cluster/build.sh builds, and a `go build -overlay`
-# file that embeds it. Prints the overlay file's path; progress goes to stderr.
+# Tilt's web UI for the Tilt that deploy/cluster/build.sh builds, and the module to build it
+# from. Prints that module's directory; progress goes to stderr.
 #
 #   deploy/cluster/tilt-web.sh VERSION        (e.g. v0.37.1: the pinned github.com/tilt-dev/tilt)
 #
 # Why: a Tilt built with its release version (main.version) serves its UI from files
 # embedded at pkg/assets/build, which the Go module leaves empty (upstream builds them with
 # yarn before its release). Without them `tilt up` and `tilt ci` stop at start ("running in
-# prod mode, but JS/CSS files are not available"); a dev build (no version) instead runs
-# `yarn install` and a webpack dev server at every start. So the UI is built once from the
-# module's own web/ sources (their yarn.lock, with the yarn release they vendor), from the
-# npm registry, and cached next to the binaries by version.
+# prod mode, but JS/CSS files are not available"), --port=0 included; --web-mode=local wants
+# the web/ sources beside a path that -trimpath removes, then runs yarn and a webpack dev
+# server at every start. So the UI is built once from the module's own web/ sources (their
+# yarn.lock, with the yarn release they vendor), from the npm registry, and cached by version.
+#
+# Go embeds only files inside a module, never files laid over the module cache (`go build
+# -overlay` refuses those), so the build uses a copy of the tilt module with the UI in
+# pkg/assets/build, and a copy of deploy/cluster/tools/tilt whose go.mod replaces the module
+# with that copy; both live in the cache, outside the clone. Every other module still comes
+# from the module cache, pinned by the committed go.sum.
 #
 # Without Node.js (20+) it embeds one page that says how to use the CLI instead: the API
 # server, `tilt ci`, `tilt get` and `tilt logs` need no UI. build.sh keys the binary by
@@ -18,12 +24,13 @@
 set -euo pipefail
 [ $# -eq 1 ] || { echo "usage: $0 VERSION" >&2; exit 2; }
 version=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
 CACHE=${CATALOG_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/catalog-cluster}
 module=$(go env GOMODCACHE)/github.com/tilt-dev/tilt@$version
 assets=$module/pkg/assets/build
 say() { printf 'build: tilt web UI: %s\n' "$*" >&2; }
 
-[ -d "$module/web" ] || (cd "$(dirname "$0")/tools/tilt" && go mod download github.com/tilt-dev/tilt)
+[ -d "$module/web" ] || (cd "$HERE/tools/tilt" && go mod download github.com/tilt-dev/tilt)
 
 node_major() { node --version 2>/dev/null | sed -n 's/^v\([0-9]*\)\..*/\1/p'; }
 if [ "$(node_major || echo 0)" -ge 20 ] 2>/dev/null; then
@@ -32,7 +39,11 @@ else
   kind=placeholder
 fi
 out=$CACHE/tilt-web-$version-$kind
-if [ ! -f "$out/overlay.json" ]; then
+# One build at a time (two would share $out.partial).
+mkdir -p "$CACHE"
+exec 9>"$CACHE/tilt-web.lock"
+flock 9
+if [ ! -f "$out/build/index.html" ]; then
   rm -rf "$out.partial"
   mkdir -p "$out.partial"
   if [ $kind = ui ]; then
@@ -66,18 +77,22 @@ Install Node.js 20+ and rebuild (<code>deploy/cluster/build.sh tilt</code>) for 
 </body></html>
 EOF
   fi
-  # go build -overlay: each embedded file, as if it were in the module's pkg/assets/build.
-  python3 - "$out.partial/build" "$assets" "$out/build" >"$out.partial/overlay.json" <<'EOF'
-import json, os, sys
-built, target, final = sys.argv[1:]
-replace = {}
-for directory, _, files in os.walk(built):
-    for name in files:
-        relative = os.path.relpath(os.path.join(directory, name), built)
-        replace[os.path.join(target, relative)] = os.path.join(final, relative)
-print(json.dumps({"Replace": replace}, indent=1, sort_keys=True))
-EOF
-  rm -rf "$out"
-  mv "$out.partial" "$out"
+  mkdir -p "$out"
+  rm -rf "$out/build"
+  mv "$out.partial/build" "$out/build"
+  rm -rf "$out.partial"
 fi
-echo "$out/overlay.json"
+
+# The tilt module with the UI embedded, and the wrapper module pointed at it (per go.mod/go.sum).
+src=$out/src-$(cat "$HERE/tools/tilt/go.mod" "$HERE/tools/tilt/go.sum" | sha256sum | cut -c1-12)
+if [ ! -f "$src/wrapper/go.mod" ]; then
+  rm -rf "$src.partial"
+  mkdir -p "$src.partial/wrapper"
+  cp -r "$module" "$src.partial/tilt"
+  chmod -R u+w "$src.partial/tilt"
+  cp -r "$out/build/." "$src.partial/tilt/pkg/assets/build/"
+  cp "$HERE/tools/tilt/go.mod" "$HERE/tools/tilt/go.sum" "$src.partial/wrapper/"
+  (cd "$src.partial/wrapper" && go mod edit -replace "github.com/tilt-dev/tilt=../tilt")
+  mv "$src.partial" "$src"
+fi
+echo "$src/wrapper"

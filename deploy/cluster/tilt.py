@@ -67,15 +67,15 @@ def image_engine(workdir: Path) -> Iterator[tuple[Engine, str]]:
         engine.close()
 
 
-def environment(engine: Engine, build_args: str) -> dict[str, str]:
+def environment(engine: Engine, build_args: str, kubeconfig: Path = KUBECONFIG) -> dict[str, str]:
     """What Tilt and the commands it runs (helm, kubectl, the image build) need in their environment."""
-    if not KUBECONFIG.exists():
-        raise SystemExit(f"tilt: no {KUBECONFIG}: start the cluster with `make cluster` first")
+    if not kubeconfig.exists():
+        raise SystemExit(f"tilt: no {kubeconfig}: start the cluster with `make cluster` first")
     uv = ROOT / ".tools" / "uv" / "bin"
     path = [ROOT / ".tools" / "bin", bin_dir("kubernetes"), bin_dir("containerd"), uv]
     return {
         **engine.env,
-        "KUBECONFIG": str(KUBECONFIG),
+        "KUBECONFIG": str(kubeconfig),
         "CATALOG_IMAGE_BUILD_ARGS": build_args,
         "PATH": os.pathsep.join([*(str(p) for p in path), os.environ.get("PATH", "")]),
     }

@@ -30,16 +30,6 @@ POD_NETWORK = "198.18.0.0/16"
 DATABASE = "catalog"
 
 
-def _trust(postgres: servers.Postgres, networks: list[str]) -> None:
-    """Let clients from `networks` in without a password (pg_hba.conf; initdb trusts only loopback)."""
-    hba = postgres.datadir / "pg_hba.conf"
-    text = hba.read_text()
-    lines = [f"host all all {network} trust" for network in networks]
-    missing = [line for line in lines if line not in text.splitlines()]
-    if missing:
-        hba.write_text(text.rstrip("\n") + "\n" + "\n".join(missing) + "\n")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--address", required=True, help="the node address the pods reach the host at")
@@ -56,15 +46,16 @@ def main() -> int:
     postgres = servers.Postgres(
         root / "postgres",
         args.database_port,
+        listen=args.address,
+        clients=(POD_NETWORK, f"{args.address}/32"),
+        # Loopback too: createdb below connects there (a later -c wins over the listen one).
         settings=(f"listen_addresses={args.address},127.0.0.1",),
     )
-    redis = servers.Redis(root / "redis", args.redis_port, bind=f"{args.address} 127.0.0.1")
+    redis = servers.Redis(root / "redis", args.redis_port, listen=args.address)
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
         signal.signal(number, lambda *_: stop.set())
     try:
-        postgres.init()
-        _trust(postgres, [POD_NETWORK, f"{args.address}/32"])
         postgres.start()
         if not postgres.has_database(DATABASE):
             postgres.create_database(DATABASE)

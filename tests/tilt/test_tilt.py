@@ -1,8 +1,10 @@
 """Tilt itself on the cluster of `make cluster`: `tilt ci`, live update, and a dependency rebuild.
 
-Runs where that cluster runs (skips with the reason elsewhere), with Tilt built from its
-pinned Go module, in a scratch copy of the repository (edits never touch the clone) and a
-namespace of its own. In order:
+Runs where that cluster can run (tests/fixtures/cluster.py's `local_cluster`: reused when
+up, else started for this package; skips with the reason elsewhere), with Tilt built from
+its pinned Go module, the image test's Docker engine and stand-in bases, in a scratch copy
+of the repository (edits never touch the clone) and a namespace of its own. First the real
+Tilt evaluates the Tiltfile (`tilt alpha tiltfile-result`, no cluster). Then, in order:
 
 1. `tilt ci` brings every resource up and exits 0 within CI_BUDGET_SECONDS (its --timeout).
 2. `tilt up`; then a route's response text changes in service/health.py: the running API
@@ -32,8 +34,10 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.fixtures.cluster import LocalCluster, why_not
+from tests.fixtures.engine import Bases, Engine
 from tests.fixtures.paths import ROOT
-from tests.fixtures.tilt_run import TiltRun, launcher, new_workdir, running_cluster, scratch_copy
+from tests.fixtures.tilt_run import OTHER_KUBECONFIG, TiltRun, launcher, new_workdir, running_cluster, scratch_copy
 
 # The budget for a cold `tilt ci` (image build on warm base images, import, rollout,
 # migrations): what Tilt's --timeout enforces.
@@ -58,23 +62,32 @@ def _note(line: str) -> None:
 
 
 @pytest.fixture(scope="module")
-def tilt_run() -> Iterator[TiltRun]:
-    why = running_cluster()
-    if why:
-        pytest.skip(why)
+def cluster_kubeconfig(request: pytest.FixtureRequest) -> Path:
+    """CATALOG_CLUSTER_KUBECONFIG's cluster (never started or stopped here), else this clone's local_cluster."""
+    if OTHER_KUBECONFIG:
+        why = running_cluster(Path(OTHER_KUBECONFIG))
+        if why:
+            pytest.skip(why)
+        return Path(OTHER_KUBECONFIG)
+    cluster: LocalCluster = request.getfixturevalue("local_cluster")
+    return cluster.kubeconfig
+
+
+@pytest.fixture(scope="module")
+def tilt_run(cluster_kubeconfig: Path, engine: Engine, bases: Bases) -> Iterator[TiltRun]:
     tilt_launcher = launcher()
     tilt = tilt_launcher.tilt_binary()
     version = subprocess.run([str(tilt), "version"], capture_output=True, text=True, check=True)
+    build_args = " ".join(f"--build-arg {name}={value}" for name, value in bases.build_args.items())
     workdir = new_workdir()
-    with tilt_launcher.image_engine(workdir / "bases") as (engine, build_args):
-        run = TiltRun(tilt_launcher.environment(engine, build_args), tilt, workdir)
-        scratch_copy(run.repo)
-        _note(f"Tilt {version.stdout.strip()} ({tilt}); namespace {run.namespace}; docker {engine.server_version}")
-        try:
-            yield run
-        finally:
-            run.down()
-            shutil.rmtree(workdir, ignore_errors=True)
+    run = TiltRun(tilt_launcher.environment(engine, build_args, cluster_kubeconfig), tilt, workdir)
+    scratch_copy(run.repo)
+    _note(f"Tilt {version.stdout.strip()} ({tilt}); namespace {run.namespace}; docker {engine.server_version}")
+    try:
+        yield run
+    finally:
+        run.down()
+        shutil.rmtree(workdir, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -83,9 +96,9 @@ def tilt_binary() -> Path:
     tilt_launcher = launcher()
     cached = tilt_launcher.bin_dir("tilt") / "tilt"
     if not cached.exists():
-        why = running_cluster()
+        why = why_not()
         if why:
-            pytest.skip(f"{why}; and Tilt is not built here (deploy/cluster/build.sh tilt)")
+            pytest.skip(f"Tilt is not built here (deploy/cluster/build.sh tilt), and no local cluster: {why}")
     tilt: Path = tilt_launcher.tilt_binary()
     return tilt
 
@@ -104,9 +117,10 @@ def test_the_real_tilt_evaluates_the_tiltfile(
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text(
         "apiVersion: v1\nkind: Config\n"
-        f"clusters: [{{name: c, cluster: {{server: 'https://127.0.0.1:1'}}}}]\n"
+        # Tilt tells kind from its cluster's name: the kind path needs it to allow local().
+        f"clusters: [{{name: {context}, cluster: {{server: 'https://127.0.0.1:1'}}}}]\n"
         "users: [{name: u, user: {token: x}}]\n"
-        f"contexts: [{{name: {context}, context: {{cluster: c, user: u}}}}]\ncurrent-context: {context}\n"
+        f"contexts: [{{name: {context}, context: {{cluster: {context}, user: u}}}}]\ncurrent-context: {context}\n"
     )
     env = {**os.environ, "KUBECONFIG": str(kubeconfig), "PATH": f"{ROOT / '.tools' / 'bin'}:{os.environ['PATH']}"}
     result = subprocess.run(
