@@ -605,6 +605,8 @@ def test_on_make_cluster_no_remote_chart_and_the_backends_run_on_the_host() -> N
     assert values["REDIS_URL"] == f"redis://{address}:{redis_port}/0"
     kinds = {o["kind"] for o in objects}
     assert "Ingress" not in kinds, "no ingress controller runs there"
+    assert "HorizontalPodAutoscaler" not in kinds, "no metrics-server feeds one"
+    assert {o["spec"]["replicas"] for o in objects if o["kind"] == "Deployment"} == {1}
     assert not [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
     assert not [o for o in objects if o["metadata"].get("namespace") == "monitoring"], "no monitoring namespace"
     policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
