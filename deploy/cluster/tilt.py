@@ -2,7 +2,7 @@
 
     make tilt                                   # tilt up; the UI at http://localhost:10350
     make tilt TILT_ARGS="ci"                    # every resource up once, then exit (0: all ready)
-    make tilt TILT_ARGS="down"                  # remove what Tilt deployed; the cluster stays
+    make tilt TILT_ARGS="down --delete-namespaces"   # remove what Tilt deployed; the cluster stays
     make tilt TILT_ARGS="up -- --namespace dev-me --no-port-forwards"
 
 What it sets up before running `tilt TILT_ARGS` in the repository:
