@@ -217,9 +217,11 @@ class Postgres:
             ),
             "initdb",
         )
-        if self.clients:
+        # initdb lets in 127.0.0.1 only; a server listening elsewhere is also reached at its own address.
+        networks = ([f"{self.listen}/32"] if self.listen != "127.0.0.1" else []) + list(self.clients)
+        if networks:
             with (self.datadir / "pg_hba.conf").open("a") as hba:
-                hba.writelines(f"host all all {network} trust\n" for network in self.clients)
+                hba.writelines(f"host all all {network} trust\n" for network in networks)
 
     def start(self) -> None:
         self.init()
@@ -270,7 +272,7 @@ class Postgres:
 
     def create_database(self, name: str) -> None:
         _run(
-            _as_postgres_user([self._pg("createdb"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres", name]),
+            _as_postgres_user([self._pg("createdb"), "-h", self.listen, "-p", str(self.port), "-U", "postgres", name]),
             f"createdb {name}",
         )
 
@@ -280,7 +282,7 @@ class Postgres:
                 [
                     self._pg("psql"),
                     "-h",
-                    "127.0.0.1",
+                    self.listen,
                     "-p",
                     str(self.port),
                     "-U",

@@ -32,19 +32,21 @@ def test_helm_install_printed_no_warning(release: Release) -> None:
     )
 
 
-def test_namespace_enforces_restricted_and_refuses_a_privileged_pod(release: Release) -> None:
+def test_namespace_enforces_restricted_and_refuses_a_pod_that_is_not(release: Release) -> None:
+    """The release's pods were admitted under `restricted`; a pod with no security context is refused."""
     labels = release.cluster.json("get", "namespace", release.namespace)["metadata"]["labels"]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
-    privileged = {
+    plain = {
         "apiVersion": "v1",
         "kind": "Pod",
-        "metadata": {"name": "privileged", "namespace": release.namespace},
-        "spec": {"containers": [{"name": "c", "image": "catalog:image-test", "securityContext": {"privileged": True}}]},
+        "metadata": {"name": "plain", "namespace": release.namespace},
+        "spec": {"containers": [{"name": "c", "image": "catalog:image-test"}]},
     }
-    refused = release.cluster.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(privileged))
+    refused = release.cluster.run("create", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(plain))
     assert refused.returncode != 0, refused.stdout
     assert 'violates PodSecurity "restricted:latest"' in refused.stderr, refused.stderr
-    assert "privileged" in refused.stderr, refused.stderr
+    for rule in ("allowPrivilegeEscalation != false", "runAsNonRoot != true", "seccompProfile"):
+        assert rule in refused.stderr, refused.stderr
 
 
 def _objects(text: str) -> list[tuple[str, str]]:

@@ -10,6 +10,9 @@ import pytest
 
 from tests.fixtures.cluster import LocalCluster, Release, guard_drops, run_pod, unique
 
+# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
+pytestmark = pytest.mark.timeout(1500)
+
 PROBE_NAMESPACE = "catalog-cluster-probe"
 # An address outside this machine (TEST-NET-3, RFC 5737), which the host would route to its gateway.
 OUTSIDE = ("203.0.113.7", 443)
@@ -49,9 +52,6 @@ def test_a_pod_resolves_and_reaches_the_api_service(release: Release, probe_name
     service = f"{release.resource('api')}.{release.namespace}.svc.cluster.local"
     code = f"""
 import urllib.request
-
-# The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
-pytestmark = pytest.mark.timeout(1500)
 print(urllib.request.urlopen("http://{service}/readyz", timeout=5).status)
 """
     phase, log = run_pod(release.cluster, probe_namespace, unique("dns"), code)

@@ -21,7 +21,7 @@ from datetime import datetime
 import httpx
 import pytest
 
-from tests.fixtures.cluster import Release, kubectl_binary, query
+from tests.fixtures.cluster import Release, eventually, kubectl_binary, query
 from tests.fixtures.items import new_item
 
 # The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
@@ -89,7 +89,7 @@ def _stamp(text: str) -> datetime:
 
 
 def test_rolling_update_under_load_loses_nothing(release: Release) -> None:
-    old = {pod["metadata"]["name"] for pod in release.pods("api")}
+    old = {pod["metadata"]["name"] for pod in release.pods("api") if not pod["metadata"].get("deletionTimestamp")}
     grace = release.values.get("api.terminationGracePeriodSeconds", 45)
     selector = f"app.kubernetes.io/instance={release.name},app.kubernetes.io/component=api"
     argv = [kubectl_binary(), f"--kubeconfig={release.cluster.kubeconfig}", "-n", release.namespace]
@@ -106,7 +106,14 @@ def test_rolling_update_under_load_loses_nothing(release: Release) -> None:
         upgraded = release.upgrade({"api.podAnnotations": {"cluster-test/rollout": uuid.uuid4().hex}})
         rollout_seconds = time.monotonic() - started
         assert upgraded.returncode == 0, upgraded.stderr
-        time.sleep(5)
+        # helm returns once the new pods are ready; the old ones are still draining. Keep the load on
+        # until the last of them has exited, so the whole drain happens under traffic.
+        eventually(
+            lambda: None if not (old & {p["metadata"]["name"] for p in release.pods("api")}) else "old pods remain",
+            "the old API pods to exit",
+            timeout=float(str(grace)) + 60,
+        )
+        time.sleep(2)
     finally:
         load.stop.set()
         client.join(timeout=30)
@@ -118,7 +125,7 @@ def test_rolling_update_under_load_loses_nothing(release: Release) -> None:
         process.terminate()
     texts = {name: process.communicate(timeout=10)[0] for name, process in logs.items()}
 
-    new = {pod["metadata"]["name"] for pod in release.pods("api")}
+    new = {pod["metadata"]["name"] for pod in release.pods("api") if not pod["metadata"].get("deletionTimestamp")}
     assert not (new & old), "every API pod was replaced"
     print(f"rolling update: {load.sent} requests, {load.failed} failed, rollout {rollout_seconds:.1f} s")
     assert load.failed == 0, load.errors[:20]
@@ -136,8 +143,9 @@ def test_rolling_update_under_load_loses_nothing(release: Release) -> None:
         ended = [line for line in lines if len(line) > 2 and line[2].startswith("api=")]
         assert ended, f"{name}: the watch never saw the api container terminate:\n{watched[-3000:]}"
         code, finished = ended[-1][2].removeprefix("api=").split("@")
-        deleted = _stamp(next(line[1] for line in lines if line[1] != "-"))
-        took = (_stamp(finished) - deleted).total_seconds()
+        # deletionTimestamp is when the grace period ends (deletion request + grace), not the request.
+        deadline = _stamp(next(line[1] for line in lines if line[1] != "-"))
+        took = float(str(grace)) - (deadline - _stamp(finished)).total_seconds()
         print(f"{name}: exit {code} {took:.0f} s after deletion (grace {grace} s)")
         assert code == "0"
         assert took <= float(str(grace))

@@ -17,9 +17,12 @@ from tests.fixtures.cluster import CLUSTER_SCRIPT, LocalCluster, Release, eventu
 # The first test also waits for the cluster, the image and the install (tests/fixtures/cluster.py).
 pytestmark = pytest.mark.timeout(1500)
 
+
 # Kept on purpose after uninstall: the migration hook Job (hook-delete-policy before-hook-creation keeps
 # the last run for `kubectl logs`; helm never deletes hooks on uninstall) and the pod it ran in.
-KEPT = {"Job", "Pod"}
+def _kept(name: str, release: Release) -> bool:
+    job = release.resource("migrations")
+    return name == f"Job/{job}" or name.startswith(f"Pod/{job}-")
 
 
 def _history(release: Release) -> list[dict[str, object]]:
@@ -65,7 +68,7 @@ def test_rollback_then_uninstall_leaves_only_what_is_kept_on_purpose(release: Re
         )
         return names + [f"Secret/{item['metadata']['name']}" for item in helm_secrets["items"]]
 
-    eventually(lambda: None if all(name.split("/")[0] in KEPT for name in remaining()) else str(remaining()),
+    eventually(lambda: None if all(_kept(name, release) for name in remaining()) else str(remaining()),
                "everything of the release but what is kept on purpose to go", timeout=180, every=2)  # fmt: skip
     print(f"after uninstall, kept on purpose: {remaining()}")
 
