@@ -43,14 +43,7 @@ def main() -> int:
     # PostgreSQL runs as the postgres user, who may not reach a clone in root's home: then
     # its data goes where it can (servers.spill_directory, as `make up` does).
     root = directory if servers.reachable_by("postgres", directory) else servers.spill_directory(directory)
-    postgres = servers.Postgres(
-        root / "postgres",
-        args.database_port,
-        listen=args.address,
-        clients=(POD_NETWORK, f"{args.address}/32"),
-        # Loopback too: createdb below connects there (a later -c wins over the listen one).
-        settings=(f"listen_addresses={args.address},127.0.0.1",),
-    )
+    postgres = servers.Postgres(root / "postgres", args.database_port, listen=args.address, clients=(POD_NETWORK,))
     redis = servers.Redis(root / "redis", args.redis_port, listen=args.address)
     stop = threading.Event()
     for number in (signal.SIGTERM, signal.SIGINT):
