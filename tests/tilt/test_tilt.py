@@ -12,6 +12,8 @@ Tilt evaluates the Tiltfile (`tilt alpha tiltfile-result`, no cluster). Then, in
    pod, the same image, no container restart (watchfiles restarts gunicorn inside it).
 3. The same for a job kind (service/jobs/kinds.py): the worker runs the new code.
 4. A change to pyproject.toml falls back to a full rebuild: new image, new pods, serving.
+5. The Tiltfile's helm_release() command (the kind path's community charts) installs a
+   local chart and prints its objects, as Tilt needs.
 
 The seconds from save to served are in the report (.run/tilt-test/report.md and the end
 of the pytest output); the README's target for live update is 10 s, a number for the
