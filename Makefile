@@ -14,6 +14,7 @@
 #   make chart   the chart and Dockerfile tests only (tests/deploy): helm lint/render, schemas, guards, checkov
 #   make image   build the image (docker, or podman when that is what you have); IMAGE=catalog:dev, BUILD_ARGS="--build-arg ..."
 #   make cluster  a single-node Kubernetes built from upstream source on this machine (docs/cluster.md; root, Go)
+#   make cluster-build  only build its binaries into ~/.cache/catalog-cluster (make test does it first)
 #   make cluster-down  stop it; nothing of it is left on the host
 #   make cluster-status  what of it runs, and what of it is left on the host
 #   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster

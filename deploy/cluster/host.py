@@ -147,7 +147,8 @@ def pod_processes() -> set[int]:
 
 
 def stop(pids: set[int] | list[int], grace: float) -> None:
-    """SIGTERM, then SIGKILL for whatever is still alive after `grace` seconds."""
+    """SIGTERM, then SIGKILL for whatever is still alive after `grace` seconds; then up to 5 s for
+    init to reap them (our daemons are its orphans), so no `<defunct>` entry outlives cluster-down."""
     pending = set(pids)
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in list(pending):
@@ -160,7 +161,10 @@ def stop(pids: set[int] | list[int], grace: float) -> None:
             pending = {pid for pid in pending if _alive(pid)}
             time.sleep(0.1)
         if not pending:
-            return
+            break
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _alive(pid: int) -> bool:
