@@ -8,8 +8,9 @@
 What it sets up before running `tilt TILT_ARGS` in the repository:
 - the Tilt binary: deploy/cluster/build.sh tilt (cached outside the clone, keyed by
   deploy/cluster/tools/tilt/go.mod and go.sum), with its web UI (see build.sh);
-- KUBECONFIG: the kubeconfig `make cluster` wrote (.run/cluster/kubeconfig, context
-  catalog-cluster, the only context the Tiltfile allows besides kind's);
+- KUBECONFIG: the kubeconfig `make cluster` wrote (.run/cluster/kubeconfig of this clone,
+  or of the clone whose cluster runs here; context catalog-cluster, the only context the
+  Tiltfile allows besides kind's);
 - a Docker engine for the image builds (DOCKER_HOST, or the one the image test uses:
   a dockerd started as root with no bridge and no iptables rules, its images kept in
   .tools/dockerd, stopped when Tilt exits), and the stand-in base images the image test
@@ -33,8 +34,20 @@ sys.path.insert(0, str(ROOT))
 
 from tests.fixtures.engine import Engine, stand_in_bases  # noqa: E402  (the image test's engine and bases)
 
-# The kubeconfig `make cluster` writes; CATALOG_CLUSTER_KUBECONFIG names another clone's.
-KUBECONFIG = Path(os.environ.get("CATALOG_CLUSTER_KUBECONFIG", ROOT / ".run" / "cluster" / "kubeconfig"))
+# The kubeconfig `make cluster` writes: this clone's, else that of the clone whose cluster
+# runs on this machine (there is one per machine; deploy/cluster records its owner), or
+# the one CATALOG_CLUSTER_KUBECONFIG names.
+OWNER = Path("/run/catalog-cluster/owner")
+
+
+def _default_kubeconfig() -> Path:
+    own = ROOT / ".run" / "cluster" / "kubeconfig"
+    if own.exists() or not OWNER.exists():
+        return own
+    return Path(OWNER.read_text().strip()) / ".run" / "cluster" / "kubeconfig"
+
+
+KUBECONFIG = Path(os.environ.get("CATALOG_CLUSTER_KUBECONFIG") or _default_kubeconfig())
 CONTEXT = "catalog-cluster"
 BUILD = ROOT / "deploy" / "cluster" / "build.sh"
 
