@@ -42,9 +42,10 @@ from tests.fixtures.engine import Bases, Engine
 from tests.fixtures.paths import ROOT
 from tests.fixtures.tilt_run import OTHER_KUBECONFIG, TiltRun, launcher, new_workdir, running_cluster, scratch_copy
 
-# The budget for a cold `tilt ci` (image build on warm base images, import, rollout,
-# migrations): what Tilt's --timeout enforces.
-CI_BUDGET_SECONDS = 900
+# The budget for `tilt ci` (image build on the stand-in bases, import, rollout, migrations),
+# what Tilt's --timeout enforces: measured 20-38 s here, 38 s with the build cache pruned
+# (docs/tilt.md); eight times that leaves room for a busy machine, not for a hang.
+CI_BUDGET_SECONDS = 300
 # How long a change may take to be served before the test gives up (not the target).
 SERVE_TIMEOUT_SECONDS = 120
 REBUILD_TIMEOUT_SECONDS = 900
