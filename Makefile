@@ -20,13 +20,14 @@
 #   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
+#   make tilt    Tilt (built from its Go module) against `make cluster`'s cluster: TILT_ARGS="up" (default), "ci", "down --delete-namespaces"
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
 	loadtest drill profile kind-up kind-down \
-	cluster cluster-build cluster-down cluster-status cluster-test
+	cluster cluster-build cluster-down cluster-status cluster-test tilt
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -76,7 +77,7 @@ test: lint tools
 # 2 busy cores, nothing when cached); skipped, like tests/cluster, without root or Go.
 cluster-build:
 	@if [ "$$(id -u)" -eq 0 ] && command -v go >/dev/null 2>&1 && [ "$${CATALOG_CLUSTER:-}" != skip ]; then \
-		bash deploy/cluster/build.sh; \
+		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt; \
 	else echo "cluster-build: skipped (needs root and Go; CATALOG_CLUSTER=skip skips it)"; fi
 
 # A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.
@@ -143,3 +144,8 @@ kind-up:
 
 kind-down:
 	@bash deploy/kind/cluster.sh down
+
+# Tilt on the cluster of `make cluster` (deploy/cluster/tilt.py; docs/tilt.md).
+TILT_ARGS ?= up
+tilt: tools
+	$(UV) run python deploy/cluster/tilt.py $(TILT_ARGS)

@@ -5,6 +5,7 @@
 # and build flags, so a later clone or CI run on the same machine reuses them.
 #
 #   deploy/cluster/build.sh [family ...]     families: kubernetes etcd containerd runc coredns
+#                                            (the default), and tilt (`make tilt`; built only when named)
 #   deploy/cluster/build.sh --print-bin F    the cache's bin directory for family F (no build)
 #
 # Prints one line per component: "build: [n/N] family/component (elapsed)".
@@ -18,6 +19,8 @@ CACHE=${CATALOG_CLUSTER_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/catalog-cluster}
 export GOFLAGS="-p=2 -mod=readonly -trimpath ${GOFLAGS:-}"
 export GOTOOLCHAIN=local
 FAMILIES=(kubernetes etcd containerd runc coredns)
+# Tools that run against the cluster rather than make it: built only when asked for.
+EXTRA_FAMILIES=(tilt)
 
 # family -> "package:binary" pairs, build tags, CGO, and version ldflags
 components() {
@@ -27,7 +30,8 @@ components() {
     containerd) echo github.com/containerd/containerd/v2/cmd/{containerd,containerd-shim-runc-v2,ctr} ;;
     runc) echo github.com/opencontainers/runc ;;
     coredns) echo github.com/coredns/coredns ;;
-    *) echo "build: unknown family $1 (one of: ${FAMILIES[*]})" >&2; return 1 ;;
+    tilt) echo github.com/tilt-dev/tilt/cmd/tilt ;;
+    *) echo "build: unknown family $1 (one of: ${FAMILIES[*]} ${EXTRA_FAMILIES[*]})" >&2; return 1 ;;
   esac
 }
 tags() {
@@ -38,7 +42,8 @@ tags() {
     *) echo "" ;;
   esac
 }
-cgo() { [ "$1" = runc ] && echo 1 || echo 0; }
+# runc links libseccomp; tilt links tree-sitter's C parser (its Go package has no pure-Go build).
+cgo() { case $1 in runc | tilt) echo 1 ;; *) echo 0 ;; esac; }
 
 # The main module's version of MOD, as pinned in the family's go.mod.
 pinned() { (cd "$TOOLS/$1" && go list -m -f '{{.Version}}' "$2"); }
@@ -66,13 +71,22 @@ ldflags() {
       v=$(pinned runc github.com/opencontainers/runc)
       echo "-s -w -X main.version=${v#v}" ;;
     coredns) echo "-s -w" ;;
+    tilt)
+      # What upstream's release sets (goreleaser: main.version without the "v"). A build
+      # without it calls itself a dev build and looks for the web UI's dev server.
+      v=$(pinned tilt github.com/tilt-dev/tilt)
+      echo "-s -w -X main.version=${v#v} -X main.date=1970-01-01" ;;
   esac
 }
+
+# tilt embeds its web UI, or a page pointing to the CLI where there is no Node.js 20+
+# (deploy/cluster/tilt-web.sh): the key says which.
+web_kind() { [ "$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\)\..*/\1/p')" -ge 20 ] 2>/dev/null && echo ui || echo placeholder; }
 
 key() {
   local fam=$1
   { cat "$TOOLS/$fam/go.mod" "$TOOLS/$fam/go.sum"; go version; tags "$fam"; cgo "$fam"; ldflags "$fam"
-    components "$fam"; } | sha256sum | cut -c1-12
+    components "$fam"; [ "$fam" != tilt ] || { web_kind; cat "$HERE/tilt-web.sh"; }; } | sha256sum | cut -c1-12
 }
 bindir() { echo "$CACHE/$1-$(key "$1")/bin"; }
 
@@ -103,7 +117,13 @@ for fam in "$@"; do
     printf 'build: [%d/%d] %s/%s building (elapsed %dm%02ds)\n' "$n" "$total" "$fam" "$name" \
       $(((SECONDS - start) / 60)) $(((SECONDS - start) % 60))
     mkdir -p "$tmp"
-    (cd "$TOOLS/$fam" && CGO_ENABLED=$(cgo "$fam") go build -tags "$(tags "$fam")" \
+    moddir=$TOOLS/$fam
+    if [ "$fam" = tilt ]; then
+      # Its module with the web UI embedded (tilt-web.sh); a failed UI build stops here
+      # (an assignment keeps the command substitution's exit status).
+      moddir=$(bash "$HERE/tilt-web.sh" "$(pinned tilt github.com/tilt-dev/tilt)")
+    fi
+    (cd "$moddir" && CGO_ENABLED=$(cgo "$fam") go build -tags "$(tags "$fam")" \
       -ldflags "$(ldflags "$fam")" -o "$tmp/$name" "$pkg")
     printf 'build: [%d/%d] %s/%s done in %ds\n' "$n" "$total" "$fam" "$name" $((SECONDS - t0))
   done

@@ -3,7 +3,10 @@ every path it names exists; every chart workload it configures is in the chart r
 the development values by the real helm, and every object ends up in a resource; dependencies
 run backends -> migrations -> API/worker; port forwards reach container ports; live update
 syncs to where the image keeps the code and the chart's file watcher looks; the remote charts
-are pinned and wired to the names our chart expects. Tilt itself is not run (no cluster here).
+are pinned and wired to the names our chart expects; it loads nothing from outside the
+repository. Three variants: kind with the HPAs, kind with --keda, and the cluster of
+`make cluster` (--platform=none, host backends, images imported). Tilt itself runs in
+tests/tilt/ where that cluster runs.
 """
 
 from __future__ import annotations
@@ -21,7 +24,12 @@ from tests.fixtures import tilt
 from tests.fixtures.chart import Manifest, helm
 from tests.fixtures.paths import ROOT
 
-Evaluations = dict[bool, tilt.Evaluation]
+# Variant -> (Tiltfile arguments, kubectl context).
+VARIANTS: dict[str, tuple[dict[str, object], str]] = {
+    "hpa": ({}, "kind-catalog"),
+    "keda": ({"keda": True}, "kind-catalog"),
+    "cluster": ({}, tilt.CLUSTER_CONTEXT),
+}
 # Files every run of the Tiltfile must reference (a check that the path collection below works).
 EXPECTED_PATHS = {
     "Dockerfile",
@@ -40,19 +48,29 @@ SEMVER = re.compile(r"\d+\.\d+\.\d+")
 
 
 @functools.cache
-def _evaluate(keda: bool) -> tilt.Evaluation:
-    return tilt.evaluate({"keda": keda})
+def _evaluate(variant: str | bool) -> tilt.Evaluation:
+    """The Tiltfile evaluated as `variant` (True/False: kind with or without --keda)."""
+    if isinstance(variant, bool):
+        variant = "keda" if variant else "hpa"
+    flags, context = VARIANTS[variant]
+    return tilt.evaluate(flags, context)
 
 
 @functools.cache
-def _assembled(keda: bool) -> tuple[dict[str, tilt.Resource], list[Manifest]]:
-    return tilt.assemble(_evaluate(keda))
+def _assembled(variant: str | bool) -> tuple[dict[str, tilt.Resource], list[Manifest]]:
+    return tilt.assemble(_evaluate(variant))
 
 
 @pytest.fixture(params=[False, True], ids=["hpa", "keda"])
 def keda(request: pytest.FixtureRequest) -> bool:
     flag: bool = request.param
     return flag
+
+
+@pytest.fixture(params=list(VARIANTS))
+def variant(request: pytest.FixtureRequest) -> str:
+    name: str = request.param
+    return name
 
 
 def _docker_build() -> tilt.Call:
@@ -64,11 +82,38 @@ def _steps(kind: str) -> list[tilt.Step]:
     return [step for step in _docker_build().kwargs["live_update"] if step.kind == kind]
 
 
+def _helm_install(call: tilt.Call) -> dict[str, Any]:
+    """What the `helm upgrade --install` of a k8s_custom_deploy does: release, chart, namespace, version, values."""
+    command: list[str] = call.kwargs["apply_cmd"]
+    start = command.index("helm")
+    assert command[start : start + 3] == ["helm", "upgrade", "--install"], command
+    words = command[start + 3 :]
+
+    def options(flag: str) -> list[str]:
+        return [words[i + 1] for i, word in enumerate(words) if word == flag]
+
+    [namespace], [version] = options("--namespace"), options("--version")
+    return {
+        "release": words[0],
+        "chart": words[1],
+        "namespace": namespace,
+        "version": version,
+        "values": options("--values"),
+        "context": options("--kube-context"),
+        "words": words,
+    }
+
+
+def _releases(variant: str | bool) -> dict[str, dict[str, Any]]:
+    return {call.args[0]: _helm_install(call) for call in _evaluate(variant).named("k8s_custom_deploy")}
+
+
 def _referenced_paths(evaluation: tilt.Evaluation) -> set[str]:
     """Every repository path the Tiltfile hands to Tilt, helm, kubectl or a command."""
     paths = {str(Path(p).relative_to(ROOT)) if Path(p).is_absolute() else p for p in evaluation.paths}
-    build = evaluation.named("docker_build")[0]
-    paths |= {build.arg(1, "context"), build.kwargs["dockerfile"], *build.kwargs["only"]}
+    [build] = evaluation.named("docker_build") or evaluation.named("custom_build")
+    if build.name == "docker_build":
+        paths |= {build.arg(1, "context"), build.kwargs["dockerfile"], *build.kwargs["only"]}
     for step in build.kwargs["live_update"]:
         if step.kind == "fall_back_on":
             paths |= set(step.args[0])
@@ -79,13 +124,18 @@ def _referenced_paths(evaluation: tilt.Evaluation) -> set[str]:
     for command in evaluation.helm_commands:
         paths.add(command[3])  # helm template RELEASE CHART
         paths |= {command[i + 1] for i, word in enumerate(command) if word == "--values"}
-    for call in evaluation.named("helm_resource"):
+    for call in evaluation.named("custom_build"):
+        paths |= set(call.kwargs["deps"])
+        paths |= set(re.findall(r"deploy/\S+", call.arg(1, "command")))
+    for call in evaluation.named("k8s_custom_deploy"):
         paths |= set(call.kwargs.get("deps", []))
-        paths |= {flag.split("=", 1)[1] for flag in call.kwargs.get("flags", []) if flag.startswith("--values=")}
+        paths |= set(_helm_install(call)["values"])
     for call in evaluation.named("local_resource"):
-        # (serve_cmd holds kubectl arguments such as service/NAME, not paths.)
         paths |= {word for word in call.kwargs.get("cmd", []) if re.match(r"(deploy|tests|service|monitoring)/", word)}
+        # (serve_cmd may hold kubectl arguments such as service/NAME, which are not paths.)
+        paths |= {word for word in call.kwargs.get("serve_cmd", []) if re.match(r"(deploy|tests|monitoring)/", word)}
     paths.discard(".tools/uv/bin/uv")  # optional: `make install` puts uv there when none is on PATH
+    paths.discard(".run/tilt/backends")  # made by the backends it holds
     return paths
 
 
@@ -99,34 +149,41 @@ def test_the_tiltfile_evaluates_with_and_without_keda(keda: bool) -> None:
     assert evaluation.objects, "the chart and the backends were handed to k8s_yaml"
 
 
-def test_it_refuses_any_cluster_but_the_kind_one() -> None:
-    with pytest.raises(starlark.StarlarkError, match="make kind-up"):
+def test_it_refuses_any_cluster_but_the_kind_one_and_make_clusters() -> None:
+    with pytest.raises(starlark.StarlarkError, match=r"make kind-up.*make cluster"):
         tilt.evaluate(context="kind-somebody-elses")
+    with pytest.raises(starlark.StarlarkError, match="make cluster"):
+        tilt.evaluate(context="production-eu")
+    # Tilt refuses a context it does not know as local unless allowed: exactly make cluster's.
+    assert [c.args for c in _evaluate("cluster").named("allow_k8s_contexts")] == [(tilt.CLUSTER_CONTEXT,)]
+    assert _evaluate("hpa").named("allow_k8s_contexts") == [], "kind contexts are local to Tilt already"
 
 
-def test_every_path_it_references_exists(keda: bool) -> None:
-    paths = _referenced_paths(_evaluate(keda))
-    assert paths >= EXPECTED_PATHS, EXPECTED_PATHS - paths
+def test_every_path_it_references_exists(variant: str) -> None:
+    paths = _referenced_paths(_evaluate(variant))
+    if variant != "cluster":
+        assert paths >= EXPECTED_PATHS, EXPECTED_PATHS - paths
+    else:
+        cluster_files = {f"deploy/cluster/{name}" for name in ("tilt-values.yaml", "tilt-image.sh", "tilt_backends.py")}
+        assert paths >= cluster_files, cluster_files - paths
     missing = sorted(path for path in paths if not (ROOT / path).exists())
     assert missing == []
 
 
-def test_extensions_are_pinned_and_only_known_symbols_are_loaded() -> None:
-    evaluation = _evaluate(False)
-    [repo] = evaluation.named("v1alpha1.extension_repo")
-    assert repo.kwargs["name"] == "default"
-    assert repo.kwargs["url"] == "https://github.com/tilt-dev/tilt-extensions"
-    assert re.fullmatch(r"[0-9a-f]{40}", repo.kwargs["ref"]), "a commit, not a branch"
-    for extension, symbols in evaluation.loads.items():
-        assert symbols <= set(tilt.EXTENSIONS[extension]), extension
+def test_it_loads_nothing_from_outside_the_repository(variant: str) -> None:
+    """No ext:// extension (fetched from GitHub at load time) and no extension repository."""
+    evaluation = _evaluate(variant)
+    assert evaluation.loads == {}
+    assert "ext://" not in tilt.TILTFILE.read_text()
+    assert not [call for call in evaluation.calls if call.name.startswith("v1alpha1.")]
 
 
 # --- Resources: the chart's workloads, nothing uncategorized, the right order ------------------------
 
 
-def _chart_workloads(keda: bool) -> set[str]:
+def _chart_workloads(variant: str | bool) -> set[str]:
     """The workloads of the chart rendered by the real helm exactly as the Tiltfile asks."""
-    [command] = _evaluate(keda).helm_commands
+    [command] = _evaluate(variant).helm_commands
     result = helm(*command[1:])
     assert result.returncode == 0, result.stderr
     return {
@@ -136,28 +193,37 @@ def _chart_workloads(keda: bool) -> set[str]:
     }
 
 
-def test_every_k8s_resource_names_a_workload_of_the_chart_or_the_backends(keda: bool) -> None:
-    evaluation = _evaluate(keda)
+def test_every_k8s_resource_names_a_workload_of_the_chart_or_the_backends(variant: str) -> None:
+    evaluation = _evaluate(variant)
     backends = {
         obj["metadata"]["name"]
         for obj in yaml.safe_load_all((ROOT / "deploy/kind/backends.yaml").read_text())
         if obj["kind"] in tilt.WORKLOAD_KINDS
     }
-    named = {call.arg(0, "workload", "") for call in evaluation.named("k8s_resource")} - {""}
-    chart = _chart_workloads(keda)
+    releases = {call.args[0] for call in evaluation.named("k8s_custom_deploy")}
+    named = {call.arg(0, "workload", "") for call in evaluation.named("k8s_resource")} - {""} - releases
+    chart = _chart_workloads(variant)
     assert chart == {"catalog-api", "catalog-worker", "catalog-migrations"}
-    assert named == chart | backends, "each workload is configured (labels, dependencies), and only those"
+    expected = chart if variant == "cluster" else chart | backends  # make cluster: backends on the host
+    assert named == expected, "each workload is configured (labels, dependencies), and only those"
 
 
-def test_every_object_belongs_to_a_labelled_resource(keda: bool) -> None:
-    resources, uncategorized = _assembled(keda)
+def test_every_object_belongs_to_a_labelled_resource(variant: str) -> None:
+    resources, uncategorized = _assembled(variant)
     assert [f"{obj['kind']}/{obj['metadata']['name']}" for obj in uncategorized] == [], (
         "Tilt would show them as uncategorized"
     )
     for resource in resources.values():
         assert resource.options.get("labels"), f"{resource.name} has no label group"
     k8s = [r for r in resources.values() if r.kind == "k8s"]
-    assert sum(len(r.objects) for r in k8s) == len(_evaluate(keda).objects)
+    assert sum(len(r.objects) for r in k8s) == len(_evaluate(variant).objects)
+
+
+def _assert_dependencies_exist(resources: dict[str, tilt.Resource]) -> None:
+    for resource in resources.values():
+        for dep in resource.options.get("resource_deps", []):
+            assert dep in resources, f"{resource.name} depends on unknown {dep}"
+        assert resource.name not in _depends_on(resources, resource.name), f"{resource.name} depends on itself"
 
 
 def _depends_on(resources: dict[str, tilt.Resource], name: str) -> set[str]:
@@ -174,10 +240,7 @@ def _depends_on(resources: dict[str, tilt.Resource], name: str) -> set[str]:
 
 def test_dependencies_exist_and_run_backends_then_migrations_then_the_app(keda: bool) -> None:
     resources, _ = _assembled(keda)
-    for resource in resources.values():
-        for dep in resource.options.get("resource_deps", []):
-            assert dep in resources, f"{resource.name} depends on unknown {dep}"
-        assert resource.name not in _depends_on(resources, resource.name), f"{resource.name} depends on itself"
+    _assert_dependencies_exist(resources)
     assert {"postgres", "catalog-config", "namespaces"} <= _depends_on(resources, "migrations")
     for app in ("api", "worker"):
         assert "migrations" in _depends_on(resources, app)
@@ -218,8 +281,8 @@ def _serve_port_forwards(resource: tilt.Resource) -> list[tuple[int, str]]:
     return [(int(word.split(":")[0]), service) for word in command if re.fullmatch(r"\d+:\d+", word)]
 
 
-def test_port_forwards_reach_container_ports_and_local_ports_are_unique(keda: bool) -> None:
-    resources, _ = _assembled(keda)
+def test_port_forwards_reach_container_ports_and_local_ports_are_unique(variant: str) -> None:
+    resources, _ = _assembled(variant)
     local_ports: list[int] = []
     checked = 0
     for resource in resources.values():
@@ -230,12 +293,16 @@ def test_port_forwards_reach_container_ports_and_local_ports_are_unique(keda: bo
             local_ports.append(forward.local_port)
             checked += 1
         local_ports += [port for port, _ in _serve_port_forwards(resource)]
-    assert checked == 5, "api (http, metrics), worker (metrics), postgres, redis"
-    assert len(local_ports) == len(set(local_ports)) == 7, local_ports
+    if variant == "cluster":  # the backends listen on the node address themselves
+        assert checked == 3, "api (http, metrics), worker (metrics)"
+        assert len(local_ports) == len(set(local_ports)) == 3, local_ports
+    else:
+        assert checked == 5, "api (http, metrics), worker (metrics), postgres, redis"
+        assert len(local_ports) == len(set(local_ports)) == 7, local_ports
 
 
-def test_localhost_links_point_at_ports_their_resource_forwards(keda: bool) -> None:
-    resources, _ = _assembled(keda)
+def test_localhost_links_point_at_ports_their_resource_forwards(variant: str) -> None:
+    resources, _ = _assembled(variant)
     for resource in resources.values():
         forwarded = {f.local_port for f in resource.options.get("port_forwards", [])}
         forwarded |= {port for port, _ in _serve_port_forwards(resource)}
@@ -398,29 +465,49 @@ def test_the_development_key_in_the_tiltfile_is_the_one_the_chart_accepts() -> N
 
 
 def test_remote_charts_are_pinned_and_come_from_repos_it_adds(keda: bool) -> None:
-    evaluation = _evaluate(keda)
-    repos = {call.args[0]: call.kwargs["resource_name"] for call in evaluation.named("helm_repo")}
-    releases = evaluation.named("helm_resource")
-    assert {call.args[0] for call in releases} == {"ingress-nginx", "kube-prometheus-stack", "metrics-server"} | (
-        {"keda"} if keda else set()
-    )
-    for call in releases:
-        versions = [flag.split("=", 1)[1] for flag in call.kwargs["flags"] if flag.startswith("--version=")]
-        assert len(versions) == 1, call.args[0]
-        assert SEMVER.fullmatch(versions[0]), (call.args[0], versions)
-        repo = call.args[1].split("/")[0]
-        assert repo in repos, call.args[1]
-        assert repos[repo] in call.kwargs["resource_deps"]
+    resources, _ = _assembled(keda)
+    # helm_repo(): a local_resource running `helm repo add NAME URL --force-update`.
+    repo_adds = [c for c in _evaluate(keda).named("local_resource") if c.args[0].startswith("helm-repo-")]
+    repos = {call.arg(1, "cmd")[3]: call.args[0] for call in repo_adds}
+    for call in repo_adds:
+        assert call.arg(1, "cmd")[:3] == ["helm", "repo", "add"]
+        assert call.arg(1, "cmd")[4].startswith("https://")
+    releases = _releases(keda)
+    assert set(releases) == {"ingress-nginx", "kube-prometheus-stack", "metrics-server"} | ({"keda"} if keda else set())
+    for name, install in releases.items():
+        assert install["release"] == name
+        assert SEMVER.fullmatch(install["version"]), (name, install["version"])
+        assert install["context"] == ["kind-catalog"], "helm talks to the cluster Tilt deploys to"
+        repo = install["chart"].split("/")[0]
+        assert repo in repos, install["chart"]
+        assert repos[repo] in resources[name].options["resource_deps"]
+        # A change to a values file re-runs the upgrade; `tilt down` uninstalls the release.
+        deploy = next(c for c in _evaluate(keda).named("k8s_custom_deploy") if c.args[0] == name)
+        assert set(install["values"]) <= set(deploy.kwargs["deps"])
+        assert deploy.kwargs["delete_cmd"][:2] == ["helm", "uninstall"]
+        assert deploy.kwargs["delete_cmd"][-1] == name
 
 
-def _release(name: str) -> tilt.Call:
-    [call] = [c for c in _evaluate(False).named("helm_resource") if c.args[0] == name]
-    return call
+def test_helm_releases_print_their_objects_for_tilt_to_follow() -> None:
+    """The apply command's stdout is the release's objects (Tilt tracks their pods); helm's output goes to stderr."""
+    deploy = next(c for c in _evaluate(False).named("k8s_custom_deploy") if c.args[0] == "ingress-nginx")
+    shell, flag, script, name, *install = deploy.kwargs["apply_cmd"]
+    assert (shell, flag, name) == ("sh", "-c", "helm-release")
+    assert script.startswith('"$@" >&2 && helm get manifest')
+    assert "| kubectl get" in script
+    assert "--output yaml --filename -" in script
+    env = deploy.kwargs["apply_env"]
+    assert env == {"C": "kind-catalog", "N": "ingress-nginx", "R": "ingress-nginx"}
+    assert install[:3] == ["helm", "upgrade", "--install"]
+
+
+def _release(name: str) -> dict[str, Any]:
+    return _releases(False)[name]
 
 
 def test_monitoring_objects_carry_the_labels_kube_prometheus_stack_selects() -> None:
     stack = _release("kube-prometheus-stack")
-    release_name = stack.kwargs.get("release_name") or stack.args[0]
+    release_name = stack["release"]
     stack_values = yaml.safe_load((ROOT / "deploy/kind/kube-prometheus-stack-values.yaml").read_text())
     resources, _ = _assembled(False)
     monitoring = resources["catalog-monitoring"].objects
@@ -431,7 +518,7 @@ def test_monitoring_objects_carry_the_labels_kube_prometheus_stack_selects() -> 
     dashboards = [o for o in monitoring if o["kind"] == "ConfigMap"]
     assert len(dashboards) >= 4
     for obj in dashboards:
-        assert obj["metadata"]["namespace"] == stack.kwargs["namespace"], "next to Grafana"
+        assert obj["metadata"]["namespace"] == stack["namespace"], "next to Grafana"
         assert obj["metadata"]["labels"]["grafana_dashboard"] == "1"
         assert obj["metadata"]["annotations"]["grafana_folder"] == "Catalog"
     assert stack_values["grafana"]["sidecar"]["dashboards"]["folderAnnotation"] == "grafana_folder"
@@ -444,13 +531,12 @@ def test_network_policies_admit_the_namespaces_the_tiltfile_installs_into() -> N
         for rule in policies["catalog-api"]["spec"]["ingress"]
         for peer in rule.get("from", [])
     ]
-    assert _release("ingress-nginx").kwargs["namespace"] in ingress_from
-    assert _release("kube-prometheus-stack").kwargs["namespace"] in ingress_from
+    assert _release("ingress-nginx")["namespace"] in ingress_from
+    assert _release("kube-prometheus-stack")["namespace"] in ingress_from
 
 
 def test_the_ingress_controller_is_configured_from_deploy_nginx() -> None:
-    flags = _release("ingress-nginx").kwargs["flags"]
-    values = [flag.split("=", 1)[1] for flag in flags if flag.startswith("--values=")]
+    values = _release("ingress-nginx")["values"]
     assert values == ["deploy/nginx/ingress-nginx-values.yaml", "deploy/kind/ingress-nginx-values.yaml"]
 
 
@@ -466,6 +552,108 @@ def test_the_smoke_test_button_targets_the_release_tilt_deploys() -> None:
     http = next(m for m in control_plane["extraPortMappings"] if m["containerPort"] == 80)
     assert env["CATALOG_URL"] == f"http://127.0.0.1:{http['hostPort']}"
     assert "tests/cluster" in smoke.kwargs["cmd"]
+
+
+# --- The cluster of `make cluster`: no registry, no internet, backends on the host ------------------
+
+
+def _cluster_objects(variant: str = "cluster") -> list[Manifest]:
+    [command] = _evaluate(variant).helm_commands
+    result = helm(*command[1:])
+    assert result.returncode == 0, result.stderr
+    return [obj for obj in yaml.safe_load_all(result.stdout) if obj]
+
+
+def test_on_make_cluster_the_image_is_imported_with_the_same_live_update() -> None:
+    evaluation = _evaluate("cluster")
+    assert evaluation.named("docker_build") == []
+    [build] = evaluation.named("custom_build")
+    assert build.args[0] == _docker_build().arg(0, "ref") == "catalog"
+    assert build.arg(1, "command") == 'bash deploy/cluster/tilt-image.sh "$EXPECTED_REF"'
+    # Tilt neither pushes nor looks for the image in docker: the script puts it into containerd.
+    assert build.kwargs["disable_push"] is True
+    assert build.kwargs["skips_local_docker"] is True
+    assert set(build.kwargs["deps"]) == set(_docker_build().kwargs["only"]) | {"Dockerfile"}
+    assert "**/__pycache__" in build.kwargs["ignore"], "as .dockerignore: bytecode the tests write triggers nothing"
+    same = [(step.kind, step.args, step.kwargs) for step in build.kwargs["live_update"]]
+    assert same == [(step.kind, step.args, step.kwargs) for step in _docker_build().kwargs["live_update"]]
+    script = (ROOT / "deploy/cluster/tilt-image.sh").read_text()
+    assert "--target dev" in script
+    assert "images import" in script
+
+
+def test_on_make_cluster_no_remote_chart_and_the_backends_run_on_the_host() -> None:
+    evaluation = _evaluate("cluster")
+    resources, _ = _assembled("cluster")
+    _assert_dependencies_exist(resources)
+    assert evaluation.named("k8s_custom_deploy") == []
+    assert sorted(resources) == ["api", "backends", "catalog-config", "migrations", "namespaces", "worker"]
+    [backends] = [c for c in evaluation.named("local_resource") if c.args[0] == "backends"]
+    command = backends.kwargs["serve_cmd"]
+    assert "deploy/cluster/tilt_backends.py" in command
+    address = command[command.index("--address") + 1]
+    database_port = command[command.index("--database-port") + 1]
+    redis_port = command[command.index("--redis-port") + 1]
+    assert (address, database_port, redis_port) == ("198.19.255.1", "15432", "16379")
+    assert backends.kwargs["readiness_probe"].kwargs["tcp_socket"] == (address, int(redis_port))
+    for app in ("migrations", "api", "worker"):
+        assert "backends" in _depends_on(resources, app)
+    objects = _cluster_objects()
+    [secret] = [o for o in objects if o["kind"] == "Secret" and o["metadata"]["name"] == "catalog-settings"]
+    values = secret.get("stringData") or {}
+    assert values["DATABASE_URL"] == f"postgresql://postgres@{address}:{database_port}/catalog"
+    assert values["REDIS_URL"] == f"redis://{address}:{redis_port}/0"
+    kinds = {o["kind"] for o in objects}
+    assert "Ingress" not in kinds, "no ingress controller runs there"
+    assert "HorizontalPodAutoscaler" not in kinds, "no metrics-server feeds one"
+    assert {o["spec"]["replicas"] for o in objects if o["kind"] == "Deployment"} == {1}
+    assert not [o for o in objects if o["apiVersion"].startswith("monitoring.coreos.com/")]
+    assert not [o for o in objects if o["metadata"].get("namespace") == "monitoring"], "no monitoring namespace"
+    policies = {o["metadata"]["name"]: o for o in objects if o["kind"] == "NetworkPolicy"}
+    egress = policies["catalog-api"]["spec"]["egress"]
+    egress_ports = {port["port"] for rule in egress for port in rule.get("ports", [])}
+    assert {int(database_port), int(redis_port)} <= egress_ports
+
+
+def test_settings_namespace_ports_and_forwards() -> None:
+    flags = {"namespace": "catalog-dev-me", "no-port-forwards": True, "database-port": "25432", "redis-port": "26379"}
+    evaluation = tilt.evaluate(flags, tilt.CLUSTER_CONTEXT)
+    [command] = evaluation.helm_commands
+    assert command[command.index("--namespace") + 1] == "catalog-dev-me"
+    [namespace] = [o for o in evaluation.objects if o["kind"] == "Namespace"]
+    assert namespace["metadata"] == {
+        "name": "catalog-dev-me",
+        "labels": {"pod-security.kubernetes.io/enforce": "restricted"},
+    }
+    assert "secrets.databaseUrl=postgresql://postgres@198.19.255.1:25432/catalog" in command
+    resources, uncategorized = tilt.assemble(evaluation)
+    assert uncategorized == []
+    for resource in resources.values():
+        assert not resource.options.get("port_forwards"), resource.name
+        assert not resource.options.get("links"), resource.name
+
+
+@pytest.mark.parametrize(
+    ("flags", "context", "refusal"),
+    [
+        ({"keda": True}, tilt.CLUSTER_CONTEXT, "--keda .* needs --platform=remote"),
+        ({"platform": "remote"}, tilt.CLUSTER_CONTEXT, "pulls no image"),
+        ({"platform": "local"}, "kind-catalog", "--platform must be remote or none"),
+        ({"keda": True, "platform": "none"}, "kind-catalog", "needs --platform=remote"),
+    ],
+)
+def test_it_refuses_settings_that_cannot_work(flags: dict[str, object], context: str, refusal: str) -> None:
+    with pytest.raises(starlark.StarlarkError, match=refusal):
+        tilt.evaluate(flags, context)
+
+
+def test_kind_without_the_remote_charts_keeps_its_backends_and_drops_the_ingress() -> None:
+    evaluation = tilt.evaluate({"platform": "none"}, "kind-catalog")
+    resources, uncategorized = tilt.assemble(evaluation)
+    assert uncategorized == []
+    _assert_dependencies_exist(resources)
+    assert sorted(resources) == ["api", "catalog-config", "migrations", "namespaces", "postgres", "redis", "worker"]
+    assert not [o for o in evaluation.objects if o["kind"] == "Ingress"]
 
 
 def test_the_assembly_check_can_fail() -> None:
