@@ -4,7 +4,8 @@ Each distinct earlier content of deploy/helm/catalog is installed with a release
 only its secrets and with each of its own ci/*-values.yaml scenarios, then upgraded to
 this chart with `helm upgrade --reuse-values` and with `helm upgrade -f <the same file>`,
 emulated with the real helm as tests/fixtures/chart_history.py explains (no cluster
-here; its `Release` protocol is the hook for running the same table against one).
+here; tests/cluster/test_chart_upgrade.py installs the same table on the local cluster
+and holds this emulation's verdicts to the API server's).
 `pytest tests/deploy/test_chart_upgrade.py -s` prints the table; for a chart at another
 commit: `uv run python -m tests.fixtures.chart_history <commit>`. docs/chart-upgrades.md
 says which upgrade to use and how to change the chart without breaking this test.
