@@ -14,5 +14,7 @@ pytest_plugins = [
     "tests.fixtures.image",
     "tests.fixtures.identity",
     "tests.fixtures.browser",
-    "tests.fixtures.cluster",
 ]
+# tests.fixtures.cluster is registered by tests/cluster/conftest.py and tests/tilt/conftest.py,
+# so its `package` scope means each of those packages (a fixture registered here would be
+# session-wide: the cluster tests/cluster takes down would still be handed to tests/tilt).

@@ -74,6 +74,8 @@ def cluster_kubeconfig(request: pytest.FixtureRequest) -> Path:
             pytest.skip(why)
         return Path(OTHER_KUBECONFIG)
     cluster: LocalCluster = request.getfixturevalue("local_cluster")
+    why = running_cluster(cluster.kubeconfig)
+    assert why is None, f"the cluster handed to tests/tilt is not up: {why}"
     return cluster.kubeconfig
 
 
