@@ -197,6 +197,10 @@ def action_certificates() -> None:
              server_names=(host.NODE_IP, components.NODE_NAME))  # fmt: skip
     pki.sign(keys, "apiserver-kubelet-client", "kube-apiserver-kubelet-client", ("system:masters",))
     pki.service_account_keys(keys)
+    # The aggregation layer (metrics-server's metrics.k8s.io, KEDA's external metrics): the API
+    # server proxies to them as front-proxy-client, under a CA of its own, as kubeadm sets it up.
+    pki.make_ca(keys, "front-proxy-ca", "catalog-cluster-front-proxy-ca")
+    pki.sign(keys, "front-proxy-client", "front-proxy-client", ca="front-proxy-ca")
     identities = {
         "admin": ("catalog-cluster-admin", ("system:masters",)),
         "controller-manager": ("system:kube-controller-manager", ()),

@@ -99,6 +99,16 @@ def kube_apiserver(layout: Layout) -> list[str]:
         f"--service-account-key-file={pki}/sa.pub",
         f"--service-account-signing-key-file={pki}/sa.key",
         "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+        # The aggregation layer: requests for APIServices (metrics.k8s.io, external.metrics.k8s.io)
+        # go to their pods' IPs with the caller's identity in these headers, signed by front-proxy-client.
+        f"--requestheader-client-ca-file={pki}/front-proxy-ca.crt",
+        "--requestheader-allowed-names=front-proxy-client",
+        "--requestheader-username-headers=X-Remote-User",
+        "--requestheader-group-headers=X-Remote-Group",
+        "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+        f"--proxy-client-cert-file={pki}/front-proxy-client.crt",
+        f"--proxy-client-key-file={pki}/front-proxy-client.key",
+        "--enable-aggregator-routing=true",
         "--profiling=false",
         "--v=1",
     ]

@@ -42,20 +42,23 @@ def _subject(cn: str, groups: tuple[str, ...]) -> str:
     return "".join(f"/O={group}" for group in groups) + f"/CN={cn}"
 
 
-def make_ca(pki: Path) -> None:
-    _key(pki / "ca.key")
+def make_ca(pki: Path, stem: str = "ca", cn: str = "catalog-cluster-ca") -> None:
+    """Writes `<stem>.key` and `<stem>.crt`, a self-signed CA (the cluster's, or the aggregation layer's front proxy's)."""
+    _key(pki / f"{stem}.key")
     _openssl(
-        "req", "-x509", "-new", "-key", str(pki / "ca.key"), "-subj", "/CN=catalog-cluster-ca",
-        "-days", DAYS, "-out", str(pki / "ca.crt"),
+        "req", "-x509", "-new", "-key", str(pki / f"{stem}.key"), "-subj", f"/CN={cn}",
+        "-days", DAYS, "-out", str(pki / f"{stem}.crt"),
         "-addext", "basicConstraints=critical,CA:TRUE",
         "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
     )  # fmt: skip
 
 
-def sign(pki: Path, stem: str, cn: str, groups: tuple[str, ...] = (), *, server_names: tuple[str, ...] = ()) -> None:
+def sign(
+    pki: Path, stem: str, cn: str, groups: tuple[str, ...] = (), *, server_names: tuple[str, ...] = (), ca: str = "ca"
+) -> None:
     """Writes `<stem>.key` and `<stem>.crt`, a client certificate, or a serving one when `server_names` is set.
 
-    `server_names` are IP addresses or DNS names, put in the subjectAltName.
+    `server_names` are IP addresses or DNS names, put in the subjectAltName; `ca` is the stem of the signing CA.
     """
     _key(pki / f"{stem}.key")
     csr = pki / f"{stem}.csr"
@@ -69,7 +72,7 @@ def sign(pki: Path, stem: str, cn: str, groups: tuple[str, ...] = (), *, server_
     ext_file = pki / f"{stem}.ext"
     ext_file.write_text(extensions)
     _openssl(
-        "x509", "-req", "-in", str(csr), "-CA", str(pki / "ca.crt"), "-CAkey", str(pki / "ca.key"),
+        "x509", "-req", "-in", str(csr), "-CA", str(pki / f"{ca}.crt"), "-CAkey", str(pki / f"{ca}.key"),
         "-CAcreateserial", "-days", DAYS, "-extfile", str(ext_file), "-out", str(pki / f"{stem}.crt"),
     )  # fmt: skip
     csr.unlink()
