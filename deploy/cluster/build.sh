@@ -5,7 +5,8 @@
 # and build flags, so a later clone or CI run on the same machine reuses them.
 #
 #   deploy/cluster/build.sh [family ...]     families: kubernetes etcd containerd runc coredns
-#                                            (the default), and tilt (`make tilt`; built only when named)
+#                                            (the default); tilt (`make tilt`), metrics-server and
+#                                            prometheus-operator (`make platform`): built only when named
 #   deploy/cluster/build.sh --print-bin F    the cache's bin directory for family F (no build)
 #
 # Prints one line per component: "build: [n/N] family/component (elapsed)".
@@ -20,7 +21,7 @@ export GOFLAGS="-p=2 -mod=readonly -trimpath ${GOFLAGS:-}"
 export GOTOOLCHAIN=local
 FAMILIES=(kubernetes etcd containerd runc coredns)
 # Tools that run against the cluster rather than make it: built only when asked for.
-EXTRA_FAMILIES=(tilt)
+EXTRA_FAMILIES=(tilt metrics-server prometheus-operator)
 
 # family -> "package:binary" pairs, build tags, CGO, and version ldflags
 components() {
@@ -31,6 +32,10 @@ components() {
     runc) echo github.com/opencontainers/runc ;;
     coredns) echo github.com/coredns/coredns ;;
     tilt) echo github.com/tilt-dev/tilt/cmd/tilt ;;
+    metrics-server) echo sigs.k8s.io/metrics-server/cmd/metrics-server ;;
+    prometheus-operator)
+      echo github.com/prometheus-operator/prometheus-operator/cmd/operator:prometheus-operator \
+        github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader ;;
     *) echo "build: unknown family $1 (one of: ${FAMILIES[*]} ${EXTRA_FAMILIES[*]})" >&2; return 1 ;;
   esac
 }
@@ -71,6 +76,13 @@ ldflags() {
       v=$(pinned runc github.com/opencontainers/runc)
       echo "-s -w -X main.version=${v#v}" ;;
     coredns) echo "-s -w" ;;
+    metrics-server)
+      # Upstream's Makefile sets client-go's version (what /version and the logs report).
+      v=$(pinned metrics-server sigs.k8s.io/metrics-server)
+      echo "-s -w -X k8s.io/client-go/pkg/version.gitVersion=$v -X k8s.io/client-go/pkg/version.buildDate=1970-01-01T00:00:00Z" ;;
+    prometheus-operator)
+      v=$(pinned prometheus-operator github.com/prometheus-operator/prometheus-operator)
+      echo "-s -w -X github.com/prometheus/common/version.Version=${v#v}" ;;
     tilt)
       # What upstream's release sets (goreleaser: main.version without the "v"). A build
       # without it calls itself a dev build and looks for the web UI's dev server.

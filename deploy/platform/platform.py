@@ -1,0 +1,271 @@
+"""`make platform`: the add-ons a production cluster runs, in the cluster of `make cluster` (stdlib only).
+
+    python3 deploy/platform/platform.py up [component ...]     # default: every component
+    python3 deploy/platform/platform.py down [component ...]
+    python3 deploy/platform/platform.py status
+
+Components (each built from its pinned Go module by deploy/cluster/build.sh, into an image
+made here and imported into the cluster's containerd; nothing is pulled):
+- metrics-server: the metrics.k8s.io API (`kubectl top`, the HorizontalPodAutoscaler's CPU
+  target), registered with the API server's aggregation layer.
+- monitoring: the Prometheus Operator with its CRDs (from the pinned module), and one
+  Prometheus (Debian's package, the binary and the two libraries it links) in the namespace
+  `monitoring`, selecting ServiceMonitors, PodMonitors and PrometheusRules labelled
+  release=kube-prometheus-stack in any namespace, as kube-prometheus-stack does by default.
+
+`up` is idempotent (server-side apply) and returns when each component is ready; it prints
+"platform: [n/N] component ... done in Xs". The chart values that use these components are
+in deploy/platform/values.yaml. The cluster: this clone's `make cluster`, else the one
+running on this machine (its clone is in /run/catalog-cluster/owner), else the kubeconfig
+CATALOG_CLUSTER_KUBECONFIG names. Needs root for `ctr` (the image import).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from string import Template
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+sys.path.insert(0, str(ROOT / "deploy" / "cluster"))
+
+import images  # noqa: E402  (deploy/cluster: the OCI archive writer)
+
+BUILD = ROOT / "deploy" / "cluster" / "build.sh"
+TOOLS = ROOT / "deploy" / "cluster" / "tools"
+OWNER = Path("/run/catalog-cluster/owner")
+CONTAINERD_SOCKET = Path("/run/catalog-cluster/containerd/containerd.sock")
+IMAGE_PREFIX = "localhost/catalog-platform"
+# The label value kube-prometheus-stack's Prometheus selects by (its release name); the chart's
+# monitoring.release defaults to it.
+SELECTOR_RELEASE = "kube-prometheus-stack"
+PROMETHEUS_BINARY = Path("/usr/bin/prometheus")  # Debian's prometheus package
+STARTED = time.monotonic()
+
+
+def say(message: str) -> None:
+    print(f"platform: {message}", flush=True)
+
+
+def kubeconfig() -> Path:
+    """The kubeconfig of the cluster to install into (see the module docstring for the order)."""
+    named = os.environ.get("CATALOG_CLUSTER_KUBECONFIG")
+    if named:
+        return Path(named)
+    own = ROOT / ".run" / "cluster" / "kubeconfig"
+    if own.exists() or not OWNER.exists():
+        return own
+    return Path(OWNER.read_text().strip()) / ".run" / "cluster" / "kubeconfig"
+
+
+def bin_dir(family: str) -> Path:
+    out = subprocess.run(["bash", str(BUILD), "--print-bin", family], capture_output=True, text=True, check=True)
+    return Path(out.stdout.strip())
+
+
+def pinned(family: str, module: str) -> str:
+    out = subprocess.run(["go", "list", "-m", "-f", "{{.Version}}", module], cwd=TOOLS / family,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return out.stdout.strip()
+
+
+def module_dir(family: str, module: str) -> Path:
+    out = subprocess.run(["go", "mod", "download", "-json", module], cwd=TOOLS / family,
+                         capture_output=True, text=True, check=True)  # fmt: skip
+    return Path(json.loads(out.stdout)["Dir"])
+
+
+def kubectl(*args: str, stdin: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+    argv = [str(bin_dir("kubernetes") / "kubectl"), f"--kubeconfig={kubeconfig()}", *args]
+    result = subprocess.run(argv, input=stdin, capture_output=True, text=True, check=False)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)}: {result.stderr.strip()}")
+    return result
+
+
+def apply(manifest: str) -> None:
+    """Server-side apply (the CRDs are too large for the client-side annotation)."""
+    kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=catalog-platform", "-f", "-",
+            stdin=manifest)  # fmt: skip
+
+
+def render(template: str, **values: str) -> str:
+    return Template((HERE / template).read_text()).substitute(values)
+
+
+def wait(what: str, check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise RuntimeError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def import_image(name: str, files: dict[str, Path], entrypoint: list[str], user: str = "65534:65534") -> str:
+    """Writes `name` as an OCI archive of `files` (cached beside the binaries) and imports it; returns the name."""
+    first = next(iter(files.values()))
+    archive = first.parent.parent / f"image-{name.rsplit('/', 1)[1].replace(':', '-')}.tar"
+    if not archive.exists():
+        partial = archive.with_suffix(".partial")
+        images.oci_archive(name, files, entrypoint, user, partial)
+        partial.rename(archive)
+    ctr = bin_dir("containerd") / "ctr"
+    subprocess.run([str(ctr), f"--address={CONTAINERD_SOCKET}", "--namespace=k8s.io", "images", "import",
+                    "--local", str(archive)], capture_output=True, text=True, check=True)  # fmt: skip
+    return name
+
+
+def rollout(namespace: str, kind_name: str, timeout: int = 300) -> None:
+    kubectl("-n", namespace, "rollout", "status", kind_name, f"--timeout={timeout}s")
+
+
+# --- metrics-server ---------------------------------------------------------------------------
+
+
+def metrics_server_up() -> None:
+    version = pinned("metrics-server", "sigs.k8s.io/metrics-server")
+    binary = bin_dir("metrics-server") / "metrics-server"
+    image = import_image(f"{IMAGE_PREFIX}/metrics-server:{version}", {"/metrics-server": binary}, ["/metrics-server"])
+    ca = (kubeconfig().parent / "pki" / "ca.crt").read_text()
+    indented = "\n".join(f"    {line}" for line in ca.strip().splitlines())
+    apply(render("metrics-server.yaml", VERSION=version, IMAGE=image, CLUSTER_CA=indented))
+    rollout("kube-system", "deployment/metrics-server")
+    available = '{.status.conditions[?(@.type=="Available")].status}'
+    wait("the metrics.k8s.io API to be Available",
+         lambda: kubectl("get", "apiservice", "v1beta1.metrics.k8s.io", "-o", f"jsonpath={available}",
+                         check=False).stdout == "True", 180)  # fmt: skip
+    # The first resource metrics appear after one scrape of the kubelet (--metric-resolution).
+    wait("`kubectl top nodes` to answer", lambda: kubectl("top", "nodes", check=False).returncode == 0, 180)
+
+
+def metrics_server_down() -> None:
+    manifest = render("metrics-server.yaml", VERSION="", IMAGE="none", CLUSTER_CA="    none")
+    kubectl("delete", "--ignore-not-found", "--wait=true", "-f", "-", stdin=manifest)
+
+
+# --- monitoring -------------------------------------------------------------------------------
+
+OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
+
+
+def prometheus_files() -> dict[str, Path]:
+    """Debian's prometheus binary and what `ldd` says it links (libc and the loader)."""
+    if not PROMETHEUS_BINARY.exists():
+        raise RuntimeError(f"no {PROMETHEUS_BINARY}: apt-get install prometheus (deploy/local/bootstrap.sh does)")
+    files = {"/bin/prometheus": PROMETHEUS_BINARY}
+    for line in subprocess.run(["ldd", str(PROMETHEUS_BINARY)], capture_output=True, text=True, check=True).stdout.splitlines():
+        path = next((part for part in line.split() if part.startswith("/")), None)
+        if path:
+            files[path] = Path(path).resolve()
+    return files
+
+
+def prometheus_version() -> str:
+    out = subprocess.run([str(PROMETHEUS_BINARY), "--version"], capture_output=True, text=True, check=True)
+    return "v" + out.stdout.split()[2]  # "prometheus, version 2.42.0+ds (branch: ...)"
+
+
+def monitoring_up() -> None:
+    version = pinned("prometheus-operator", OPERATOR_MODULE)
+    source = module_dir("prometheus-operator", OPERATOR_MODULE)
+    for crd in sorted((source / "example" / "prometheus-operator-crd-full").glob("*.yaml")):
+        apply(crd.read_text())
+    for crd in ("prometheuses", "servicemonitors", "podmonitors", "prometheusrules"):
+        kubectl("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com", "--timeout=60s")
+    apply((source / "example" / "rbac" / "prometheus-operator" / "prometheus-operator-cluster-role.yaml").read_text())
+    binaries = bin_dir("prometheus-operator")
+    operator = import_image(f"{IMAGE_PREFIX}/prometheus-operator:{version}",
+                            {"/bin/operator": binaries / "prometheus-operator"}, ["/bin/operator"])  # fmt: skip
+    reloader = import_image(f"{IMAGE_PREFIX}/prometheus-config-reloader:{version}",
+                            {"/bin/prometheus-config-reloader": binaries / "prometheus-config-reloader"},
+                            ["/bin/prometheus-config-reloader"])  # fmt: skip
+    prom_version = prometheus_version().split("+")[0]
+    prometheus = import_image(f"{IMAGE_PREFIX}/prometheus:{prom_version}", prometheus_files(), ["/bin/prometheus"])
+    apply(render("monitoring.yaml", OPERATOR_VERSION=version, OPERATOR_IMAGE=operator, RELOADER_IMAGE=reloader,
+                 PROMETHEUS_IMAGE=prometheus, PROMETHEUS_VERSION=prom_version,
+                 SELECTOR_RELEASE=SELECTOR_RELEASE))  # fmt: skip
+    rollout("monitoring", "deployment/prometheus-operator")
+    wait("the operator to create the Prometheus StatefulSet",
+         lambda: kubectl("-n", "monitoring", "get", "statefulset", "prometheus-platform", check=False).returncode == 0,
+         120)  # fmt: skip
+    rollout("monitoring", "statefulset/prometheus-platform")
+
+
+def monitoring_down() -> None:
+    kubectl("delete", "--ignore-not-found", "--wait=true", "-n", "monitoring", "prometheus", "platform")
+    kubectl("delete", "--ignore-not-found", "--wait=true", "namespace", "monitoring")
+    for kind_name in ("clusterrolebinding/prometheus-operator", "clusterrole/prometheus-operator",
+                      "clusterrolebinding/catalog-platform-prometheus", "clusterrole/catalog-platform-prometheus"):
+        kubectl("delete", "--ignore-not-found", kind_name)  # fmt: skip
+    # The CRDs stay: deleting them deletes every ServiceMonitor and rule of every release.
+
+
+COMPONENTS: dict[str, tuple[str, Callable[[], None], Callable[[], None]]] = {
+    "metrics-server": ("metrics-server", metrics_server_up, metrics_server_down),
+    "monitoring": ("prometheus-operator", monitoring_up, monitoring_down),
+}
+
+
+def up(names: list[str]) -> None:
+    families = sorted({COMPONENTS[name][0] for name in names})
+    say(f"binaries (deploy/cluster/build.sh {' '.join(families)})")
+    subprocess.run(["bash", str(BUILD), *families], check=True)
+    for number, name in enumerate(names, 1):
+        began = time.monotonic()
+        say(f"[{number}/{len(names)}] {name} ...")
+        COMPONENTS[name][1]()
+        say(f"[{number}/{len(names)}] {name} done in {time.monotonic() - began:.1f}s")
+    say(f"ready in {time.monotonic() - STARTED:.0f}s; chart values for it: deploy/platform/values.yaml")
+
+
+def status() -> int:
+    checks = {
+        "metrics-server": ["get", "apiservice", "v1beta1.metrics.k8s.io"],
+        "monitoring": ["-n", "monitoring", "get", "prometheus,deployment,statefulset"],
+    }
+    for name, args in checks.items():
+        result = kubectl(*args, check=False)
+        say(f"{name}:\n{(result.stdout or result.stderr).rstrip()}")
+    return 0
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("up", "down", "status"):
+        print(__doc__)
+        return 2
+    names = argv[1:] or list(COMPONENTS)
+    unknown = [name for name in names if name not in COMPONENTS]
+    if unknown:
+        say(f"unknown component(s) {', '.join(unknown)}: one of {', '.join(COMPONENTS)}")
+        return 2
+    if not kubeconfig().exists():
+        say(f"no cluster: {kubeconfig()} does not exist (`make cluster` starts one)")
+        return 1
+    if shutil.which("go") is None:
+        say("no go on PATH: the components are built from their pinned Go modules")
+        return 1
+    try:
+        if argv[0] == "up":
+            up(names)
+        elif argv[0] == "down":
+            for name in reversed(names):
+                COMPONENTS[name][2]()
+                say(f"{name} removed")
+        else:
+            return status()
+    except (RuntimeError, subprocess.CalledProcessError) as error:
+        say(f"FAILED: {error}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
