@@ -1,9 +1,12 @@
-"""The NetworkPolicies: only the ingress controller reaches HTTP; egress is DNS, PostgreSQL,
-Redis and what extraEgress adds."""
+"""The NetworkPolicies: only the ingress controller (and `helm test`'s pod) reaches HTTP; egress is
+DNS, PostgreSQL, Redis and what extraEgress adds."""
 
 from __future__ import annotations
 
 from tests.fixtures.chart import CI, Manifest, name, render
+
+
+SELECTOR_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
 
 
 def _ports(rule: Manifest) -> set[object]:
@@ -17,11 +20,23 @@ def test_network_policy_only_the_ingress_controller_reaches_http() -> None:
     assert policy["spec"]["podSelector"]["matchLabels"] == api["spec"]["selector"]["matchLabels"]
     assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     by_port = {frozenset(_ports(rule)): rule["from"] for rule in policy["spec"]["ingress"]}
+    test_pod = rendered.get("Pod", name("helm-test"))
     assert by_port[frozenset({"http"})] == [
-        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}},
+        {"podSelector": {"matchLabels": {key: test_pod["metadata"]["labels"][key] for key in SELECTOR_KEYS}}},
     ]
     assert frozenset({"metrics"}) in by_port
     assert len(by_port) == 2
+
+
+def test_without_helm_tests_only_the_ingress_controller_reaches_http() -> None:
+    rendered = render([CI / "production-values.yaml"], {"tests.enabled": False})
+    assert not [pod for pod in rendered.all("Pod")], "no test pod"
+    policy = rendered.get("NetworkPolicy", name("api"))
+    by_port = {frozenset(_ports(rule)): rule["from"] for rule in policy["spec"]["ingress"]}
+    assert by_port[frozenset({"http"})] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress-nginx"}}}
+    ]
 
 
 def test_network_policy_egress_is_dns_postgres_and_redis_only() -> None:
