@@ -5,8 +5,9 @@
 # and build flags, so a later clone or CI run on the same machine reuses them.
 #
 #   deploy/cluster/build.sh [family ...]     families: kubernetes etcd containerd runc coredns
-#                                            (the default); tilt (`make tilt`), metrics-server and
-#                                            prometheus-operator (`make platform`): built only when named
+#                                            (the default); tilt (`make tilt`), metrics-server,
+#                                            prometheus-operator and prometheus (`make platform`):
+#                                            built only when named
 #   deploy/cluster/build.sh --print-bin F    the cache's bin directory for family F (no build)
 #
 # Prints one line per component: "build: [n/N] family/component (elapsed)".
@@ -21,7 +22,7 @@ export GOFLAGS="-p=2 -mod=readonly -trimpath ${GOFLAGS:-}"
 export GOTOOLCHAIN=local
 FAMILIES=(kubernetes etcd containerd runc coredns)
 # Tools that run against the cluster rather than make it: built only when asked for.
-EXTRA_FAMILIES=(tilt metrics-server prometheus-operator)
+EXTRA_FAMILIES=(tilt metrics-server prometheus-operator prometheus)
 
 # family -> "package:binary" pairs, build tags, CGO, and version ldflags
 components() {
@@ -36,6 +37,7 @@ components() {
     prometheus-operator)
       echo github.com/prometheus-operator/prometheus-operator/cmd/operator:prometheus-operator \
         github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader ;;
+    prometheus) echo github.com/prometheus/prometheus/cmd/prometheus ;;
     *) echo "build: unknown family $1 (one of: ${FAMILIES[*]} ${EXTRA_FAMILIES[*]})" >&2; return 1 ;;
   esac
 }
@@ -83,6 +85,11 @@ ldflags() {
     prometheus-operator)
       v=$(pinned prometheus-operator github.com/prometheus-operator/prometheus-operator)
       echo "-s -w -X github.com/prometheus/common/version.Version=${v#v}" ;;
+    prometheus)
+      # The module is tagged v0.<major><minor>.<patch> (v0.305.0 is Prometheus 3.5.0).
+      v=$(pinned prometheus github.com/prometheus/prometheus); v=${v#v0.}
+      local mm=${v%%.*}
+      echo "-s -w -X github.com/prometheus/common/version.Version=${mm:0:1}.$((10#${mm:1})).${v#*.}" ;;
     tilt)
       # What upstream's release sets (goreleaser: main.version without the "v"). A build
       # without it calls itself a dev build and looks for the web UI's dev server.

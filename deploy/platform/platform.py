@@ -9,9 +9,9 @@ made here and imported into the cluster's containerd; nothing is pulled):
 - metrics-server: the metrics.k8s.io API (`kubectl top`, the HorizontalPodAutoscaler's CPU
   target), registered with the API server's aggregation layer.
 - monitoring: the Prometheus Operator with its CRDs (from the pinned module), and one
-  Prometheus (Debian's package, the binary and the two libraries it links) in the namespace
-  `monitoring`, selecting ServiceMonitors, PodMonitors and PrometheusRules labelled
-  release=kube-prometheus-stack in any namespace, as kube-prometheus-stack does by default.
+  Prometheus (3.5, from its module: Debian's package has no Kubernetes service discovery) in
+  the namespace `monitoring`, selecting ServiceMonitors, PodMonitors and PrometheusRules
+  labelled release=kube-prometheus-stack in any namespace, as kube-prometheus-stack does.
 
 `up` is idempotent (server-side apply) and returns when each component is ready; it prints
 "platform: [n/N] component ... done in Xs". The chart values that use these components are
@@ -46,7 +46,6 @@ IMAGE_PREFIX = "localhost/catalog-platform"
 # The label value kube-prometheus-stack's Prometheus selects by (its release name); the chart's
 # monitoring.release defaults to it.
 SELECTOR_RELEASE = "kube-prometheus-stack"
-PROMETHEUS_BINARY = Path("/usr/bin/prometheus")  # Debian's prometheus package
 STARTED = time.monotonic()
 
 
@@ -154,23 +153,7 @@ def metrics_server_down() -> None:
 # --- monitoring -------------------------------------------------------------------------------
 
 OPERATOR_MODULE = "github.com/prometheus-operator/prometheus-operator"
-
-
-def prometheus_files() -> dict[str, Path]:
-    """Debian's prometheus binary and what `ldd` says it links (libc and the loader)."""
-    if not PROMETHEUS_BINARY.exists():
-        raise RuntimeError(f"no {PROMETHEUS_BINARY}: apt-get install prometheus (deploy/local/bootstrap.sh does)")
-    files = {"/bin/prometheus": PROMETHEUS_BINARY}
-    for line in subprocess.run(["ldd", str(PROMETHEUS_BINARY)], capture_output=True, text=True, check=True).stdout.splitlines():
-        path = next((part for part in line.split() if part.startswith("/")), None)
-        if path:
-            files[path] = Path(path).resolve()
-    return files
-
-
-def prometheus_version() -> str:
-    out = subprocess.run([str(PROMETHEUS_BINARY), "--version"], capture_output=True, text=True, check=True)
-    return "v" + out.stdout.split()[2]  # "prometheus, version 2.42.0+ds (branch: ...)"
+PROMETHEUS_MODULE = "github.com/prometheus/prometheus"
 
 
 def monitoring_up() -> None:
@@ -178,8 +161,8 @@ def monitoring_up() -> None:
     source = module_dir("prometheus-operator", OPERATOR_MODULE)
     for crd in sorted((source / "example" / "prometheus-operator-crd-full").glob("*.yaml")):
         apply(crd.read_text())
-    for crd in ("prometheuses", "servicemonitors", "podmonitors", "prometheusrules"):
-        kubectl("wait", "--for=condition=Established", f"crd/{crd}.monitoring.coreos.com", "--timeout=60s")
+    for plural in ("prometheuses", "servicemonitors", "podmonitors", "prometheusrules"):
+        kubectl("wait", "--for=condition=Established", f"crd/{plural}.monitoring.coreos.com", "--timeout=60s")
     apply((source / "example" / "rbac" / "prometheus-operator" / "prometheus-operator-cluster-role.yaml").read_text())
     binaries = bin_dir("prometheus-operator")
     operator = import_image(f"{IMAGE_PREFIX}/prometheus-operator:{version}",
@@ -187,8 +170,12 @@ def monitoring_up() -> None:
     reloader = import_image(f"{IMAGE_PREFIX}/prometheus-config-reloader:{version}",
                             {"/bin/prometheus-config-reloader": binaries / "prometheus-config-reloader"},
                             ["/bin/prometheus-config-reloader"])  # fmt: skip
-    prom_version = prometheus_version().split("+")[0]
-    prometheus = import_image(f"{IMAGE_PREFIX}/prometheus:{prom_version}", prometheus_files(), ["/bin/prometheus"])
+    module = pinned("prometheus", PROMETHEUS_MODULE)  # v0.<major><minor>.<patch>: v0.305.0 is 3.5.0
+    major_minor, patch = module.removeprefix("v0.").split(".")
+    prom_version = f"v{major_minor[0]}.{int(major_minor[1:])}.{patch}"
+    server = bin_dir("prometheus") / "prometheus"
+    image = f"{IMAGE_PREFIX}/prometheus:{prom_version}"
+    prometheus = import_image(image, {"/bin/prometheus": server}, ["/bin/prometheus"])
     apply(render("monitoring.yaml", OPERATOR_VERSION=version, OPERATOR_IMAGE=operator, RELOADER_IMAGE=reloader,
                  PROMETHEUS_IMAGE=prometheus, PROMETHEUS_VERSION=prom_version,
                  SELECTOR_RELEASE=SELECTOR_RELEASE))  # fmt: skip
@@ -202,20 +189,24 @@ def monitoring_up() -> None:
 def monitoring_down() -> None:
     kubectl("delete", "--ignore-not-found", "--wait=true", "-n", "monitoring", "prometheus", "platform")
     kubectl("delete", "--ignore-not-found", "--wait=true", "namespace", "monitoring")
-    for kind_name in ("clusterrolebinding/prometheus-operator", "clusterrole/prometheus-operator",
-                      "clusterrolebinding/catalog-platform-prometheus", "clusterrole/catalog-platform-prometheus"):
+    for kind_name in (
+        "clusterrolebinding/prometheus-operator",
+        "clusterrole/prometheus-operator",
+        "clusterrolebinding/catalog-platform-prometheus",
+        "clusterrole/catalog-platform-prometheus",
+    ):
         kubectl("delete", "--ignore-not-found", kind_name)  # fmt: skip
     # The CRDs stay: deleting them deletes every ServiceMonitor and rule of every release.
 
 
 COMPONENTS: dict[str, tuple[str, Callable[[], None], Callable[[], None]]] = {
     "metrics-server": ("metrics-server", metrics_server_up, metrics_server_down),
-    "monitoring": ("prometheus-operator", monitoring_up, monitoring_down),
+    "monitoring": ("prometheus-operator prometheus", monitoring_up, monitoring_down),
 }
 
 
 def up(names: list[str]) -> None:
-    families = sorted({COMPONENTS[name][0] for name in names})
+    families = sorted({family for name in names for family in COMPONENTS[name][0].split()})
     say(f"binaries (deploy/cluster/build.sh {' '.join(families)})")
     subprocess.run(["bash", str(BUILD), *families], check=True)
     for number, name in enumerate(names, 1):
@@ -237,7 +228,7 @@ def status() -> int:
     return 0
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> int:  # noqa: PLR0911  # one return per refusal reads best
     if not argv or argv[0] not in ("up", "down", "status"):
         print(__doc__)
         return 2
