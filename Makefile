@@ -18,6 +18,9 @@
 #   make cluster-down  stop it; nothing of it is left on the host
 #   make cluster-status  what of it runs, and what of it is left on the host
 #   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster
+#   make platform  metrics-server, the Prometheus Operator and a Prometheus in that cluster (docs/platform.md); PLATFORM="monitoring" picks
+#   make platform-down  remove them (the monitoring CRDs stay)
+#   make platform-status  what of them runs
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
 #   make tilt    Tilt (built from its Go module) against `make cluster`'s cluster: TILT_ARGS="up" (default), "ci", "down --delete-namespaces"
@@ -27,7 +30,8 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
 	loadtest drill profile kind-up kind-down \
-	cluster cluster-build cluster-down cluster-status cluster-test tilt
+	cluster cluster-build cluster-down cluster-status cluster-test tilt \
+	platform platform-down platform-status
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -77,7 +81,7 @@ test: lint tools
 # 2 busy cores, nothing when cached); skipped, like tests/cluster, without root or Go.
 cluster-build:
 	@if [ "$$(id -u)" -eq 0 ] && command -v go >/dev/null 2>&1 && [ "$${CATALOG_CLUSTER:-}" != skip ]; then \
-		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt; \
+		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt metrics-server prometheus-operator; \
 	else echo "cluster-build: skipped (needs root and Go; CATALOG_CLUSTER=skip skips it)"; fi
 
 # A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.
@@ -90,6 +94,17 @@ cluster-down:
 
 cluster-status:
 	@python3 deploy/cluster/cluster.py status
+
+# The add-ons a production cluster runs (docs/platform.md): metrics-server, the Prometheus
+# Operator and a Prometheus, into the cluster of `make cluster`. PLATFORM="monitoring" picks.
+platform:
+	@python3 deploy/platform/platform.py up $(PLATFORM)
+
+platform-down:
+	@python3 deploy/platform/platform.py down $(PLATFORM)
+
+platform-status:
+	@python3 deploy/platform/platform.py status
 
 cluster-test: tools
 	@bash deploy/local/bootstrap.sh image cluster

@@ -43,7 +43,7 @@ def _subject(cn: str, groups: tuple[str, ...]) -> str:
 
 
 def make_ca(pki: Path, stem: str = "ca", cn: str = "catalog-cluster-ca") -> None:
-    """Writes `<stem>.key` and `<stem>.crt`, a self-signed CA (the cluster's, or the aggregation layer's front proxy's)."""
+    """Writes `<stem>.key` and `<stem>.crt`, a self-signed CA (the cluster's, or the aggregation layer's)."""
     _key(pki / f"{stem}.key")
     _openssl(
         "req", "-x509", "-new", "-key", str(pki / f"{stem}.key"), "-subj", f"/CN={cn}",
