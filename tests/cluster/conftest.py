@@ -4,6 +4,6 @@ The cluster started here (when none was up) is taken down when the package's las
 tests/tilt registers `local_cluster` the same way and starts its own when it needs one.
 """
 
-from tests.fixtures.cluster import cluster_backends, cluster_image, local_cluster, release
+from tests.fixtures.cluster import cluster_backends, cluster_image, local_cluster, platform, release
 
-__all__ = ["cluster_backends", "cluster_image", "local_cluster", "release"]
+__all__ = ["cluster_backends", "cluster_image", "local_cluster", "platform", "release"]

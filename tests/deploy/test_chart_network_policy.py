@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from tests.fixtures.chart import CI, Manifest, name, render
 
-
 SELECTOR_KEYS = ("app.kubernetes.io/name", "app.kubernetes.io/instance", "app.kubernetes.io/component")
 
 
@@ -31,7 +30,7 @@ def test_network_policy_only_the_ingress_controller_reaches_http() -> None:
 
 def test_without_helm_tests_only_the_ingress_controller_reaches_http() -> None:
     rendered = render([CI / "production-values.yaml"], {"tests.enabled": False})
-    assert not [pod for pod in rendered.all("Pod")], "no test pod"
+    assert rendered.all("Pod") == [], "no test pod"
     policy = rendered.get("NetworkPolicy", name("api"))
     by_port = {frozenset(_ports(rule)): rule["from"] for rule in policy["spec"]["ingress"]}
     assert by_port[frozenset({"http"})] == [
