@@ -133,12 +133,18 @@ class Traffic:
 
 @dataclass
 class AlertSpan:
-    """One stretch of an alert in one state, in seconds from the drill's start (`began`)."""
+    """One stretch of an alert in one state, in seconds from the drill's start (`began`).
+
+    An alert name can stand for several rules (the error-budget burn has one per window pair):
+    `severity` and `window` (the rule's `long` label, when it has one) tell them apart.
+    """
 
     alert: str
     state: str  # "pending" (its expression is true, `for` not yet over) or "firing"
     start: float
     end: float
+    severity: str = ""
+    window: str = ""
 
 
 @dataclass
@@ -186,13 +192,15 @@ def _alert_spans(prometheus: Prometheus, began: float, ended: float) -> list[Ale
                         series.labels.get("alertstate", "firing"),
                         round(run_start - began, 1),
                         round(min(previous + ALERT_STEP, ended) - began, 1),
+                        series.labels.get("severity", ""),
+                        series.labels.get("long", ""),
                     )
                 )
                 if t is not None:
                     run_start = t
             if t is not None:
                 previous = t
-    return sorted(spans, key=lambda s: (s.alert, s.start))
+    return sorted(spans, key=lambda s: (s.alert, s.window, s.start))
 
 
 @dataclass
