@@ -190,7 +190,7 @@ def _alert_spans(prometheus: Prometheus, began: float, ended: float) -> list[Ale
                     AlertSpan(
                         series.labels["alertname"],
                         series.labels.get("alertstate", "firing"),
-                        round(run_start - began, 1),
+                        round(max(0.0, run_start - began), 1),
                         round(min(previous + ALERT_STEP, ended) - began, 1),
                         series.labels.get("severity", ""),
                         series.labels.get("long", ""),
