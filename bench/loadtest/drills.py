@@ -29,7 +29,8 @@ replaced by the production rules afterwards, so an alert can fire within a
 RUN_DIR/drills/<time>/; the console prints the table and the path. With
 --record (`make drill RECORD=1`) the run's drills also replace the ones of the
 same name in bench/results/drills.json, the recorded run the docs draw from
-(the others stay: the database drills need a stack started another way).
+(the others stay: the database drills need a stack started another way), and
+the table between the markers of bench/results/drills.md is written from it.
 """
 
 from __future__ import annotations
@@ -555,13 +556,33 @@ async def main_async(arguments: argparse.Namespace) -> int:
     print(f"drill: results {directory / 'drills.md'}")
     if arguments.record and results:
         record(summary)
-        print(
-            f"drill: recorded in {RECORDED.relative_to(ROOT)}; its table in bench/results/drills.md is yours to update"
-        )
+        print(f"drill: recorded in {RECORDED.relative_to(ROOT)} and the table of {RECORDED_PAGE.relative_to(ROOT)}")
     return 0 if results and all(r.passed for r in results) else 1
 
 
 RECORDED = ROOT / "bench" / "results" / "drills.json"
+RECORDED_PAGE = ROOT / "bench" / "results" / "drills.md"
+# The recorded table sits between these lines in drills.md; the prose around it is the author's.
+TABLE_START = "<!-- the recorded drills: written by `make drill RECORD=1` from drills.json -->"
+TABLE_END = "<!-- end of the recorded drills -->"
+
+
+def recorded_table(recorded: dict[str, Any]) -> str:
+    """The table of the recorded drills (bench/results/drills.json), as drills.md shows it."""
+    fields = {name for name in Result.__dataclass_fields__ if name != "timeline"}
+    return table([Result(**{k: v for k, v in drill.items() if k in fields}) for drill in recorded["drills"]])
+
+
+def write_recorded_table(recorded: dict[str, Any], page: Path = RECORDED_PAGE) -> None:
+    """Replaces the table between TABLE_START and TABLE_END in `page` (appends both when absent)."""
+    text = page.read_text() if page.exists() else "# Fault drills\n"
+    block = f"{TABLE_START}\n{recorded_table(recorded)}\n{TABLE_END}"
+    if TABLE_START in text and TABLE_END in text:
+        before, rest = text.split(TABLE_START, 1)
+        text = before + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    page.write_text(text)
 
 
 def record(summary: dict[str, Any], path: Path = RECORDED) -> None:
@@ -577,6 +598,8 @@ def record(summary: dict[str, Any], path: Path = RECORDED) -> None:
     merged = sorted([*kept, *fresh.values()], key=lambda d: order.index(d["drill"]) if d["drill"] in order else 99)
     recorded.update(date=summary["date"], rules_profile=summary["rules_profile"], drills=merged)
     path.write_text(json.dumps(recorded, indent=2) + "\n")
+    if path == RECORDED:
+        write_recorded_table(recorded)
 
 
 def main(argv: list[str]) -> int:
