@@ -42,6 +42,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root and b
     sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
 
 import matplotlib
+from loadtest import report  # bench/loadtest/report.py: the load test's own chart drawing
 
 from docs.images import graph, timeline, topology
 
@@ -82,10 +83,7 @@ def _drills() -> list[dict[str, Any]]:
 
 def _loadtest_chart(name: str) -> Picture:
     def draw(data: Any, path: Path) -> None:
-        from loadtest import report  # noqa: PLC0415  (bench/ is importable only once the script set it up)
-
-        charts = report.Charts(data, path.parent)
-        getattr(charts, name)()
+        getattr(report.Charts(data, path.parent), name)()
 
     return Picture(
         LOADTEST / f"{name}.png",
