@@ -400,4 +400,5 @@ def record(directory: Path, charts: list[str], arguments: argparse.Namespace) ->
     embeds = "\n\n".join(f"![{Path(name).stem}](loadtest/{name})" for name in charts)
     text = (directory / "report.md").read_text().rstrip("\n")
     (RECORDED / "loadtest.md").write_text(f"{text}\n\n{how}\n\n## Charts\n\n{embeds}\n")
-    print(f"loadtest: recorded in {RECORDED.relative_to(ROOT)}/loadtest.md, loadtest.json and loadtest/")
+    shown = RECORDED.relative_to(ROOT) if RECORDED.is_relative_to(ROOT) else RECORDED
+    print(f"loadtest: recorded in {shown}/loadtest.md, loadtest.json and loadtest/")
