@@ -5,9 +5,10 @@
 #   make test    lint + type check + the whole test suite
 #   make lint    ruff (lint and format check) + mypy --strict
 #   make bench   benchmarks under bench/, results in bench/results/
-#   make drill   fault drills under steady load against the `make up` stack (ONLY="redis-stop ..." picks some)
+#   make drill   fault drills under steady load against the `make up` stack (ONLY="redis-stop ..." picks some; RECORD=1 keeps them in bench/results)
 #   make profile  a py-spy flame graph (SVG) of API pod 1 while the load test runs (RATE=60 DURATION=60s)
-#   make loadtest  locust against the `make up` stack with an SLO verdict and a report (RATE=60 DURATION=2m, or HOST=... PROMETHEUS=...)
+#   make loadtest  locust against the `make up` stack with an SLO verdict and a report (RATE=60 DURATION=2m, or HOST=... PROMETHEUS=...; RECORD=1 keeps it in bench/results)
+#   make docs-images  redraw the docs' pictures (topology, drill timelines, load-test charts) from the data they show
 #   make monitoring  regenerate Prometheus rules, their promtool tests and the Grafana dashboards from service/slo.toml
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
 #   make chart-sync  copy monitoring/ rules and dashboards into the chart (a test fails when they differ)
@@ -29,7 +30,7 @@ SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
-	loadtest drill profile kind-up kind-down \
+	loadtest drill profile docs-images kind-up kind-down \
 	cluster cluster-build cluster-down cluster-status cluster-test tilt \
 	platform platform-down platform-status
 
@@ -139,16 +140,25 @@ bench:
 	$(UV) run python bench/page.py; \
 	exit $$status
 
+# RECORD=1 makes the run the recorded one (bench/results/) and redraws the pictures the docs show from it.
 LOADTEST_ARGS = $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(if $(HOST),--host $(HOST)) \
-	$(if $(PROMETHEUS),--prometheus $(PROMETHEUS)) $(ARGS)
+	$(if $(PROMETHEUS),--prometheus $(PROMETHEUS)) $(if $(RECORD),--record) $(ARGS)
 loadtest: install
-	PYTHONPATH=bench $(UV) run python -m loadtest $(LOADTEST_ARGS)
+	@# A run that misses the SLO is recorded too: the pictures follow it, the exit status still says so.
+	PYTHONPATH=bench $(UV) run python -m loadtest $(LOADTEST_ARGS); status=$$?; \
+	$(if $(RECORD),$(MAKE) --no-print-directory docs-images || status=1;) exit $$status
 
 profile: install
 	PYTHONPATH=bench $(UV) run python -m loadtest.profile $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(ARGS)
 
 drill: install
-	PYTHONPATH=bench $(UV) run python -m loadtest.drills $(if $(ONLY),--only $(ONLY)) $(ARGS)
+	PYTHONPATH=bench $(UV) run python -m loadtest.drills $(if $(ONLY),--only $(ONLY)) $(if $(RECORD),--record) $(ARGS); \
+	status=$$?; $(if $(RECORD),$(MAKE) --no-print-directory docs-images || status=1;) exit $$status
+
+# Every picture a page shows, from the data it shows (docs/images/generate.py; helm renders the chart's).
+# tests/unit/test_docs_images.py fails when a committed picture or images.json is not what this writes.
+docs-images: tools
+	$(UV) run python docs/images/generate.py
 
 monitoring: install
 	$(UV) run python monitoring/generate.py

@@ -15,14 +15,22 @@ the old primary is rebuilt as the new one's replica). Each one:
    --fault-seconds (the restart and the kill are repaired by `make up` itself);
 3. keeps the traffic going until the stack has recovered, then checks that
    every job accepted with 202 ended `succeeded` (a job lost is a failed drill);
-4. asks Prometheus which alerts fired during the drill.
+4. asks Prometheus which alerts fired during the drill, and records its
+   timeline: the fault's start and end, requests answered and failed per
+   second, and each alert's pending and firing spans (ALERTS, read at the
+   rule evaluation interval), all in seconds from the drill's start, so
+   `make docs-images` draws it (docs/images/drills.png) from drills.json alone.
 
 Alerts are judged with the rules' test profile (monitoring/generate.py
 --profile test: the production expressions with windows shortened, 5m -> 20 s,
 2m -> 10 s, ...), loaded into the stack's Prometheus for the drills and
 replaced by the production rules afterwards, so an alert can fire within a
 30 s fault. Traffic goes to loopback only. Results (Markdown and JSON) go to
-RUN_DIR/drills/<time>/; the console prints the table and the path.
+RUN_DIR/drills/<time>/; the console prints the table and the path. With
+--record (`make drill RECORD=1`) the run's drills also replace the ones of the
+same name in bench/results/drills.json, the recorded run the docs draw from
+(the others stay: the database drills need a stack started another way), and
+the table between the markers of bench/results/drills.md is written from it.
 """
 
 from __future__ import annotations
@@ -125,6 +133,78 @@ class Traffic:
 
 
 @dataclass
+class AlertSpan:
+    """One stretch of an alert in one state, in seconds from the drill's start (`began`).
+
+    An alert name can stand for several rules (the error-budget burn has one per window pair):
+    `severity` and `window` (the rule's `long` label, when it has one) tell them apart.
+    """
+
+    alert: str
+    state: str  # "pending" (its expression is true, `for` not yet over) or "firing"
+    start: float
+    end: float
+    severity: str = ""
+    window: str = ""
+
+
+@dataclass
+class Timeline:
+    """When things happened in one drill, in seconds from its start (the baseline's first request).
+
+    `seconds` has one row per second of traffic: [second, answered 2xx, failed (any other status
+    or no answer)], counted by when each request was sent. Alert spans come from Prometheus's
+    ALERTS series sampled every ALERT_STEP seconds (the stack's rule evaluation interval), so
+    their edges are as precise as that interval.
+    """
+
+    began: float  # unix seconds
+    fault_start: float
+    fault_end: float
+    last_failure: float | None  # the last failed request's answer; None when none failed
+    ended: float
+    seconds: list[list[int]]
+    alerts: list[AlertSpan]
+
+
+# The stack's Prometheus evaluates rules every 5 s (monitoring/prometheus/prometheus.yml).
+ALERT_STEP = 5.0
+
+
+def _per_second(samples: list[Sample], began: float) -> list[list[int]]:
+    counts: dict[int, list[int]] = {}
+    for sample in samples:
+        row = counts.setdefault(int(sample.sent - began), [0, 0])
+        row[0 if 200 <= sample.status < 300 else 1] += 1
+    return [[second, *counts.get(second, [0, 0])] for second in range(max(counts, default=-1) + 1)]
+
+
+def _alert_spans(prometheus: Prometheus, began: float, ended: float) -> list[AlertSpan]:
+    """Contiguous runs of each (alert, state) in ALERTS between `began` and `ended`."""
+    spans: list[AlertSpan] = []
+    for series in prometheus.series("ALERTS", began, ended, ALERT_STEP):
+        times = [t for t, _ in series.points]
+        run_start = previous = times[0] if times else 0.0
+        for t in [*times[1:], None]:
+            if t is None or t - previous > ALERT_STEP * 1.5:
+                spans.append(
+                    AlertSpan(
+                        series.labels["alertname"],
+                        series.labels.get("alertstate", "firing"),
+                        round(max(0.0, run_start - began), 1),
+                        round(min(previous + ALERT_STEP, ended) - began, 1),
+                        series.labels.get("severity", ""),
+                        series.labels.get("long", ""),
+                    )
+                )
+                if t is not None:
+                    run_start = t
+            if t is not None:
+                previous = t
+    return sorted(spans, key=lambda s: (s.alert, s.window, s.start))
+
+
+@dataclass
 class Result:
     drill: str
     fault: str
@@ -137,6 +217,7 @@ class Result:
     recovery_seconds: float  # from the fault's end to the last failed request (0: none failed after it)
     expected_alerts: list[str]
     alerts_fired: list[str]
+    timeline: Timeline | None = None
 
     @property
     def passed(self) -> bool:
@@ -374,6 +455,15 @@ async def run_drill(drill: Drill, context: Context, prometheus: Prometheus, rate
     ended = time.time()
     failed = [s for s in traffic.samples if not 200 <= s.status < 300]
     last_failure = max((s.done for s in failed), default=fault_end)
+    timeline = Timeline(
+        began=round(began, 3),
+        fault_start=round(fault_start - began, 1),
+        fault_end=round(fault_end - began, 1),
+        last_failure=round(last_failure - began, 1) if failed else None,
+        ended=round(ended - began, 1),
+        seconds=_per_second(traffic.samples, began),
+        alerts=_alert_spans(prometheus, began, ended),
+    )
     return Result(
         drill=drill.name,
         fault=drill.fault,
@@ -386,6 +476,7 @@ async def run_drill(drill: Drill, context: Context, prometheus: Prometheus, rate
         recovery_seconds=round(max(0.0, last_failure - fault_end), 1),
         expected_alerts=drill.expected_alerts,
         alerts_fired=_fired_between(prometheus, began, ended),
+        timeline=timeline,
     )
 
 
@@ -463,7 +554,52 @@ async def main_async(arguments: argparse.Namespace) -> int:
     (directory / "drills.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(text)
     print(f"drill: results {directory / 'drills.md'}")
+    if arguments.record and results:
+        record(summary)
+        print(f"drill: recorded in {RECORDED.relative_to(ROOT)} and the table of {RECORDED_PAGE.relative_to(ROOT)}")
     return 0 if results and all(r.passed for r in results) else 1
+
+
+RECORDED = ROOT / "bench" / "results" / "drills.json"
+RECORDED_PAGE = ROOT / "bench" / "results" / "drills.md"
+# The recorded table sits between these lines in drills.md; the prose around it is the author's.
+TABLE_START = "<!-- the recorded drills: written by `make drill RECORD=1` from drills.json -->"
+TABLE_END = "<!-- end of the recorded drills -->"
+
+
+def recorded_table(recorded: dict[str, Any]) -> str:
+    """The table of the recorded drills (bench/results/drills.json), as drills.md shows it."""
+    fields = {name for name in Result.__dataclass_fields__ if name != "timeline"}
+    return table([Result(**{k: v for k, v in drill.items() if k in fields}) for drill in recorded["drills"]])
+
+
+def write_recorded_table(recorded: dict[str, Any], page: Path = RECORDED_PAGE) -> None:
+    """Replaces the table between TABLE_START and TABLE_END in `page` (appends both when absent)."""
+    text = page.read_text() if page.exists() else "# Fault drills\n"
+    block = f"{TABLE_START}\n{recorded_table(recorded)}\n{TABLE_END}"
+    if TABLE_START in text and TABLE_END in text:
+        before, rest = text.split(TABLE_START, 1)
+        text = before + block + rest.split(TABLE_END, 1)[1]
+    else:
+        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    page.write_text(text)
+
+
+def record(summary: dict[str, Any], path: Path = RECORDED) -> None:
+    """Merges a run's drills into the recorded results at `path`: a drill of the same name is replaced,
+    the others are kept; each drill carries the date and commit of the run it came from."""
+    recorded: dict[str, Any] = json.loads(path.read_text()) if path.exists() else {"drills": []}
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, cwd=ROOT, capture_output=True, text=True, check=False)
+    stamp = {"date": summary["date"], "commit": commit.stdout.strip() or "unknown"}
+    fresh = {drill["drill"]: drill | stamp for drill in summary["drills"]}
+    kept = [drill for drill in recorded["drills"] if drill["drill"] not in fresh]
+    order = [d.name for d in DRILLS]
+    merged = sorted([*kept, *fresh.values()], key=lambda d: order.index(d["drill"]) if d["drill"] in order else 99)
+    recorded.update(date=summary["date"], rules_profile=summary["rules_profile"], drills=merged)
+    path.write_text(json.dumps(recorded, indent=2) + "\n")
+    if path == RECORDED:
+        write_recorded_table(recorded)
 
 
 def main(argv: list[str]) -> int:
@@ -471,6 +607,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", nargs="+", metavar="NAME", help=f"run these drills: {[d.name for d in DRILLS]}")
     parser.add_argument("--rate", type=float, default=30.0, help="steady reads per second (30)")
     parser.add_argument("--fault-seconds", type=float, default=30.0, help="how long an outage lasts (30)")
+    parser.add_argument("--record", action="store_true", help="also merge the results into bench/results/drills.json")
     arguments = parser.parse_args(argv)
     if not (0 < arguments.rate <= 500) or not (1 <= arguments.fault_seconds <= 300):
         parser.error("--rate must be in (0, 500] and --fault-seconds in [1, 300]")

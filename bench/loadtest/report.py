@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import csv
 import html
-from dataclasses import dataclass, field
+import json
+import sys
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -99,39 +101,94 @@ def _finish(axes: Axes, title: str, ylabel: str, *, from_zero: bool = True) -> N
     axes.legend(fontsize="small", loc="best")
 
 
+# The charts' series: name -> (PromQL over the API's job, scale). `{job}` and `{window}` are filled in.
+QUERIES: dict[str, str] = {
+    "server_p50": "histogram_quantile(0.5, sum by (le) (rate(" + HISTOGRAM + "_bucket{{{job}}}[{window}])))",
+    "server_p99": "histogram_quantile(0.99, sum by (le) (rate(" + HISTOGRAM + "_bucket{{{job}}}[{window}])))",
+    "server_5xx_ratio": (
+        "(sum(rate(" + HISTOGRAM + '_count{{{job},http_response_status_code=~"5.."}}[{window}])) or vector(0))'
+        " / sum(rate(" + HISTOGRAM + "_count{{{job}}}[{window}]))"
+    ),
+    "server_rps": "sum(rate(" + HISTOGRAM + "_count{{{job}}}[{window}]))",
+    "queue_depth": "sum(job_queue_depth)",
+    "queue_wait_p90": "histogram_quantile(0.9, sum by (le) (rate(job_queue_wait_seconds_bucket[{window}])))",
+    "cpu": "sum by (pod) (rate(process_cpu_seconds_total[{window}]))",
+    "loop_lag_p99": "histogram_quantile(0.99, sum by (pod, le) (rate(event_loop_lag_seconds_bucket[{window}])))",
+}
+
+
+def record(
+    prometheus: Prometheus, slo: Slo, start: float, end: float, offered_rps: float, *, history: ClientHistory
+) -> dict[str, Any]:
+    """Everything the charts draw, JSON-able: written as charts.json beside them, so they can be redrawn
+    (`python -m loadtest.report DIR`, `make docs-images`) without the Prometheus that served the run.
+
+    Shape: {"start", "end" (unix s), "offered_rps", "slo": {p50_target, ..., throughput_drop_alert} (seconds
+    and ratios, as judged), "client": {times, rps, failures, p50, p99} (locust's per-second rows, seconds),
+    "server": {QUERIES key: [{"labels", "points": [[unix s, value], ...]}]}}.
+    """
+    job = f'job="{prometheus.api_job}"'
+    server = {
+        name: [
+            asdict(series) for series in prometheus.series(query.format(job=job, window=RATE_WINDOW), start, end, STEP)
+        ]
+        for name, query in QUERIES.items()
+    }
+    lines = (
+        "p50_target",
+        "p50_alert",
+        "p99_target",
+        "p99_alert",
+        "error_target",
+        "error_alert",
+        "throughput_drop_alert",
+    )
+    return {
+        "start": start,
+        "end": end,
+        "offered_rps": offered_rps,
+        "slo": {name: getattr(slo, name) for name in lines},
+        "client": asdict(history),
+        "server": server,
+    }
+
+
 @dataclass
 class Charts:
-    prometheus: Prometheus
-    slo: Slo
-    start: float
-    end: float
-    offered_rps: float
-    history: ClientHistory
+    """The five charts, drawn from `record`'s data alone."""
+
+    data: dict[str, Any]
     directory: Path
 
-    def _range(self, query: str) -> list[Series]:
-        return self.prometheus.series(query, self.start, self.end, STEP)
+    @property
+    def start(self) -> float:
+        return float(self.data["start"])
+
+    @property
+    def history(self) -> ClientHistory:
+        return ClientHistory(**self.data["client"])
+
+    def _series(self, name: str) -> list[Series]:
+        return [
+            Series(item["labels"], [(float(t), float(v)) for t, v in item["points"]])
+            for item in self.data["server"][name]
+        ]
 
     def _save(self, figure: Any, name: str) -> str:
         figure.tight_layout()
-        figure.savefig(self.directory / name, dpi=100)
+        figure.savefig(self.directory / name, dpi=100, metadata={"Software": None})
         plt.close(figure)
         return name
 
     def latency(self) -> str:
         figure, axes = plt.subplots(figsize=(10, 4.5))
-        job = f'job="{self.prometheus.api_job}"'
-        for q, color, target, alert, client in (
-            (0.5, "tab:blue", self.slo.p50_target, self.slo.p50_alert, self.history.p50),
-            (0.99, "tab:orange", self.slo.p99_target, self.slo.p99_alert, self.history.p99),
-        ):
-            name = f"p{q * 100:g}"
-            query = f"histogram_quantile({q}, sum by (le) (rate({HISTOGRAM}_bucket{{{job}}}[{RATE_WINDOW}])))"
-            _plot_series(axes, self._range(query), self.start, f"server {name}", scale=1000, color=color)
+        slo = self.data["slo"]
+        for name, color, client in (("p50", "tab:blue", self.history.p50), ("p99", "tab:orange", self.history.p99)):
+            _plot_series(axes, self._series(f"server_{name}"), self.start, f"server {name}", scale=1000, color=color)
             client_ms = [v * 1000 if v else None for v in client]  # locust writes 0 before it has data
             _plot_client(axes, self.history, client_ms, self.start, f"client {name}", color=color)
-            axes.axhline(target * 1000, linestyle=":", color=color, linewidth=1, label=f"{name} target")
-            axes.axhline(alert * 1000, linestyle="-.", color=color, linewidth=1, label=f"{name} alert")
+            axes.axhline(slo[f"{name}_target"] * 1000, linestyle=":", color=color, linewidth=1, label=f"{name} target")
+            axes.axhline(slo[f"{name}_alert"] * 1000, linestyle="-.", color=color, linewidth=1, label=f"{name} alert")
         axes.set_yscale("log")
         axes.yaxis.set_major_formatter(ScalarFormatter())
         axes.yaxis.set_minor_formatter(NullFormatter())
@@ -140,50 +197,52 @@ class Charts:
 
     def errors(self) -> str:
         figure, axes = plt.subplots(figsize=(10, 3.5))
-        job = f'job="{self.prometheus.api_job}"'
-        errors = f'sum(rate({HISTOGRAM}_count{{{job},http_response_status_code=~"5.."}}[{RATE_WINDOW}]))'
-        query = f"({errors} or vector(0)) / sum(rate({HISTOGRAM}_count{{{job}}}[{RATE_WINDOW}]))"
-        _plot_series(axes, self._range(query), self.start, "server 5xx ratio", scale=100)
-        ratios = [(f / r * 100) if r else None for f, r in zip(self.history.failures, self.history.rps, strict=True)]
-        _plot_client(axes, self.history, ratios, self.start, "client failures")
-        axes.axhline(self.slo.error_target * 100, linestyle=":", color="grey", label="target")
-        axes.axhline(self.slo.error_alert * 100, linestyle="-.", color="grey", label="alert")
+        _plot_series(axes, self._series("server_5xx_ratio"), self.start, "server 5xx ratio", scale=100)
+        history = self.history
+        ratios = [(f / r * 100) if r else None for f, r in zip(history.failures, history.rps, strict=True)]
+        _plot_client(axes, history, ratios, self.start, "client failures")
+        axes.axhline(self.data["slo"]["error_target"] * 100, linestyle=":", color="grey", label="target")
+        axes.axhline(self.data["slo"]["error_alert"] * 100, linestyle="-.", color="grey", label="alert")
         _finish(axes, "Error rate", "percent of requests")
         return self._save(figure, "errors.png")
 
     def throughput(self) -> str:
         figure, axes = plt.subplots(figsize=(10, 3.5))
-        job = f'job="{self.prometheus.api_job}"'
-        query = f"sum(rate({HISTOGRAM}_count{{{job}}}[{RATE_WINDOW}]))"
-        _plot_series(axes, self._range(query), self.start, "server (API pods)")
+        offered = float(self.data["offered_rps"])
+        _plot_series(axes, self._series("server_rps"), self.start, "server (API pods)")
         _plot_client(axes, self.history, list(self.history.rps), self.start, "client (locust)")
-        axes.axhline(self.offered_rps, linestyle=":", color="grey", label="offered")
-        floor = self.offered_rps * (1 - self.slo.throughput_drop_alert)
+        axes.axhline(offered, linestyle=":", color="grey", label="offered")
+        floor = offered * (1 - self.data["slo"]["throughput_drop_alert"])
         axes.axhline(floor, linestyle="-.", color="grey", label="pass floor")
         _finish(axes, "Throughput", "requests per second")
         return self._save(figure, "throughput.png")
 
     def jobs(self) -> str:
         figure, (depth, wait) = plt.subplots(1, 2, figsize=(10, 3.5))
-        _plot_series(depth, self._range("sum(job_queue_depth)"), self.start, "runnable, not claimed")
+        _plot_series(depth, self._series("queue_depth"), self.start, "runnable, not claimed")
         _finish(depth, "Job queue depth", "jobs")
-        query = f"histogram_quantile(0.9, sum by (le) (rate(job_queue_wait_seconds_bucket[{RATE_WINDOW}])))"
-        _plot_series(wait, self._range(query), self.start, "queue wait p90", scale=1000)
+        _plot_series(wait, self._series("queue_wait_p90"), self.start, "queue wait p90", scale=1000)
         _finish(wait, "Job queue wait", "milliseconds")
         return self._save(figure, "jobs.png")
 
     def pods(self) -> str:
         figure, (cpu, lag) = plt.subplots(1, 2, figsize=(10, 3.5))
-        query = f"sum by (pod) (rate(process_cpu_seconds_total[{RATE_WINDOW}]))"
-        _plot_series(cpu, self._range(query), self.start, "{pod}")
+        _plot_series(cpu, self._series("cpu"), self.start, "{pod}")
         _finish(cpu, "CPU per pod", "cores")
-        query = f"histogram_quantile(0.99, sum by (pod, le) (rate(event_loop_lag_seconds_bucket[{RATE_WINDOW}])))"
-        _plot_series(lag, self._range(query), self.start, "{pod}", scale=1000)
+        _plot_series(lag, self._series("loop_lag_p99"), self.start, "{pod}", scale=1000)
         _finish(lag, "Event-loop lag p99", "milliseconds")
         return self._save(figure, "pods.png")
 
     def all(self) -> list[str]:
         return [self.latency(), self.errors(), self.throughput(), self.jobs(), self.pods()]
+
+
+CHART_DATA = "charts.json"
+
+
+def redraw(directory: Path) -> list[str]:
+    """Draws the charts again from DIRECTORY/charts.json into DIRECTORY; returns their file names."""
+    return Charts(json.loads((directory / CHART_DATA).read_text()), directory).all()
 
 
 def _verdict_rows(verdicts: list[Verdict]) -> list[list[str]]:
@@ -265,3 +324,8 @@ def html_page(
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
         f"<style>{style}</style></head><body>{''.join(sections)}<p><small>{generated}</small></p></body></html>\n"
     )
+
+
+if __name__ == "__main__":  # python -m loadtest.report DIR: redraw a run's charts from its charts.json
+    for argument in sys.argv[1:]:
+        print(*(Path(argument) / name for name in redraw(Path(argument))), sep="\n")

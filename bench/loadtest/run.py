@@ -12,7 +12,11 @@ Steps, each printed as it happens:
 3. wait one scrape, then read the server's view of the run's window from Prometheus;
 4. check that every job the run submitted ended (a job the queue lost fails the run);
 5. judge each SLI on both views and write the report (HTML, Markdown, PNG
-   charts, JSON) to a new directory under --results (default .run/loadtest/).
+   charts, the charts' data as charts.json, JSON) to a new directory under
+   --results (default .run/loadtest/).
+With --record (`make loadtest RECORD=1`) the run also becomes the recorded one
+the docs show: bench/results/loadtest.md and loadtest.json, and its charts and
+charts.json in bench/results/loadtest/ (the only copy the pages link).
 Exit status 0 when every SLI passes on both views and no job was lost.
 """
 
@@ -25,6 +29,7 @@ import json
 import math
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -89,6 +94,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--users", type=int, default=0, help="simulated shoppers (default: one per 5 req/s)")
     parser.add_argument("--seed-items", type=int, default=2000, help="items to add before the run (2000)")
     parser.add_argument("--results", type=Path, default=None, help="where report directories go (.run/loadtest)")
+    parser.add_argument(
+        "--record", action="store_true", help="also make this run the recorded one (bench/results/loadtest*)"
+    )
     parser.add_argument(
         "--no-forwarded-for", action="store_true", help="do not give each shopper its own X-Forwarded-For address"
     )
@@ -324,7 +332,9 @@ def main(argv: list[str]) -> int:
             server = prometheus.server_view(slo, start, end)
             verdicts = judge(slo, arguments.rate, server, client)
             history = report.ClientHistory.read(directory / "locust_stats_history.csv")
-            charts = report.Charts(prometheus, slo, start, end, arguments.rate, history, directory).all()
+            chart_data = report.record(prometheus, slo, start, end, arguments.rate, history=history)
+            (directory / report.CHART_DATA).write_text(json.dumps(chart_data) + "\n")
+            charts = report.Charts(chart_data, directory).all()
         finally:
             prometheus.close()
     except (LoadTestError, PrometheusError, OSError, asyncpg.PostgresError, httpx.HTTPError) as error:
@@ -364,4 +374,31 @@ def main(argv: list[str]) -> int:
     (directory / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print((directory / "report.md").read_text())
     print(f"loadtest: report {directory / 'report.html'}")
+    if arguments.record:
+        record(directory, charts, arguments)
     return 0 if passed else 1
+
+
+RECORDED = ROOT / "bench" / "results"
+
+
+def record(directory: Path, charts: list[str], arguments: argparse.Namespace) -> None:
+    """Makes the run in `directory` the recorded one: its summary, its report with how it was run,
+    and its charts with their data under bench/results/loadtest/ (replacing the previous run's)."""
+    charts_dir = RECORDED / "loadtest"
+    shutil.rmtree(charts_dir, ignore_errors=True)
+    charts_dir.mkdir(parents=True)
+    for name in [*charts, report.CHART_DATA]:
+        shutil.copy(directory / name, charts_dir / name)
+    shutil.copy(directory / "summary.json", RECORDED / "loadtest.json")
+    git = ["git", "rev-parse", "--short", "HEAD"]
+    commit = subprocess.run(git, cwd=ROOT, capture_output=True, text=True, check=False).stdout.strip() or "unknown"
+    how = (
+        f"Run with `make loadtest RECORD=1` (--rate {arguments.rate:g}, --duration {arguments.duration} s) "
+        f"at commit {commit}, on a machine with {os.cpu_count()} CPUs."
+    )
+    embeds = "\n\n".join(f"![{Path(name).stem}](loadtest/{name})" for name in charts)
+    text = (directory / "report.md").read_text().rstrip("\n")
+    (RECORDED / "loadtest.md").write_text(f"{text}\n\n{how}\n\n## Charts\n\n{embeds}\n")
+    shown = RECORDED.relative_to(ROOT) if RECORDED.is_relative_to(ROOT) else RECORDED
+    print(f"loadtest: recorded in {shown}/loadtest.md, loadtest.json and loadtest/")

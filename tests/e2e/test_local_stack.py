@@ -183,6 +183,15 @@ def test_the_load_test_judges_a_short_run_from_the_server_and_the_client(stack: 
         assert (directory / chart).read_bytes().startswith(b"\x89PNG"), chart
     assert "| P99 latency |" in (directory / "report.md").read_text()
     assert f"report {directory / 'report.html'}" in run.stdout
+    # The charts' data is kept beside them, and the same charts are drawn again from it alone.
+    data = orjson.loads((directory / "charts.json").read_bytes())
+    [rate] = data["server"]["server_rps"]
+    assert rate["points"], rate
+    assert max(value for _, value in rate["points"]) > 5, rate  # 20 req/s offered
+    assert len(data["client"]["times"]) >= 10, data["client"]
+    redraw = bench_module(stack, "loadtest.report", str(directory))
+    assert redraw.returncode == 0, redraw.stderr
+    assert str(directory / "latency.png") in redraw.stdout
 
 
 def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str, str]) -> None:
@@ -197,6 +206,13 @@ def test_a_drill_stops_redis_under_load_and_reports_no_lost_job(stack: dict[str,
     assert result["jobs_accepted"] >= 10, result
     assert result["jobs_lost"] == 0, result
     assert result["fault_seconds"] >= 5
+    # Its timeline, in seconds from the drill's start: 5 s of baseline, the fault, every request counted once.
+    timeline = result["timeline"]
+    assert 4.5 <= timeline["fault_start"] < timeline["fault_end"] <= timeline["ended"], timeline
+    assert timeline["fault_end"] - timeline["fault_start"] == pytest.approx(result["fault_seconds"], abs=0.2)
+    assert sum(ok + failed for _, ok, failed in timeline["seconds"]) == result["requests"]
+    assert timeline["last_failure"] is None  # nothing failed
+    assert all(span["state"] in {"pending", "firing"} for span in timeline["alerts"]), timeline["alerts"]
     assert run.returncode == 0, run.stdout[-3000:]
     # The production rules are back in the stack's Prometheus afterwards.
     rules = Path(stack["RUN_DIR"]) / "prometheus" / "rules"
