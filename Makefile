@@ -18,6 +18,7 @@
 #   make cluster-down  stop it; nothing of it is left on the host
 #   make cluster-status  what of it runs, and what of it is left on the host
 #   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster
+#   make gateway  the cluster's edge: Traefik serving Gateway API, built from its Go module (docs/edge-cluster.md); gateway-down removes it
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
 #   make tilt    Tilt (built from its Go module) against `make cluster`'s cluster: TILT_ARGS="up" (default), "ci", "down --delete-namespaces"
@@ -27,7 +28,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
 	loadtest drill profile kind-up kind-down \
-	cluster cluster-build cluster-down cluster-status cluster-test tilt
+	cluster cluster-build cluster-down cluster-status cluster-test tilt gateway gateway-down
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -94,6 +95,13 @@ cluster-status:
 cluster-test: tools
 	@bash deploy/local/bootstrap.sh image cluster
 	$(UV) run pytest tests/cluster -q
+
+# The edge on `make cluster`'s cluster (docs/edge-cluster.md); rerunning it is safe.
+gateway:
+	@python3 deploy/platform/gateway.py up
+
+gateway-down:
+	@python3 deploy/platform/gateway.py down
 
 up: install
 	$(UV) run python deploy/local/stack.py up
