@@ -2,7 +2,7 @@
 # Prepares the module Traefik is built from and prints its directory: a copy of this
 # wrapper (go.mod, go.sum, ext/) whose lego, the ACME library Traefik links, is a copy of
 # the pinned lego module with six DNS challenge providers swapped for the stubs in
-# unavailable/. Those six import SDK modules the Go module proxy refuses ("403 Forbidden:
+# unavailable/<provider>/. Those six import SDK modules the Go module proxy refuses ("403 Forbidden:
 # This module version is not available"), so Traefik as published cannot be built here.
 # The copy lives beside the build cache, never in the clone (`go build -overlay` cannot do
 # this: it refuses to replace files under GOMODCACHE).
@@ -17,7 +17,7 @@ mkdir -p "$work"
 cp -r "$HERE/go.mod" "$HERE/go.sum" "$HERE/ext" "$work/"
 cp -r "$lego_dir" "$work/lego"
 chmod -R u+w "$work/lego"
-for stub in "$HERE"/unavailable/*.go; do
+for stub in "$HERE"/unavailable/*/*.go; do
   pkg=$(basename "$stub" .go)
   dir=$work/lego/providers/dns/$pkg
   [ -d "$dir" ] || { echo "traefik module: lego has no provider $pkg" >&2; exit 1; }
