@@ -92,7 +92,7 @@ key() {
   local fam=$1
   { cat "$TOOLS/$fam/go.mod" "$TOOLS/$fam/go.sum"; go version; tags "$fam"; cgo "$fam"; ldflags "$fam"
     components "$fam"; [ "$fam" != tilt ] || { web_kind; cat "$HERE/tilt-web.sh"; }
-    [ "$fam" != traefik ] || cat "$TOOLS/traefik/module.sh" "$TOOLS/traefik"/ext/* "$TOOLS/traefik"/unavailable/*/*; } | sha256sum | cut -c1-12
+    [ "$fam" != traefik ] || cat "$TOOLS/traefik/module.sh" "$TOOLS/traefik"/ext/* "$TOOLS/traefik"/unavailable/*/* "$TOOLS/traefik"/goauth/*; } | sha256sum | cut -c1-12
 }
 bindir() { echo "$CACHE/$1-$(key "$1")/bin"; }
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares the module Traefik is built from and prints its directory: a copy of this
-# wrapper (go.mod, go.sum, ext/) whose lego, the ACME library Traefik links, is a copy of
+# wrapper (go.mod, go.sum, ext/) with go-http-auth completed (goauth/) and whose lego, the ACME library Traefik links, is a copy of
 # the pinned lego module with six DNS challenge providers swapped for the stubs in
 # unavailable/<provider>/. Those six import SDK modules the Go module proxy refuses ("403 Forbidden:
 # This module version is not available"), so Traefik as published cannot be built here.
@@ -25,5 +25,14 @@ for stub in "$HERE"/unavailable/*/*.go; do
   rm -rf "${dir:?}"/*
   cp "$stub" "$dir/$pkg.go"
 done
-(cd "$work" && go mod edit -replace github.com/go-acme/lego/v5=./lego)
+# go-http-auth v0.4.0 plus the two functions Traefik calls that only its refused fork has
+# (goauth/traefik_additions.go.in).
+goauth_dir=$(cd "$HERE" && go list -m -f '{{.Dir}}' github.com/abbot/go-http-auth)
+cp -r "$goauth_dir" "$work/goauth"
+chmod -R u+w "$work/goauth"
+cp "$HERE/goauth/traefik_additions.go.in" "$work/goauth/traefik_additions.go"
+# v0.4.0 predates modules; a replacement directory needs a go.mod. Its imports (x/crypto,
+# x/net) come from Traefik's own requirements.
+printf 'module github.com/abbot/go-http-auth\n\ngo 1.17\n' >"$work/goauth/go.mod"
+(cd "$work" && go mod edit -replace github.com/go-acme/lego/v5=./lego -replace github.com/abbot/go-http-auth=./goauth)
 echo "$work"
