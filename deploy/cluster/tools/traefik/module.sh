@@ -10,7 +10,10 @@
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 work=$1
-lego_dir=$(cd "$HERE" && go list -m -f '{{.Dir}}' github.com/go-acme/lego/v5)
+# The pinned module's directory in the module cache, downloaded first (`go list -m` alone leaves
+# .Dir empty for a module that is not there yet, as on a fresh machine).
+module_dir() { (cd "$HERE" && go mod download "$1" && go list -m -f '{{.Dir}}' "$1"); }
+lego_dir=$(module_dir github.com/go-acme/lego/v5)
 [ -n "$lego_dir" ] || { echo "traefik module: lego is not in the module graph" >&2; exit 1; }
 rm -rf "$work"
 mkdir -p "$work"
@@ -27,7 +30,7 @@ for stub in "$HERE"/unavailable/*/*.go; do
 done
 # go-http-auth v0.4.0 plus the two functions Traefik calls that only its refused fork has
 # (goauth/traefik_additions.go.in).
-goauth_dir=$(cd "$HERE" && go list -m -f '{{.Dir}}' github.com/abbot/go-http-auth)
+goauth_dir=$(module_dir github.com/abbot/go-http-auth)
 cp -r "$goauth_dir" "$work/goauth"
 chmod -R u+w "$work/goauth"
 cp "$HERE/goauth/traefik_additions.go.in" "$work/goauth/traefik_additions.go"
