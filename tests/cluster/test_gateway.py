@@ -31,7 +31,7 @@ import pytest
 
 from tests.fixtures.backends import TableLock
 from tests.fixtures.cluster import Release, eventually, query
-from tests.fixtures.gateway import EDGE_HOST, STATEMENT_TIMEOUT, Gateway, route_conditions
+from tests.fixtures.gateway import EDGE_HOST, GATEWAY_NAMESPACE, STATEMENT_TIMEOUT, Gateway, route_conditions
 from tests.fixtures.items import new_item
 
 # The first test also waits for the cluster, the edge's build, the image and the install.
@@ -63,8 +63,7 @@ def test_route_is_accepted_and_smoke_passes_through_the_edge(gateway: Gateway, e
         read = http.get(f"/v1/items/{created.json()['id']}")
     assert read.status_code == 200, read.text
     assert read.json()["sku"] == sku
-    # The app answered (its request id), through the edge (Traefik adds X-Forwarded-Host).
-    assert read.headers.get("x-request-id")
+    assert read.headers.get("x-request-id")  # the app's answer, through the edge
 
 
 def test_a_host_the_route_does_not_name_gets_the_edges_404(gateway: Gateway, edge_release: Release) -> None:
@@ -197,6 +196,14 @@ async def _held_requests(gateway: Gateway, database_url: str, item_id: int, coun
 def test_timeout_chain_a_request_held_past_the_apps_budget_gets_the_apps_503(
     gateway: Gateway, edge_release: Release
 ) -> None:
+    # The chain as configured: the edge's wait for a response head is the chart's
+    # proxy.readTimeoutSeconds and outlasts the app's budget (deploy/platform/gateway.yaml).
+    edge = edge_release.cluster.json("-n", GATEWAY_NAMESPACE, "get", "deployment", "traefik")
+    args = edge["spec"]["template"]["spec"]["containers"][0]["args"]
+    flag = "--serversTransport.forwardingTimeouts.responseHeaderTimeout="
+    edge_seconds = float(next(a for a in args if a.startswith(flag)).removeprefix(flag).removesuffix("s"))
+    assert edge_seconds == edge_release.values.get("proxy.readTimeoutSeconds", 30)
+    assert edge_seconds > BUDGET
     with _edge(gateway, Authorization=f"Bearer {edge_release.writer_key}") as http:
         created = http.post("/v1/items", json=new_item(2, sku=f"held-{uuid.uuid4().hex[:8]}"))
     assert created.status_code == 201, created.text
