@@ -75,10 +75,11 @@ test: lint tools
 	$(UV) run pytest
 
 # The cluster's binaries, built once into the cache outside the clone (about 45 minutes cold on
-# 2 busy cores, nothing when cached); skipped, like tests/cluster, without root or Go.
+# 2 busy cores, nothing when cached), and the tools tests/cluster and tests/tilt run on it (Tilt;
+# Traefik, the edge, about 18 minutes more); skipped, like tests/cluster, without root or Go.
 cluster-build:
 	@if [ "$$(id -u)" -eq 0 ] && command -v go >/dev/null 2>&1 && [ "$${CATALOG_CLUSTER:-}" != skip ]; then \
-		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt; \
+		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt traefik; \
 	else echo "cluster-build: skipped (needs root and Go; CATALOG_CLUSTER=skip skips it)"; fi
 
 # A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.
