@@ -356,10 +356,11 @@ require (
 	software.sslmate.com/src/go-pkcs12 v0.7.3 // indirect
 )
 
-// Traefik's go.mod replaces gorilla/mux with its fork (and abbot/go-http-auth with another,
-// which the Go module proxy refuses: the original v0.4.0 builds); replace directives apply
-// only in the main module, so this wrapper repeats the first. The ext module is nested in Traefik's repository and not in
-// its module zip: ./ext is our own stand-in (see ext/ext.go).
+// Traefik's go.mod replaces gorilla/mux and abbot/go-http-auth with its forks; replace
+// directives apply only in the main module, so this wrapper repeats the first. The second fork
+// is refused by the Go module proxy: module.sh builds from a copy of the original v0.4.0 with
+// the two functions Traefik needs added (goauth/). The ext module is nested in Traefik's
+// repository and not in its module zip: ./ext is our own stand-in (see ext/ext.go).
 replace (
 	github.com/gorilla/mux => github.com/containous/mux v0.0.0-20250523120546-41b6ec3aed59
 	github.com/traefik/traefik/dynamic/ext => ./ext
