@@ -19,6 +19,7 @@
 #   make cluster-down  stop it; nothing of it is left on the host
 #   make cluster-status  what of it runs, and what of it is left on the host
 #   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster
+#   make gateway  the cluster's edge: Traefik serving Gateway API, built from its Go module (docs/edge-cluster.md); gateway-down removes it
 #   make platform  metrics-server, the Prometheus Operator and a Prometheus in that cluster (docs/platform.md); PLATFORM="monitoring" picks
 #   make platform-down  remove them (the monitoring CRDs stay)
 #   make platform-status  what of them runs
@@ -31,7 +32,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
 	loadtest drill profile docs-images kind-up kind-down \
-	cluster cluster-build cluster-down cluster-status cluster-test tilt \
+	cluster cluster-build cluster-down cluster-status cluster-test tilt gateway gateway-down \
 	platform platform-down platform-status
 
 help:
@@ -79,10 +80,11 @@ test: lint tools
 	$(UV) run pytest
 
 # The cluster's binaries, built once into the cache outside the clone (about 45 minutes cold on
-# 2 busy cores, nothing when cached); skipped, like tests/cluster, without root or Go.
+# 2 busy cores, nothing when cached), and the tools tests/cluster and tests/tilt run on it (Tilt;
+# Traefik, the edge, about 18 minutes more); skipped, like tests/cluster, without root or Go.
 cluster-build:
 	@if [ "$$(id -u)" -eq 0 ] && command -v go >/dev/null 2>&1 && [ "$${CATALOG_CLUSTER:-}" != skip ]; then \
-		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt metrics-server prometheus-operator; \
+		bash deploy/cluster/build.sh && bash deploy/cluster/build.sh tilt traefik metrics-server prometheus-operator prometheus; \
 	else echo "cluster-build: skipped (needs root and Go; CATALOG_CLUSTER=skip skips it)"; fi
 
 # A real Kubernetes (docs/cluster.md): binaries built once into ~/.cache/catalog-cluster.
@@ -110,6 +112,13 @@ platform-status:
 cluster-test: tools
 	@bash deploy/local/bootstrap.sh image cluster
 	$(UV) run pytest tests/cluster -q
+
+# The edge on `make cluster`'s cluster (docs/edge-cluster.md); rerunning it is safe.
+gateway:
+	@python3 deploy/platform/gateway.py up
+
+gateway-down:
+	@python3 deploy/platform/gateway.py down
 
 up: install
 	$(UV) run python deploy/local/stack.py up

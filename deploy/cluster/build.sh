@@ -5,9 +5,9 @@
 # and build flags, so a later clone or CI run on the same machine reuses them.
 #
 #   deploy/cluster/build.sh [family ...]     families: kubernetes etcd containerd runc coredns
-#                                            (the default); tilt (`make tilt`), metrics-server,
-#                                            prometheus-operator and prometheus (`make platform`):
-#                                            built only when named
+#                                            (the default); tilt (`make tilt`), traefik (`make gateway`),
+#                                            metrics-server, prometheus-operator and prometheus
+#                                            (`make platform`): built only when named
 #   deploy/cluster/build.sh --print-bin F    the cache's bin directory for family F (no build)
 #
 # Prints one line per component: "build: [n/N] family/component (elapsed)".
@@ -22,7 +22,7 @@ export GOFLAGS="-p=2 -mod=readonly -trimpath ${GOFLAGS:-}"
 export GOTOOLCHAIN=local
 FAMILIES=(kubernetes etcd containerd runc coredns)
 # Tools that run against the cluster rather than make it: built only when asked for.
-EXTRA_FAMILIES=(tilt metrics-server prometheus-operator prometheus)
+EXTRA_FAMILIES=(tilt traefik metrics-server prometheus-operator prometheus)
 
 # family -> "package:binary" pairs, build tags, CGO, and version ldflags
 components() {
@@ -33,6 +33,7 @@ components() {
     runc) echo github.com/opencontainers/runc ;;
     coredns) echo github.com/coredns/coredns ;;
     tilt) echo github.com/tilt-dev/tilt/cmd/tilt ;;
+    traefik) echo github.com/traefik/traefik/v3/cmd/traefik ;;
     metrics-server) echo sigs.k8s.io/metrics-server/cmd/metrics-server ;;
     prometheus-operator)
       echo github.com/prometheus-operator/prometheus-operator/cmd/operator:prometheus-operator \
@@ -95,6 +96,9 @@ ldflags() {
       # without it calls itself a dev build and looks for the web UI's dev server.
       v=$(pinned tilt github.com/tilt-dev/tilt)
       echo "-s -w -X main.version=${v#v} -X main.date=1970-01-01" ;;
+    traefik)
+      v=$(pinned traefik github.com/traefik/traefik/v3)
+      echo "-s -w -X github.com/traefik/traefik/v3/pkg/version.Version=$v -X github.com/traefik/traefik/v3/pkg/version.BuildDate=1970-01-01T00:00:00Z" ;;
   esac
 }
 
@@ -105,7 +109,8 @@ web_kind() { [ "$(node --version 2>/dev/null | sed -n 's/^v\([0-9]*\)\..*/\1/p')
 key() {
   local fam=$1
   { cat "$TOOLS/$fam/go.mod" "$TOOLS/$fam/go.sum"; go version; tags "$fam"; cgo "$fam"; ldflags "$fam"
-    components "$fam"; [ "$fam" != tilt ] || { web_kind; cat "$HERE/tilt-web.sh"; }; } | sha256sum | cut -c1-12
+    components "$fam"; [ "$fam" != tilt ] || { web_kind; cat "$HERE/tilt-web.sh"; }
+    [ "$fam" != traefik ] || cat "$TOOLS/traefik/module.sh" "$TOOLS/traefik"/ext/* "$TOOLS/traefik"/unavailable/*/* "$TOOLS/traefik"/goauth/*; } | sha256sum | cut -c1-12
 }
 bindir() { echo "$CACHE/$1-$(key "$1")/bin"; }
 
@@ -142,6 +147,8 @@ for fam in "$@"; do
       # (an assignment keeps the command substitution's exit status).
       moddir=$(bash "$HERE/tilt-web.sh" "$(pinned tilt github.com/tilt-dev/tilt)")
     fi
+    # Its module with lego's six unbuildable DNS providers stubbed (tools/traefik/module.sh).
+    [ "$fam" != traefik ] || moddir=$(bash "$TOOLS/traefik/module.sh" "$out.module")
     (cd "$moddir" && CGO_ENABLED=$(cgo "$fam") go build -tags "$(tags "$fam")" \
       -ldflags "$(ldflags "$fam")" -o "$tmp/$name" "$pkg")
     printf 'build: [%d/%d] %s/%s done in %ds\n' "$n" "$total" "$fam" "$name" $((SECONDS - t0))

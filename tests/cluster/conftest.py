@@ -5,5 +5,6 @@ tests/tilt registers `local_cluster` the same way and starts its own when it nee
 """
 
 from tests.fixtures.cluster import cluster_backends, cluster_image, local_cluster, platform, release
+from tests.fixtures.gateway import edge_release, gateway
 
-__all__ = ["cluster_backends", "cluster_image", "local_cluster", "platform", "release"]
+__all__ = ["cluster_backends", "cluster_image", "edge_release", "gateway", "local_cluster", "platform", "release"]
