@@ -21,9 +21,9 @@ Numbers go to .run/cluster-test/monitoring.md and the pytest output.
 from __future__ import annotations
 
 import asyncio
+import random
 import threading
 import time
-import uuid
 from typing import Any
 
 import asyncpg
@@ -41,7 +41,6 @@ REPORT = ROOT / ".run" / "cluster-test" / "monitoring.md"
 RULES_DIR = ROOT / "monitoring" / "prometheus" / "rules"
 DRILL_ALERTS = {"CatalogApiErrorBudgetBurn": 2 * 60, "CatalogWorkerDown": 5 * 60}  # their `for:` (production)
 DRILL_DEADLINE = 9 * 60  # the slowest `for:` plus scrapes, evaluation and a busy machine
-RATE = 4.0  # drill requests per second: a read (held by the lock) and a job, alternately
 _report: list[str] = []
 
 
@@ -109,7 +108,7 @@ def _traffic(release: Release, seconds: float) -> dict[int, int]:
             n += 1
             for method, path, body in (
                 ("GET", "/v1/items?limit=5", None),
-                ("GET", f"/v1/items/{uuid.uuid4()}", None),
+                ("GET", f"/v1/items/{random.randint(10**12, 10**15)}", None),  # an id that does not exist
                 ("POST", "/v1/jobs", {"kind": "cpu.burn", "params": {"milliseconds": 20}} if n % 4 == 0 else None),
             ):
                 if method == "POST" and body is None:
@@ -184,35 +183,59 @@ def test_every_dashboard_query_runs_and_the_count_with_data_is_reported(platform
 
 
 class DrillLoad:
-    """Reads (held by the lock: 503 after the statement timeout) and jobs, alternately, at RATE per second.
+    """Reads (held by the lock: 503 after the statement timeout) from READERS threads, and a job a second.
 
-    One connection; a read waits up to the statement timeout (5 s), so the offered rate falls while
-    the lock holds: the load is bounded by DRILL_DEADLINE, not by a count.
+    A read waits up to the statement timeout (5 s), so each reader offers about one read per 5 s
+    while the lock holds; the load is bounded by DRILL_DEADLINE, not by a count.
     """
+
+    READERS = 4
 
     def __init__(self, release: Release) -> None:
         self.release = release
         self.statuses: dict[int, int] = {}
         self.jobs: list[str] = []
         self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.began = time.monotonic()
 
-    def run(self) -> None:
+    def _count(self, status: int) -> None:
+        with self.lock:
+            self.statuses[status] = self.statuses.get(status, 0) + 1
+
+    def _client(self) -> httpx.Client:
         headers = {"Authorization": f"Bearer {self.release.writer_key}"}
-        started, n = time.monotonic(), 0
-        with httpx.Client(base_url=self.release.service_url(), headers=headers, timeout=15) as http:
-            while not self.stop.is_set() and time.monotonic() - started < DRILL_DEADLINE + 60:
-                n += 1
-                try:
-                    if n % 2:  # a new id each time: a cache miss, so a read that waits for the lock
-                        response = http.get(f"/v1/items/{uuid.uuid4()}")
-                    else:
-                        response = http.post("/v1/jobs", json={"kind": "cpu.burn", "params": {"milliseconds": 20}})
-                        if response.status_code == 202:
-                            self.jobs.append(response.json()["id"])
-                    self.statuses[response.status_code] = self.statuses.get(response.status_code, 0) + 1
+        return httpx.Client(base_url=self.release.service_url(), headers=headers, timeout=15)
+
+    def _running(self) -> bool:
+        return not self.stop.is_set() and time.monotonic() - self.began < DRILL_DEADLINE + 60
+
+    def reads(self) -> None:
+        with self._client() as http:
+            while self._running():
+                try:  # a new id each time: a cache miss, so a read that waits for the lock
+                    self._count(http.get(f"/v1/items/{random.randint(10**12, 10**15)}").status_code)
                 except httpx.HTTPError:
-                    self.statuses[0] = self.statuses.get(0, 0) + 1
-                time.sleep(max(0.0, started + n / RATE - time.monotonic()))
+                    self._count(0)
+                time.sleep(0.5)
+
+    def jobs_arrive(self) -> None:
+        with self._client() as http:
+            while self._running():
+                try:
+                    response = http.post("/v1/jobs", json={"kind": "cpu.burn", "params": {"milliseconds": 20}})
+                    self._count(response.status_code)
+                    if response.status_code == 202:
+                        with self.lock:
+                            self.jobs.append(response.json()["id"])
+                except httpx.HTTPError:
+                    self._count(0)
+                time.sleep(1)
+
+    def threads(self) -> list[threading.Thread]:
+        return [threading.Thread(target=self.reads) for _ in range(self.READERS)] + [
+            threading.Thread(target=self.jobs_arrive)
+        ]
 
 
 async def _hold_lock(database_url: str, release_lock: asyncio.Event) -> None:
@@ -238,11 +261,12 @@ def test_a_drill_on_the_real_pods_fires_the_production_alerts(platform: Platform
     release_lock = asyncio.Event()
     lock = threading.Thread(target=lambda: loop.run_until_complete(_hold_lock(release.database_url, release_lock)))
     load = DrillLoad(release)
-    sender = threading.Thread(target=load.run)
+    senders = load.threads()
     release.cluster.kubectl("-n", release.namespace, "scale", f"deployment/{worker}", "--replicas=0")
     lock.start()
-    began = time.monotonic()
-    sender.start()
+    began = load.began = time.monotonic()
+    for sender in senders:
+        sender.start()
     fired: dict[str, float] = {}
     try:
         while time.monotonic() - began < DRILL_DEADLINE and set(fired) != set(DRILL_ALERTS):
@@ -251,9 +275,11 @@ def test_a_drill_on_the_real_pods_fires_the_production_alerts(platform: Platform
             time.sleep(5)
     finally:
         load.stop.set()
-        sender.join()
+        for sender in senders:
+            sender.join()
         loop.call_soon_threadsafe(release_lock.set)
         lock.join()
+        loop.close()
         release.cluster.kubectl("-n", release.namespace, "scale", f"deployment/{worker}", "--replicas=1")
     for name, seconds in sorted(fired.items(), key=lambda item: item[1]):
         _note(f"drill: {name} firing {seconds:.0f} s after the fault (its `for:` {DRILL_ALERTS[name]} s)")
