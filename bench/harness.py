@@ -16,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -209,3 +210,97 @@ def require_tools() -> None:
         raise SystemExit(f"missing: {', '.join(missing)} (apt-get install wrk util-linux)")
     if (os.cpu_count() or 1) < 2:
         raise SystemExit("the benchmarks pin the server and the load generator to different cores: need 2")
+
+
+@dataclass
+class Profile:
+    collapsed: str = ""  # py-spy's stacks, "frame;frame;... samples" per line: filled in when the block ends
+
+
+@contextmanager
+def py_spy(pid: int, seconds: int, rate: int = 250, *, gil: bool = False) -> Iterator[Profile]:
+    """Sample process `pid` with py-spy for `seconds` while the block runs (the block should run as long).
+
+    The block's work is what gets sampled: start the load inside it. `--nonblocking`
+    leaves the process running while it is read (a few torn stacks, no added latency).
+    `gil`: only samples of the thread holding the GIL (CPU work, not threads waiting).
+    """
+    with tempfile.NamedTemporaryFile(prefix="bench-py-spy-", suffix=".txt") as raw:
+        spy = subprocess.Popen(
+            [
+                str(Path(sys.executable).parent / "py-spy"),
+                "record",
+                "--pid",
+                str(pid),
+                "--duration",
+                str(seconds),
+                "--rate",
+                str(rate),
+                "--nonblocking",
+                "--format",
+                "raw",
+                "--output",
+                raw.name,
+                "--full-filenames",
+                *(["--gil"] if gil else []),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        profile = Profile()
+        try:
+            yield profile
+        finally:
+            spy.wait(timeout=seconds + 30)
+        profile.collapsed = Path(raw.name).read_text()
+
+
+_PACKAGES = ("service/", "fastapi/", "starlette/", "asyncpg/", "redis/", "logging/", "uvicorn/", "opentelemetry/")
+
+
+def top_frames(
+    profile: Profile, count: int = 15, *, request_us: float | None = None, focus: tuple[str, ...] = _PACKAGES
+) -> list[str]:
+    """Markdown tables: the `count` functions with the most self time, then the inclusive time of those in `focus`.
+
+    Shares are of all samples taken. With `request_us` (the CPU microseconds one request
+    costs: 1e6 / req/s of a server saturating its one core, sampled with `gil=True`), each
+    share is also given as microseconds per request, comparable across servers.
+    """
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in profile.collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        frames = [_short(frame) for frame in stack.split(";")]
+        total += int(samples)
+        own[frames[-1]] += int(samples)
+        for frame in set(frames):
+            inclusive[frame] += int(samples)
+    if not total:
+        return ["(no samples: py-spy needs ptrace permission)"]
+
+    def row(frame: str, n: int) -> str:
+        share = n / total
+        return f"| {100 * share:.1f} |" + (f" {share * request_us:.1f} |" if request_us else "") + f" `{frame}` |"
+
+    head = "| {} % |" + (" us/request |" if request_us else "") + " function |"
+    rule = "|---:|" + ("---:|" if request_us else "") + "---|"
+    table = [head.format("self"), rule, *(row(frame, n) for frame, n in own.most_common(count))]
+    table += ["", head.format("inclusive"), rule]
+    table += [row(frame, n) for frame, n in inclusive.most_common() if frame.startswith(focus)][: count * 2]
+    return table
+
+
+def _short(frame: str) -> str:
+    """`name (/long/path/site-packages/pkg/mod.py:12)` -> `pkg/mod.py name`: the package kept, the line dropped.
+
+    Without the line, a function's samples add up wherever in it they fell.
+    """
+    name, _, location = frame.partition(" (")
+    location = location.rstrip(")").rpartition(":")[0] or location
+    for marker in ("site-packages/", f"{ROOT}/", "/lib/python3.11/"):
+        if marker in location:
+            location = location.split(marker, 1)[1]
+            break
+    return f"{location} {name}"

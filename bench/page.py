@@ -96,7 +96,11 @@ def _jobs(data: dict[str, Any]) -> Iterator[Row]:
 
 def _observability(data: dict[str, Any]) -> Iterator[Row]:
     for item in data["comparisons"]:
-        yield Row(f"{item['comparison']} ({item['scenario']}), throughput", _x(item["rps_ratio"]), "", None)
+        value = _x(item["rps_ratio"])
+        if "rps_ratio_spread" in item:  # the rounds' lowest and highest ratio
+            value += f" (rounds {_x(item['rps_ratio_spread']['min'])} to {_x(item['rps_ratio_spread']['max'])})"
+        scenario = f"{item['comparison']} ({item['scenario']}), throughput"
+        yield Row(scenario, value, item.get("target") or "", item.get("met"))
 
 
 def _export_memory(data: dict[str, Any]) -> Iterator[Row]:

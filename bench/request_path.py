@@ -30,18 +30,27 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass
 from importlib.util import find_spec
-from pathlib import Path
 from typing import Any
 
 import psutil
-from harness import RESULTS, ROOT, WrkResult, measure, require_tools, seed, server, servers, throwaway_backends, wrk
+from harness import (
+    RESULTS,
+    ROOT,
+    WrkResult,
+    measure,
+    py_spy,
+    require_tools,
+    seed,
+    server,
+    servers,
+    throwaway_backends,
+    top_frames,
+    wrk,
+)
 
 CONNECTIONS = 32
 SCRIPT = ROOT / "bench" / "random_item.lua"
@@ -342,66 +351,11 @@ def profile(seconds: int) -> None:
                 script = SCRIPT if scenario.startswith("get") else None
                 url = f"http://127.0.0.1:{port}{path}"
                 wrk(url, seconds=2, connections=CONNECTIONS, script=script, env=wrk_env)
-                with tempfile.NamedTemporaryFile(suffix=".txt") as raw:
-                    spy = subprocess.Popen(
-                        [
-                            str(Path(sys.executable).parent / "py-spy"),
-                            "record",
-                            "--pid",
-                            str(worker.pid),
-                            "--duration",
-                            str(seconds),
-                            "--rate",
-                            "250",
-                            "--nonblocking",
-                            "--format",
-                            "raw",
-                            "--output",
-                            raw.name,
-                        ],
-                        stdout=subprocess.DEVNULL,
-                        stderr=subprocess.DEVNULL,
-                    )
+                with py_spy(worker.pid, seconds) as frames:
                     result = wrk(url, seconds=seconds, connections=CONNECTIONS, script=script, env=wrk_env)
-                    spy.wait(timeout=seconds + 30)
-                    lines += [f"## {scenario}: {result.requests_per_second:,.0f} req/s", "", *_top_frames(raw.name), ""]
+                lines += [f"## {scenario}: {result.requests_per_second:,.0f} req/s", "", *top_frames(frames), ""]
     (RESULTS / "request_path_profile.md").write_text("\n".join(lines))
     print("\n".join(lines))
-
-
-def _top_frames(collapsed: str, count: int = 15) -> list[str]:
-    own: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in Path(collapsed).read_text().splitlines():
-        stack, _, samples = line.rpartition(" ")
-        frames = [_short(frame) for frame in stack.split(";")]
-        total += int(samples)
-        own[frames[-1]] += int(samples)
-        for frame in set(frames):
-            inclusive[frame] += int(samples)
-    if not total:
-        return ["(no samples: py-spy needs ptrace permission)"]
-    table = ["| self % | function |", "|---:|---|"]
-    table += [f"| {100 * n / total:.1f} | `{frame}` |" for frame, n in own.most_common(count)]
-    table += ["", "| inclusive % | function |", "|---:|---|"]
-    table += [
-        f"| {100 * n / total:.1f} | `{frame}` |"
-        for frame, n in inclusive.most_common()
-        if frame.startswith(("service/", "fastapi/", "starlette/", "asyncpg/", "redis/", "logging/", "uvicorn/"))
-    ][: count * 2]
-    return table
-
-
-def _short(frame: str) -> str:
-    """`name (/long/path/site-packages/pkg/mod.py:12)` -> `pkg/mod.py:12 name`, the package kept for grouping."""
-    name, _, location = frame.partition(" (")
-    location = location.rstrip(")")
-    for marker in ("site-packages/", f"{ROOT}/", "/lib/python3.11/"):
-        if marker in location:
-            location = location.split(marker, 1)[1]
-            break
-    return f"{location} {name}"
 
 
 def main() -> int:
