@@ -44,7 +44,10 @@ def _x(ratio: float) -> str:
 
 def _request_path(data: dict[str, Any]) -> Iterator[Row]:
     for target in data["targets"]:
-        yield Row(target["name"], _x(target["ratio"]), target["target"], target["met"])
+        value = _x(target["ratio"])
+        if "rounds" in target:  # the rounds' own lowest and highest ratio
+            value += f" (rounds {_x(target['rounds']['min'])} to {_x(target['rounds']['max'])})"
+        yield Row(target["name"], value, target["target"], target["met"])
 
 
 def _token_auth(data: dict[str, Any]) -> Iterator[Row]:
