@@ -24,6 +24,7 @@ from pathlib import Path
 
 import asyncpg
 import httpx
+import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "bench" / "results"
@@ -95,14 +96,23 @@ def seed(database_url: str, rows: int) -> None:
 
 @contextmanager
 def server(
-    command: list[str], env: dict[str, str], port: int, *, pin: bool = True, headers: dict[str, str] | None = None
+    command: list[str],
+    env: dict[str, str],
+    port: int,
+    *,
+    pin: bool = True,
+    headers: dict[str, str] | None = None,
+    cwd: Path = ROOT,
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """Start a server (pinned to SERVER_CPU), wait until it answers (sent `headers`), stop it afterwards."""
+    """Start a server (pinned to SERVER_CPU), wait until it answers (sent `headers`), stop it afterwards.
+
+    `cwd`: the checkout whose `service` package it runs (another commit's, to compare before and after).
+    """
     log = tempfile.NamedTemporaryFile(prefix="bench-server-", suffix=".log", delete=False)  # noqa: SIM115
     prefix = ["taskset", "-c", SERVER_CPU] if pin else []
     process = subprocess.Popen(
         [*prefix, *command],
-        cwd=ROOT,
+        cwd=cwd,
         env={**os.environ, **env},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -148,6 +158,14 @@ class WrkResult:
     p99_ms: float
     errors: int
     error_detail: str = ""  # wrk's own lines about them
+    # CPU seconds (user + system) the server's worker used during the run, when `measure` was given it:
+    # what a request costs the server whatever share of its core the shared machine left it.
+    cpu_seconds: float | None = None
+    requests: int = 0  # answered in the measured run (wrk's count)
+
+    @property
+    def cpu_us_per_request(self) -> float | None:
+        return None if self.cpu_seconds is None else self.cpu_seconds * 1e6 / max(self.requests, 1)
 
 
 def wrk(
@@ -175,7 +193,10 @@ def wrk(
     if "99" not in percentiles:
         raise RuntimeError(f"unexpected wrk output:\n{out}")
     detail = "; ".join(line.strip() for line in out.splitlines() if "Non-2xx" in line or "Socket errors" in line)
-    return WrkResult(rps, percentiles["50"], percentiles["99"], errors, detail)
+    answered = re.search(r"^\s*(\d+) requests in ", out, re.M)
+    return WrkResult(
+        rps, percentiles["50"], percentiles["99"], errors, detail, requests=int(answered[1]) if answered else 0
+    )
 
 
 def measure(
@@ -188,15 +209,19 @@ def measure(
     env: dict[str, str] | None = None,
     warmup_seconds: int = 2,
     tolerated_error_share: float = 0.0,
+    cpu_of: psutil.Process | None = None,
 ) -> WrkResult:
-    """A warm-up run (discarded), then the measured one.
+    """A warm-up run (discarded), then the measured one; with `cpu_of`, that process's CPU time during it.
 
     RuntimeError naming `label` when more than `tolerated_error_share` of the
     requests failed (a timeout, a non-2xx answer); fewer are printed and kept in
     the result's `errors` for the report to show.
     """
     wrk(url, seconds=warmup_seconds, connections=connections, script=script, env=env)
+    cpu = sum(cpu_of.cpu_times()[:2]) if cpu_of is not None else 0.0
     result = wrk(url, seconds=seconds, connections=connections, script=script, env=env)
+    if cpu_of is not None:
+        result.cpu_seconds = sum(cpu_of.cpu_times()[:2]) - cpu
     if result.errors > tolerated_error_share * result.requests_per_second * seconds:
         raise RuntimeError(f"{label}: {result.errors} errors or non-2xx responses ({result.error_detail})")
     if result.errors:

@@ -30,6 +30,7 @@ import threading
 import time
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -86,18 +87,27 @@ class NullCollector:
         self.server.serve_forever()
 
 
-def servers_under_test(collector: NullCollector) -> dict[str, tuple[list[str], dict[str, str]]]:
+@dataclass(frozen=True)
+class ServerUnderTest:
+    command: list[str]
+    env: dict[str, str]
+    checkout: Path = ROOT  # whose `service` it runs: this one, or the --baseline checkout
+
+
+def servers_under_test(collector: NullCollector, baseline: Path | None = None) -> dict[str, ServerUnderTest]:
     otlp = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "OTEL_BSP_SCHEDULE_DELAY": "1000"}
-    return {
-        "ours": (GUNICORN, {}),
-        "no-http-metrics": ([*GUNICORN, "bench.peers.observability_off:without_http_metrics()"], {}),
-        "ours-again": (GUNICORN, {}),
-        "tracing-all": (GUNICORN, otlp),
-        "tracing-1pct": (
-            GUNICORN,
-            {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"},
-        ),
+    one_percent = {**otlp, "OTEL_TRACES_SAMPLER": "parentbased_traceidratio", "OTEL_TRACES_SAMPLER_ARG": "0.01"}
+    under_test = {
+        "ours": ServerUnderTest(GUNICORN, {}),
+        "no-http-metrics": ServerUnderTest([*GUNICORN, "bench.peers.observability_off:without_http_metrics()"], {}),
+        "ours-again": ServerUnderTest(GUNICORN, {}),
+        "tracing-all": ServerUnderTest(GUNICORN, otlp),
+        "tracing-1pct": ServerUnderTest(GUNICORN, one_percent),
     }
+    if baseline is not None:  # the same three settings on another commit, in the same rounds
+        for name in ("ours", "tracing-all", "tracing-1pct"):
+            under_test[f"{name}@baseline"] = ServerUnderTest(GUNICORN, under_test[name].env, baseline)
+    return under_test
 
 
 @dataclass(frozen=True)
@@ -114,26 +124,38 @@ COMPARISONS = [
     # A sampled-out request should cost a boolean check and context propagation (issue 25).
     Comparison("tracing on, 1 % sampled / off", "tracing-1pct", "ours", 0.95),
     Comparison("tracing on, every request sampled / off", "tracing-all", "ours", 0.85),
+    # With --baseline: the same two on the baseline commit (before a change), measured in the same rounds.
+    Comparison("baseline: tracing on, 1 % sampled / off", "tracing-1pct@baseline", "ours@baseline", 0.95),
+    Comparison("baseline: tracing on, every request sampled / off", "tracing-all@baseline", "ours@baseline", 0.85),
 ]
 Results = dict[tuple[str, str], list[WrkResult]]
 
 
 def run(
-    rounds: int, seconds: int, only: set[str] | None = None, scenarios: set[str] | None = None
+    rounds: int,
+    seconds: int,
+    only: set[str] | None = None,
+    scenarios: set[str] | None = None,
+    baseline: Path | None = None,
 ) -> tuple[Results, int]:
     collector = NullCollector()
     results: Results = {}
     with throwaway_backends() as backends:
         seed(backends.database_url, 10_000)
         for round_number in range(1, rounds + 1):
-            under_test = [item for item in servers_under_test(collector).items() if only is None or item[0] in only]
+            under_test = [
+                item for item in servers_under_test(collector, baseline).items() if only is None or item[0] in only
+            ]
             # Every other round runs the servers in reverse: a machine that slows down (or speeds
             # up) across a round then favours no server, and each round's ratios pair neighbours.
             if round_number % 2 == 0:
                 under_test.reverse()
-            for name, (command, extra) in under_test:
+            for name, spec in under_test:
                 port = servers.free_port()
-                with server(command, {**server_env(backends, port), **extra}, port):
+                with server(
+                    spec.command, {**server_env(backends, port), **spec.env}, port, cwd=spec.checkout
+                ) as process:
+                    [worker] = psutil.Process(process.pid).children()
                     for scenario, wrk_env in SCENARIOS.items():
                         if scenarios is not None and scenario not in scenarios:
                             continue
@@ -144,11 +166,12 @@ def run(
                             connections=CONNECTIONS,
                             script=SCRIPT,
                             env=wrk_env,
+                            cpu_of=worker,
                         )
                         results.setdefault((name, scenario), []).append(result)
                         print(
                             f"round {round_number} {name:21} {scenario:8} {result.requests_per_second:7.0f} req/s "
-                            f"p50 {result.p50_ms:6.2f} ms",
+                            f"p50 {result.p50_ms:6.2f} ms  CPU {result.cpu_us_per_request or 0:6.0f} us/request",
                             flush=True,
                         )
     return results, collector.received_bytes
@@ -172,8 +195,12 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def compare(results: Results) -> list[dict[str, Any]]:
-    """Per comparison and scenario: the throughput ratio of each round (ours / peer in that round), and its spread.
+    """Per comparison and scenario: two ratios per round (ours / peer in that round), each with its spread.
 
+    - throughput: req/s of ours / req/s of the peer (the issue's measure);
+    - CPU: the peer's worker CPU per request / ours (the throughput ratio the two would
+      have with a core each to themselves: what a request costs, whatever share of its
+      core this shared machine left each server in its turn).
     The claim is the median of the per-round ratios: each round's two servers ran
     minutes apart at most, so a slow spell of the shared machine touches both.
     """
@@ -183,31 +210,34 @@ def compare(results: Results) -> list[dict[str, Any]]:
             ours, peer = results.get((item.ours, scenario)), results.get((item.peer, scenario))
             if not ours or not peer:
                 continue
-            per_round = [a.requests_per_second / b.requests_per_second for a, b in zip(ours, peer, strict=True)]
-            p50 = statistics.median(a.p50_ms / b.p50_ms for a, b in zip(ours, peer, strict=True))
-            ratio = spread(per_round)
+            pairs = list(zip(ours, peer, strict=True))
+            throughput = spread([a.requests_per_second / b.requests_per_second for a, b in pairs])
+            cpu = spread([(b.cpu_us_per_request or 0) / (a.cpu_us_per_request or 1) for a, b in pairs])
             comparisons.append(
                 {
                     "comparison": item.title,
                     "scenario": scenario,
-                    "rps_ratio": ratio["median"],
-                    "rps_ratio_spread": ratio,
-                    "rps_ratios": per_round,
-                    "p50_ratio": p50,
+                    "rps_ratio": throughput["median"],
+                    "rps_ratio_spread": throughput,
+                    "cpu_ratio": cpu["median"],
+                    "cpu_ratio_spread": cpu,
+                    "p50_ratio": statistics.median(a.p50_ms / b.p50_ms for a, b in pairs),
                     "target": None if item.wanted is None else f">= {item.wanted}x",
-                    "met": None if item.wanted is None else ratio["median"] >= item.wanted,
+                    "met": None if item.wanted is None else throughput["median"] >= item.wanted,
+                    "met_cpu": None if item.wanted is None else cpu["median"] >= item.wanted,
                 }
             )
     return comparisons
 
 
-def report(results: Results, exported: int, rounds: int, seconds: int) -> bool:
+def report(results: Results, exported: int, rounds: int, seconds: int, baseline: Path | None = None) -> bool:
     """Write observability_overhead.{md,json}; whether every target was met."""
     medians = {
         key: {
             "rps": statistics.median(r.requests_per_second for r in runs),
             "p50": statistics.median(r.p50_ms for r in runs),
             "p99": statistics.median(r.p99_ms for r in runs),
+            "cpu_us": statistics.median(r.cpu_us_per_request or 0 for r in runs),
         }
         for key, runs in results.items()
     }
@@ -219,29 +249,44 @@ def report(results: Results, exported: int, rounds: int, seconds: int) -> bool:
         f"2 cores, shared with other work; server pinned to cpu 1, wrk and the null OTLP collector to cpu 0; "
         f"{CONNECTIONS} connections; {rounds} interleaved rounds of {seconds} s (every other round in reverse "
         "order). A ratio is ours / peer in the same round; the claim is the median of the rounds, with the "
-        "lowest and highest beside it. Tracing off (no endpoint) is `ours`. Where the time goes: "
+        "lowest and highest beside it. Throughput is the issue's measure; the CPU ratio (the peer's worker CPU "
+        "per request / ours) is the throughput ratio the two would have with a core each to themselves, and "
+        "moves far less when other work takes the server's core. `@baseline` servers run another commit "
+        "(`--baseline DIR`: before a change), in the same rounds. Tracing off (no endpoint) is `ours`. "
+        "Where the time goes: "
         "[observability_overhead_profile.md](observability_overhead_profile.md) (`--profile`).",
         "",
-        "| comparison | scenario | throughput ratio (median) | min | max | target | met | p50 ratio |",
-        "|---|---|---:|---:|---:|---|---|---:|",
+        "| comparison | scenario | throughput ratio (median) | min | max | CPU ratio (median) | min | max "
+        "| target | met (throughput) | met (CPU) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|---|---|",
     ]
+
+    def verdict(met: bool | None) -> str:
+        return "" if met is None else ("yes" if met else "**no**")
+
     for c in comparisons:
-        met = "" if c["met"] is None else ("yes" if c["met"] else "**no**")
-        s = c["rps_ratio_spread"]
+        t, u = c["rps_ratio_spread"], c["cpu_ratio_spread"]
         lines.append(
-            f"| {c['comparison']} | {c['scenario']} | {s['median']:.3f} | {s['min']:.3f} | {s['max']:.3f} "
-            f"| {c['target'] or ''} | {met} | {c['p50_ratio']:.3f} |"
+            f"| {c['comparison']} | {c['scenario']} | {t['median']:.3f} | {t['min']:.3f} | {t['max']:.3f} "
+            f"| {u['median']:.3f} | {u['min']:.3f} | {u['max']:.3f} | {c['target'] or ''} | {verdict(c['met'])} "
+            f"| {verdict(c['met_cpu'])} |"
         )
-    lines += ["", "| server | scenario | req/s | p50 ms | p99 ms |", "|---|---|---:|---:|---:|"]
     lines += [
-        f"| {name} | {scenario} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} |"
+        "",
+        "| server | scenario | req/s | p50 ms | p99 ms | worker CPU us/request |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {name} | {scenario} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.0f} |"
         for (name, scenario), m in medians.items()
     ]
     lines += [
         "",
         f"The null collector received {exported:,} bytes of OTLP (spans were really exported).",
         "",
-        f"Rerun: `uv run python bench/observability_overhead.py --rounds {rounds} --seconds {seconds}`.",
+        f"Rerun: `uv run python bench/observability_overhead.py --rounds {rounds} --seconds {seconds}"
+        + (" --baseline <a checkout of the baseline commit>" if baseline else "")
+        + "`.",
         "",
     ]
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -259,7 +304,7 @@ def report(results: Results, exported: int, rounds: int, seconds: int) -> bool:
     return all(c["met"] is not False for c in comparisons)
 
 
-def profile(seconds: int) -> None:
+def profile(seconds: int, baseline: Path | None = None) -> None:
     """Where each tracing setting's worker spends its time on a cache hit: py-spy, summarised to Markdown."""
     collector = NullCollector()
     lines = [
@@ -275,11 +320,11 @@ def profile(seconds: int) -> None:
     ]
     with throwaway_backends() as backends:
         seed(backends.database_url, 10_000)
-        for name, (command, extra) in servers_under_test(collector).items():
-            if name not in ("ours", "tracing-1pct", "tracing-all"):
+        for name, spec in servers_under_test(collector, baseline).items():
+            if name.split("@")[0] not in ("ours", "tracing-1pct", "tracing-all"):
                 continue
             port = servers.free_port()
-            with server(command, {**server_env(backends, port), **extra}, port) as process:
+            with server(spec.command, {**server_env(backends, port), **spec.env}, port, cwd=spec.checkout) as process:
                 [worker] = psutil.Process(process.pid).children()
                 url = f"http://127.0.0.1:{port}/"
                 env = SCENARIOS["get-hot"]
@@ -305,22 +350,31 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     parser.add_argument("--only", help="comma-separated servers (printed, nothing recorded): for trying a change")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="one scenario (with --only)")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="another checkout (e.g. `git worktree add /tmp/before HEAD~3`) whose ours/tracing servers run in the "
+        "same rounds: before and after a change, side by side",
+    )
     args = parser.parse_args()
     require_tools()
     if args.profile_only:
-        profile(args.seconds)
+        profile(args.seconds, args.baseline)
         return 0
     if args.only:
         only = set(args.only.split(","))
-        results, _ = run(args.rounds, args.seconds, only, {args.scenario} if args.scenario else None)
+        results, _ = run(args.rounds, args.seconds, only, {args.scenario} if args.scenario else None, args.baseline)
         for c in compare(results):
-            s = c["rps_ratio_spread"]
-            print(f"{c['comparison']} {c['scenario']}: {s['median']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})")
+            t, u = c["rps_ratio_spread"], c["cpu_ratio_spread"]
+            print(
+                f"{c['comparison']} {c['scenario']}: throughput {t['median']:.3f} (min {t['min']:.3f}, "
+                f"max {t['max']:.3f}); CPU {u['median']:.3f} (min {u['min']:.3f}, max {u['max']:.3f})"
+            )
         return 0
-    results, exported = run(args.rounds, args.seconds)
-    met = report(results, exported, args.rounds, args.seconds)
+    results, exported = run(args.rounds, args.seconds, baseline=args.baseline)
+    met = report(results, exported, args.rounds, args.seconds, args.baseline)
     if args.profile:
-        profile(args.seconds)
+        profile(args.seconds, args.baseline)
     return 0 if met else 1
 
 
