@@ -49,9 +49,11 @@ TRACER: trace.Tracer = trace.get_tracer("catalog-service")
 enabled = False
 _provider: object | None = None
 _sampler: Sampler | None = None  # the provider's own (OTEL_TRACES_SAMPLER), asked before any span is made
-# A trace id drawn (and sampled on) before the SDK starts the root span: the SDK's id generator hands it
-# back, so the span has the id the decision was taken on (ratio samplers decide on the trace id).
+# Ids drawn before the SDK makes the span: its id generator hands them back. A root's trace id (ratio
+# samplers decide on it, so the span must have the id the decision was taken on), and a request span's
+# span id (its children and its jobs name it as their parent before the SDK span exists: see _Deferred).
 _drawn_trace_id: ContextVar[int] = ContextVar("drawn_trace_id", default=0)
+_drawn_span_id: ContextVar[int] = ContextVar("drawn_span_id", default=0)
 # An unsampled root's flags, as the SDK sets them: not sampled, trace id random (W3C level 2).
 _UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -92,10 +94,13 @@ def configure(service_name: str) -> bool:
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
 
     class DrawnTraceIds(RandomIdGenerator):
-        """Random ids, except a root's trace id drawn before the sampler was asked (`_root`)."""
+        """Random ids, except those drawn before the SDK was asked for the span (`_start`, `end_request_span`)."""
 
         def generate_trace_id(self) -> int:
             return _drawn_trace_id.get() or super().generate_trace_id()
+
+        def generate_span_id(self) -> int:
+            return _drawn_span_id.get() or super().generate_span_id()
 
     # OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES) wins over SERVICE_NAME.
     named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
@@ -119,8 +124,11 @@ def shutdown() -> None:
 
 
 def recording_parent() -> bool:
-    """Whether a span made now would be kept: tracing is on and the current span is sampled."""
-    return enabled and trace.get_current_span().is_recording()
+    """Whether a span made now would be kept: tracing is on and the current span is sampled.
+
+    (The sampled flag, not `is_recording()`: a sampled request's own span is made when it ends.)
+    """
+    return enabled and trace.get_current_span().get_span_context().trace_flags.sampled
 
 
 def record_client_span(
@@ -129,7 +137,7 @@ def record_client_span(
     """A child span for a call that just ended after `elapsed_seconds` (its real start and end)."""
     end = time.time_ns()
     span = TRACER.start_span(
-        name, kind=SpanKind.CLIENT, start_time=end - int(elapsed_seconds * 1e9), attributes=dict(attributes)
+        name, kind=SpanKind.CLIENT, start_time=end - int(elapsed_seconds * 1e9), attributes=attributes
     )
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
@@ -162,28 +170,51 @@ def inject_current() -> dict[str, str]:
     return carrier
 
 
+class _Deferred(NonRecordingSpan):
+    """A sampled request's span until the request ends: its context is current, the SDK span is made at the end.
+
+    The route, the status and the name are only known at the end; the SDK span made then
+    gets them all at once, with the real start time and the span id its children and jobs
+    already name as their parent (updating a live SDK span attribute by attribute, under
+    its lock, cost more than making it).
+    """
+
+    def __init__(self, context: SpanContext, parent: otel_context.Context, method: str) -> None:
+        super().__init__(context)
+        self.parent = parent  # the context it was started in: the caller's span, or none
+        self.method = method
+        self.started = time.time_ns()
+
+
 def start_request_span(headers: list[tuple[bytes, bytes]], method: str) -> tuple[Span, object]:
     """The server span of one request, continuing the caller's `traceparent`; made current.
 
     `headers` are the ASGI scope's. A request the sampler drops gets a non-recording
-    span (no SDK span, no attributes): only its context is made current.
+    span (no SDK span, no attributes): only its context is made current. A sampled one's
+    SDK span is made when it ends (`end_request_span`).
     """
     carrier = None
     for name, value in headers:
         if name in _TRACE_HEADERS:
             carrier = carrier or {}
             carrier[name.decode()] = value.decode("latin-1")
-    return _start(method, SpanKind.SERVER, carrier, None)
+    return _start(method, SpanKind.SERVER, carrier, None, defer=True)
 
 
 def _start(
-    name: str, kind: SpanKind, carrier: Mapping[str, str] | None, attributes: Callable[[], Attributes] | None
+    name: str,
+    kind: SpanKind,
+    carrier: Mapping[str, str] | None,
+    attributes: Callable[[], Attributes] | None,
+    *,
+    defer: bool = False,
 ) -> tuple[Span, object]:
     """Ask the sampler first; make a span only for a sampled trace. The span (either kind) is made current.
 
     `attributes` is called only for a span the sampler records. A dropped root gets a fresh trace id
     and a dropped child its parent's trace id and state, each with a new span id and the
-    sampled flag clear: exactly the context the SDK would make, without the span.
+    sampled flag clear: exactly the context the SDK would make, without the span. `defer`: a
+    sampled span is a `_Deferred` (its SDK span made by `end_request_span`).
     """
     context = propagate.extract(carrier) if carrier else None  # None: the current context is the parent's
     parent = trace.get_current_span(context).get_span_context()
@@ -196,6 +227,10 @@ def _start(
     if not sampling.decision.is_recording():  # type: ignore[no-untyped-call]  # (the SDK leaves it unannotated)
         span_context = SpanContext(trace_id, random.getrandbits(64) or 1, False, flags, sampling.trace_state)
         span: Span = NonRecordingSpan(span_context)
+    elif defer and sampling.decision.is_sampled():  # type: ignore[no-untyped-call]
+        sampled = TraceFlags(flags | TraceFlags.SAMPLED)
+        span_context = SpanContext(trace_id, random.getrandbits(64) or 1, False, sampled, sampling.trace_state)
+        span = _Deferred(span_context, context if context is not None else otel_context.get_current(), name)
     else:
         drawn = None if parent.is_valid else _drawn_trace_id.set(trace_id)
         try:
@@ -207,20 +242,31 @@ def _start(
 
 
 def end_request_span(span: Span, token: object, route: str, status: int, path: str) -> None:
-    if span.is_recording():
-        span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
-        span.set_attributes(
+    """End the request's span: a sampled one's SDK span is made now, whole, with its route and status."""
+    otel_context.detach(token)  # type: ignore[arg-type]
+    if not isinstance(span, _Deferred):
+        return
+    context = span.get_span_context()
+    ids = _drawn_trace_id.set(context.trace_id), _drawn_span_id.set(context.span_id)
+    try:
+        sdk_span = TRACER.start_span(
+            f"{span.method} {route}",
+            span.parent,
+            SpanKind.SERVER,
             {
-                "http.request.method": span.name.split(" ", 1)[0],  # type: ignore[attr-defined]
+                "http.request.method": span.method,
                 "http.route": route,
                 "url.path": path,
                 "http.response.status_code": status,
-            }
+            },
+            start_time=span.started,
         )
-        if status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-    span.end()
-    otel_context.detach(token)  # type: ignore[arg-type]
+    finally:
+        _drawn_trace_id.reset(ids[0])
+        _drawn_span_id.reset(ids[1])
+    if status >= 500:
+        sdk_span.set_status(Status(StatusCode.ERROR))
+    sdk_span.end()
 
 
 def start_job_span(kind: str, job_id: str, attempt: int, headers: Mapping[str, str]) -> tuple[Span, object]:
