@@ -6,17 +6,23 @@ Servers (gunicorn + 1 uvicorn worker, production mode, pinned to cpu 1; wrk on c
   ours-again            `ours` once more: the A/A pair shows this machine's noise floor
   tracing-all           OTLP endpoint set (a null receiver in this process), every request sampled
   tracing-1pct          OTLP endpoint set, parentbased_traceidratio 0.01
+  <name>@baseline       with --baseline DIR: ours, tracing-all and tracing-1pct run from another
+                        checkout (a commit before a change), in the same rounds
 
 Scenarios: get-hot (cache hits: where fixed per-request costs show most) and
 get-cold (PostgreSQL on every read), 32 connections; each (server, scenario)
 ROUNDS times, interleaved (every other round in reverse order). A ratio is taken
 within each round (ours / peer); the claim is the median of the rounds, reported
-with the lowest and highest. Targets (issue 25): tracing at 1 % sampling keeps at
-least 0.95x of the throughput with tracing off, every request sampled 0.85x.
+with the lowest and highest. Two ratios: throughput (req/s), and CPU (the peer's
+worker CPU time per request / ours: the throughput ratio with a core to each,
+which other work on the shared machine moves far less). Targets (issue 25):
+tracing at 1 % sampling keeps at least 0.95x of tracing off, every request
+sampled 0.85x.
 
     make bench     # or: uv run python bench/observability_overhead.py [--rounds 5 --seconds 5]
     uv run python bench/observability_overhead.py --profile-only     # py-spy: where the time goes
     uv run python bench/observability_overhead.py --only ours,tracing-1pct --scenario get-hot --rounds 3
+    git worktree add /tmp/before <commit> && uv run python bench/observability_overhead.py --baseline /tmp/before
 """
 
 from __future__ import annotations
