@@ -45,6 +45,7 @@ from harness import (
     RESULTS,
     ROOT,
     Backends,
+    Profile,
     WrkResult,
     measure,
     py_spy,
@@ -310,20 +311,29 @@ def report(results: Results, exported: int, rounds: int, seconds: int, baseline:
     return all(c["met"] is not False for c in comparisons)
 
 
+# Frames that are tracing's work: our hooks' module and the SDK (spans, sampling, context, export).
+_TRACING_FRAMES = ("service/tracing.py", "opentelemetry/")
+
+
+def tracing_samples(profile: Profile) -> float:
+    """The share of `profile`'s samples with a tracing frame anywhere on the stack (each sample once)."""
+    total = traced = 0
+    for line in profile.collapsed.splitlines():
+        stack, _, samples = line.rpartition(" ")
+        total += int(samples)
+        if any(marker in stack for marker in ("/service/tracing.py:", "/site-packages/opentelemetry/")):
+            traced += int(samples)
+    return traced / total if total else 0.0
+
+
 def profile(seconds: int, baseline: Path | None = None) -> None:
     """Where each tracing setting's worker spends its time on a cache hit: py-spy, summarised to Markdown."""
     collector = NullCollector()
-    lines = [
-        f"# Where tracing's time goes ({time.strftime('%Y-%m-%d %H:%M')})",
-        "",
-        f"py-spy samples (`--gil`: the thread doing Python work) of the worker of each server under get-hot "
-        f"(cache hits), {seconds} s at {CONNECTIONS} connections after a warm-up. The worker saturates its "
-        "one core, so a function's share of the samples times 1e6 / req/s is its CPU microseconds per "
-        "request (the us/request column), comparable across servers. Self time is the function itself; "
-        "inclusive counts everything it called. Rerun: "
-        "`uv run python bench/observability_overhead.py --profile-only`.",
-        "",
+    summary = [
+        "| server | req/s | worker CPU us/request | of which tracing (share of samples) |",
+        "|---|---:|---:|---:|",
     ]
+    sections: list[str] = []
     with throwaway_backends() as backends:
         seed(backends.database_url, 10_000)
         for name, spec in servers_under_test(collector, baseline).items():
@@ -335,15 +345,37 @@ def profile(seconds: int, baseline: Path | None = None) -> None:
                 url = f"http://127.0.0.1:{port}/"
                 env = SCENARIOS["get-hot"]
                 wrk(url, seconds=2, connections=CONNECTIONS, script=SCRIPT, env=env)
+                cpu = sum(worker.cpu_times()[:2])
                 with py_spy(worker.pid, seconds, gil=True) as frames:
                     result = wrk(url, seconds=seconds, connections=CONNECTIONS, script=SCRIPT, env=env)
-                request_us = 1e6 / result.requests_per_second
-                lines += [
-                    f"## {name}: {result.requests_per_second:,.0f} req/s, {request_us:.0f} us per request",
+                request_us = (sum(worker.cpu_times()[:2]) - cpu) * 1e6 / max(result.requests, 1)
+                traced = tracing_samples(frames)
+                summary.append(
+                    f"| {name} | {result.requests_per_second:,.0f} | {request_us:.0f} "
+                    f"| {traced * request_us:.0f} us ({100 * traced:.1f} %) |"
+                )
+                sections += [
+                    f"## {name}: {result.requests_per_second:,.0f} req/s, worker CPU {request_us:.0f} us per request",
                     "",
                     *top_frames(frames, request_us=request_us, focus=("opentelemetry/", "service/")),
                     "",
                 ]
+    lines = [
+        f"# Where tracing's time goes ({time.strftime('%Y-%m-%d %H:%M')})",
+        "",
+        f"py-spy samples (`--gil`: the thread doing Python work) of the worker of each server under get-hot "
+        f"(cache hits), {seconds} s at {CONNECTIONS} connections after a warm-up, one server after another. "
+        "A function's share of the samples times the worker's CPU time per request is its CPU microseconds "
+        'per request (the us/request column). "Of which tracing": samples with a frame of '
+        f"{' or '.join(f'`{f}`' for f in _TRACING_FRAMES)} on the stack (the span exporter's thread included). "
+        "`@baseline`: the same server on the --baseline checkout (before a change). Self time is the function "
+        "itself; inclusive counts everything it called. Rerun: "
+        "`uv run python bench/observability_overhead.py --profile-only [--baseline DIR]`.",
+        "",
+        *summary,
+        "",
+        *sections,
+    ]
     (RESULTS / "observability_overhead_profile.md").write_text("\n".join(lines))
     print("\n".join(lines))
 
