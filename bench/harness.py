@@ -211,13 +211,15 @@ def measure(
     tolerated_error_share: float = 0.0,
     cpu_of: psutil.Process | None = None,
 ) -> WrkResult:
-    """A warm-up run (discarded), then the measured one; with `cpu_of`, that process's CPU time during it.
+    """A warm-up run (discarded; none if `warmup_seconds` is 0), then the measured one; with `cpu_of`, that
+    process's CPU time during it.
 
     RuntimeError naming `label` when more than `tolerated_error_share` of the
     requests failed (a timeout, a non-2xx answer); fewer are printed and kept in
     the result's `errors` for the report to show.
     """
-    wrk(url, seconds=warmup_seconds, connections=connections, script=script, env=env)
+    if warmup_seconds:
+        wrk(url, seconds=warmup_seconds, connections=connections, script=script, env=env)
     cpu = sum(cpu_of.cpu_times()[:2]) if cpu_of is not None else 0.0
     result = wrk(url, seconds=seconds, connections=connections, script=script, env=env)
     if cpu_of is not None:
@@ -324,8 +326,9 @@ def _short(frame: str) -> str:
     """
     name, _, location = frame.partition(" (")
     location = location.rstrip(")").rpartition(":")[0] or location
-    for marker in ("site-packages/", f"{ROOT}/", "/lib/python3.11/"):
-        if marker in location:
+    for marker in ("site-packages/", f"{ROOT}/", "/lib/python3.11/", "/service/"):
+        if marker in location:  # ("/service/": another checkout's, a --baseline server's)
             location = location.split(marker, 1)[1]
+            location = f"service/{location}" if marker == "/service/" else location
             break
     return f"{location} {name}"

@@ -10,8 +10,10 @@ Servers (gunicorn + 1 uvicorn worker, production mode, pinned to cpu 1; wrk on c
                         checkout (a commit before a change), in the same rounds
 
 Scenarios: get-hot (cache hits: where fixed per-request costs show most) and
-get-cold (PostgreSQL on every read), 32 connections; each (server, scenario)
-ROUNDS times, interleaved (every other round in reverse order). A ratio is taken
+get-cold (PostgreSQL on every read), 32 connections. Every server is up at once
+and idle but for its turn; each round gives each server a short turn under load
+per scenario (every other round in reverse order), so the two sides of a ratio
+run seconds apart, not minutes. A ratio is taken
 within each round (ours / peer); the claim is the median of the rounds, reported
 with the lowest and highest. Two ratios: throughput (req/s), and CPU (the peer's
 worker CPU time per request / ours: the throughput ratio with a core to each,
@@ -19,7 +21,7 @@ which other work on the shared machine moves far less). Targets (issue 25):
 tracing at 1 % sampling keeps at least 0.95x of tracing off, every request
 sampled 0.85x.
 
-    make bench     # or: uv run python bench/observability_overhead.py [--rounds 5 --seconds 5]
+    make bench     # or: uv run python bench/observability_overhead.py [--rounds 12 --seconds 2]
     uv run python bench/observability_overhead.py --profile-only     # py-spy: where the time goes
     uv run python bench/observability_overhead.py --only ours,tracing-1pct --scenario get-hot --rounds 3
     git worktree add /tmp/before <commit> && uv run python bench/observability_overhead.py --baseline /tmp/before
@@ -28,6 +30,7 @@ sampled 0.85x.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -145,42 +148,51 @@ def run(
     scenarios: set[str] | None = None,
     baseline: Path | None = None,
 ) -> tuple[Results, int]:
+    """Every server up at once (each pinned to the server core, idle but for its turn); then, per round,
+    each server takes its turn under load, one short run per scenario.
+
+    Short turns, all servers up: neighbours in a round are seconds apart, so what other work
+    does to this shared machine touches both sides of a ratio alike (a server restarted for
+    each of its turns had minutes between it and its peer).
+    """
     collector = NullCollector()
     results: Results = {}
-    with throwaway_backends() as backends:
+    picked = {**SCENARIOS} if scenarios is None else {name: SCENARIOS[name] for name in scenarios}
+    with throwaway_backends() as backends, contextlib.ExitStack() as stack:
         seed(backends.database_url, 10_000)
+        running = []
+        for name, spec in servers_under_test(collector, baseline).items():
+            if only is not None and name not in only:
+                continue
+            port = servers.free_port()
+            env = {**server_env(backends, port), **spec.env}
+            process = stack.enter_context(server(spec.command, env, port, cwd=spec.checkout))
+            [worker] = psutil.Process(process.pid).children()
+            running.append((name, f"http://127.0.0.1:{port}/", worker))
+        for _, url, _ in running:  # warm: caches filled, pools opened, code paths run once
+            for wrk_env in picked.values():
+                wrk(url, seconds=2, connections=CONNECTIONS, script=SCRIPT, env=wrk_env)
         for round_number in range(1, rounds + 1):
-            under_test = [
-                item for item in servers_under_test(collector, baseline).items() if only is None or item[0] in only
-            ]
-            # Every other round runs the servers in reverse: a machine that slows down (or speeds
-            # up) across a round then favours no server, and each round's ratios pair neighbours.
-            if round_number % 2 == 0:
-                under_test.reverse()
-            for name, spec in under_test:
-                port = servers.free_port()
-                with server(
-                    spec.command, {**server_env(backends, port), **spec.env}, port, cwd=spec.checkout
-                ) as process:
-                    [worker] = psutil.Process(process.pid).children()
-                    for scenario, wrk_env in SCENARIOS.items():
-                        if scenarios is not None and scenario not in scenarios:
-                            continue
-                        result = measure(
-                            f"{name} {scenario}",
-                            f"http://127.0.0.1:{port}/",
-                            seconds=seconds,
-                            connections=CONNECTIONS,
-                            script=SCRIPT,
-                            env=wrk_env,
-                            cpu_of=worker,
-                        )
-                        results.setdefault((name, scenario), []).append(result)
-                        print(
-                            f"round {round_number} {name:21} {scenario:8} {result.requests_per_second:7.0f} req/s "
-                            f"p50 {result.p50_ms:6.2f} ms  CPU {result.cpu_us_per_request or 0:6.0f} us/request",
-                            flush=True,
-                        )
+            # Every other round in reverse: a machine that slows down (or speeds up) across a
+            # round then favours no server.
+            for name, url, worker in running if round_number % 2 else reversed(running):
+                for scenario, wrk_env in picked.items():
+                    result = measure(
+                        f"{name} {scenario}",
+                        url,
+                        seconds=seconds,
+                        connections=CONNECTIONS,
+                        script=SCRIPT,
+                        env=wrk_env,
+                        warmup_seconds=0,
+                        cpu_of=worker,
+                    )
+                    results.setdefault((name, scenario), []).append(result)
+                    print(
+                        f"round {round_number} {name:21} {scenario:8} {result.requests_per_second:7.0f} req/s "
+                        f"p50 {result.p50_ms:6.2f} ms  CPU {result.cpu_us_per_request or 0:6.0f} us/request",
+                        flush=True,
+                    )
     return results, collector.received_bytes
 
 
@@ -253,9 +265,10 @@ def report(results: Results, exported: int, rounds: int, seconds: int, baseline:
     lines = [
         f"# Observability overhead ({date})",
         "",
-        f"2 cores, shared with other work; server pinned to cpu 1, wrk and the null OTLP collector to cpu 0; "
-        f"{CONNECTIONS} connections; {rounds} interleaved rounds of {seconds} s (every other round in reverse "
-        "order). A ratio is ours / peer in the same round; the claim is the median of the rounds, with the "
+        f"2 cores, shared with other work; servers pinned to cpu 1 (all up at once, each loaded in its turn), "
+        f"wrk and the null OTLP collector to cpu 0; {CONNECTIONS} connections; {rounds} rounds, each server "
+        f"{seconds} s per scenario per round (every other round in reverse order). A ratio is ours / peer "
+        "in the same round; the claim is the median of the rounds, with the "
         "lowest and highest beside it. Throughput is the issue's measure; the CPU ratio (the peer's worker CPU "
         "per request / ours) is the throughput ratio the two would have with a core each to themselves, and "
         "moves far less when other work takes the server's core. `@baseline` servers run another commit "
@@ -382,8 +395,8 @@ def profile(seconds: int, baseline: Path | None = None) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument("--seconds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=12)
+    parser.add_argument("--seconds", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also record where each worker's time goes (py-spy)")
     parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     parser.add_argument("--only", help="comma-separated servers (printed, nothing recorded): for trying a change")

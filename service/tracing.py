@@ -30,8 +30,8 @@ import os
 import random
 import time
 from collections.abc import Callable, Mapping
-from contextvars import ContextVar
-from typing import TYPE_CHECKING, Final
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
@@ -54,6 +54,11 @@ _sampler: Sampler | None = None  # the provider's own (OTEL_TRACES_SAMPLER), ask
 # span id (its children and its jobs name it as their parent before the SDK span exists: see _Deferred).
 _drawn_trace_id: ContextVar[int] = ContextVar("drawn_trace_id", default=0)
 _drawn_span_id: ContextVar[int] = ContextVar("drawn_span_id", default=0)
+# The running request's or job's span context if it is sampled (None: dropped, or no trace). Set and reset
+# with the OTel context by _start and end_*_span; the hooks called many times per request (client spans,
+# exemplar, log lines) read this one variable instead of looking the current span up in the OTel context.
+# A ContextVar like OTel's own context, so tasks started inside a request see it alike.
+_sampled: ContextVar[SpanContext | None] = ContextVar("sampled_span", default=None)
 # An unsampled root's flags, as the SDK sets them: not sampled, trace id random (W3C level 2).
 _UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _TRUE = frozenset({"true", "1", "yes", "on"})
@@ -128,7 +133,7 @@ def recording_parent() -> bool:
 
     (The sampled flag, not `is_recording()`: a sampled request's own span is made when it ends.)
     """
-    return enabled and trace.get_current_span().get_span_context().trace_flags.sampled
+    return enabled and _sampled.get() is not None
 
 
 def record_client_span(
@@ -145,9 +150,9 @@ def record_client_span(
 
 
 def trace_id(span: Span | None = None) -> str | None:
-    """The hex trace id of `span` (default: the current one) if it is sampled."""
-    context = (span or trace.get_current_span()).get_span_context()
-    return format(context.trace_id, "032x") if context.trace_flags.sampled else None
+    """The hex trace id of `span` (default: the running request's or job's) if it is sampled."""
+    context = _sampled.get() if span is None else span.get_span_context()
+    return format(context.trace_id, "032x") if context is not None and context.trace_flags.sampled else None
 
 
 def current_trace_ids() -> tuple[str, str] | None:
@@ -157,8 +162,8 @@ def current_trace_ids() -> tuple[str, str] | None:
     line would cost each dropped request two hex formats and the bytes (the job it enqueues
     still carries its `traceparent`).
     """
-    context = trace.get_current_span().get_span_context()
-    if not context.trace_flags.sampled:
+    context = _sampled.get()
+    if context is None:
         return None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
@@ -238,12 +243,21 @@ def _start(
         finally:
             if drawn is not None:
                 _drawn_trace_id.reset(drawn)
-    return span, otel_context.attach(trace.set_span_in_context(span, context))
+    made = span.get_span_context()
+    marked = _sampled.set(made if made.trace_flags.sampled else None)
+    return span, (otel_context.attach(trace.set_span_in_context(span, context)), marked)
+
+
+def _detach(token: object) -> None:
+    """Undo what _start made current (the token it returned)."""
+    attached, sampled = cast("tuple[object, Token[SpanContext | None]]", token)
+    otel_context.detach(attached)  # type: ignore[arg-type]
+    _sampled.reset(sampled)
 
 
 def end_request_span(span: Span, token: object, route: str, status: int, path: str) -> None:
     """End the request's span: a sampled one's SDK span is made now, whole, with its route and status."""
-    otel_context.detach(token)  # type: ignore[arg-type]
+    _detach(token)
     if not isinstance(span, _Deferred):
         return
     context = span.get_span_context()
@@ -284,4 +298,4 @@ def end_job_span(span: Span, token: object, outcome: str | None) -> None:
     if outcome != "succeeded":
         span.set_status(Status(StatusCode.ERROR, outcome or "abandoned"))
     span.end()
-    otel_context.detach(token)  # type: ignore[arg-type]
+    _detach(token)
