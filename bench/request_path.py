@@ -22,6 +22,8 @@ layer is 1e6/rps(ours) - 1e6/rps(ours without it) on get-hot at 32 connections: 
 CPU-bound on its one core there, so that is the layer's CPU time per request, in microseconds.
 
     make bench       # or: uv run python bench/request_path.py [--rounds 3 --seconds 5]
+    uv run python bench/request_path.py --only ours,ours-no-limit --rounds 5    # the limiter's 1-connection target
+    uv run python bench/request_path.py --profile-limiter --rounds 3            # what the limiter costs per request
 """
 
 from __future__ import annotations
@@ -379,12 +381,54 @@ def profile(seconds: int) -> None:
     print("\n".join(lines))
 
 
+def profile_limiter(seconds: int, rounds: int) -> None:
+    """What the rate limiter costs one request on a cache hit at one connection: CPU and py-spy, with and without it.
+
+    Per round, `ours` then `ours-no-limit` (fresh servers), each: the worker's CPU time per
+    request over `seconds` at one connection, sampled by py-spy (`--gil`), and the share of
+    those samples with a rate-limiter frame on the stack. Printed, not recorded.
+    """
+    limiter = ("/service/ratelimit.py:", "/service/redisclock.py:")
+    with throwaway_backends() as backends:
+        seed(backends.database_url, 10_000)
+        for round_number in range(1, rounds + 1):
+            for name in ("ours", "ours-no-limit"):
+                (command, env), _ = SERVERS[name]
+                port = servers.free_port()
+                with server(command, {**env, **backends.server_env(port)}, port) as process:
+                    [worker] = psutil.Process(process.pid).children()
+                    path, wrk_env, _ = SCENARIOS["get-hot-1c"]
+                    url = f"http://127.0.0.1:{port}{path}"
+                    wrk(url, seconds=2, connections=1, script=SCRIPT, env=wrk_env)
+                    cpu = sum(worker.cpu_times()[:2])
+                    with py_spy(worker.pid, seconds, gil=True) as frames:
+                        result = wrk(url, seconds=seconds, connections=1, script=SCRIPT, env=wrk_env)
+                    request_us = (sum(worker.cpu_times()[:2]) - cpu) * 1e6 / max(result.requests, 1)
+                    stacks = [line.rpartition(" ") for line in frames.collapsed.splitlines()]
+                    total = sum(int(n) for _, _, n in stacks) or 1
+                    in_limiter = sum(int(n) for stack, _, n in stacks if any(m in stack for m in limiter)) / total
+                    print(
+                        f"round {round_number} {name:14} p50 {result.p50_ms:.3f} ms, worker CPU {request_us:.0f} "
+                        f"us/request, of which rate limiter frames {in_limiter * request_us:.1f} us "
+                        f"({100 * in_limiter:.1f} %)",
+                        flush=True,
+                    )
+                    if round_number == 1 and name == "ours":
+                        focus = ("service/ratelimit", "service/redisclock", "prometheus_client")
+                        print("\n".join(top_frames(frames, 10, request_us=request_us, focus=focus)), flush=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--profile", action="store_true", help="also record where our worker's time goes (py-spy)")
     parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
+    parser.add_argument(
+        "--profile-limiter",
+        action="store_true",
+        help="only: the rate limiter's CPU and py-spy share per request, cache hit, one connection (printed)",
+    )
     parser.add_argument(
         "--only",
         help="comma-separated servers to run (printed with the targets they cover, nothing recorded): "
@@ -395,6 +439,9 @@ def main() -> int:
     missing = [m for m in ("slowapi", "prometheus_fastapi_instrumentator", "pythonjsonlogger") if not find_spec(m)]
     if missing:
         raise SystemExit(f"the common-way peer needs {', '.join(missing)}: `uv sync --group bench` (make bench does)")
+    if args.profile_limiter:
+        profile_limiter(args.seconds, args.rounds)
+        return 0
     if args.profile_only:
         profile(args.seconds)
         return 0
