@@ -249,7 +249,7 @@ def compare(results: Results) -> list[dict[str, Any]]:
     return comparisons
 
 
-def report(results: Results, exported: int, rounds: int, seconds: int, baseline: Path | None = None) -> bool:
+def report(results: Results, exported: int, rounds: int, seconds: int, baseline: str | None = None) -> bool:
     """Write observability_overhead.{md,json}; whether every target was met."""
     medians = {
         key: {
@@ -273,7 +273,8 @@ def report(results: Results, exported: int, rounds: int, seconds: int, baseline:
         "per request / ours) is the throughput ratio the two would have with a core each to themselves, and "
         "moves far less when other work takes the server's core. `@baseline` servers run another commit "
         "(`--baseline DIR`: before a change), in the same rounds. Tracing off (no endpoint) is `ours`. "
-        "Where the time goes: "
+        + (f"Baseline here: {baseline}. " if baseline else "")
+        + "Where the time goes: "
         "[observability_overhead_profile.md](observability_overhead_profile.md) (`--profile`).",
         "",
         "| comparison | scenario | throughput ratio (median) | min | max | CPU ratio (median) | min | max "
@@ -399,6 +400,7 @@ def main() -> int:
     parser.add_argument("--seconds", type=int, default=2)
     parser.add_argument("--profile", action="store_true", help="also record where each worker's time goes (py-spy)")
     parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
+    parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy's sampling time per server")
     parser.add_argument("--only", help="comma-separated servers (printed, nothing recorded): for trying a change")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="one scenario (with --only)")
     parser.add_argument(
@@ -407,10 +409,11 @@ def main() -> int:
         help="another checkout (e.g. `git worktree add /tmp/before HEAD~3`) whose ours/tracing servers run in the "
         "same rounds: before and after a change, side by side",
     )
+    parser.add_argument("--baseline-name", help="what the baseline checkout is, for the report (e.g. its commit)")
     args = parser.parse_args()
     require_tools()
     if args.profile_only:
-        profile(args.seconds, args.baseline)
+        profile(args.profile_seconds, args.baseline)
         return 0
     if args.only:
         only = set(args.only.split(","))
@@ -423,9 +426,10 @@ def main() -> int:
             )
         return 0
     results, exported = run(args.rounds, args.seconds, baseline=args.baseline)
-    met = report(results, exported, args.rounds, args.seconds, args.baseline)
+    baseline = None if args.baseline is None else (args.baseline_name or str(args.baseline))
+    met = report(results, exported, args.rounds, args.seconds, baseline)
     if args.profile:
-        profile(args.seconds, args.baseline)
+        profile(args.profile_seconds, args.baseline)
     return 0 if met else 1
 
 

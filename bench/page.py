@@ -104,6 +104,11 @@ def _observability(data: dict[str, Any]) -> Iterator[Row]:
             value += f" (rounds {_x(item['rps_ratio_spread']['min'])} to {_x(item['rps_ratio_spread']['max'])})"
         scenario = f"{item['comparison']} ({item['scenario']}), throughput"
         yield Row(scenario, value, item.get("target") or "", item.get("met"))
+        if "cpu_ratio" in item:  # the same pair by worker CPU per request: what other work moves less
+            spread = item["cpu_ratio_spread"]
+            value = f"{_x(item['cpu_ratio'])} (rounds {_x(spread['min'])} to {_x(spread['max'])})"
+            scenario = f"{item['comparison']} ({item['scenario']}), CPU per request"
+            yield Row(scenario, value, item.get("target") or "", item.get("met_cpu"))
 
 
 def _export_memory(data: dict[str, Any]) -> Iterator[Row]:
