@@ -146,6 +146,7 @@ bench:
 	$(UV) run python bench/export_memory.py || status=1; \
 	$(UV) run python bench/jobs.py || status=1; \
 	$(UV) run python bench/scale.py || status=1; \
+	$(UV) run python bench/observability_overhead.py || status=1; \
 	$(UV) run python bench/page.py; \
 	exit $$status
 

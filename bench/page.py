@@ -44,7 +44,10 @@ def _x(ratio: float) -> str:
 
 def _request_path(data: dict[str, Any]) -> Iterator[Row]:
     for target in data["targets"]:
-        yield Row(target["name"], _x(target["ratio"]), target["target"], target["met"])
+        value = _x(target["ratio"])
+        if "rounds" in target:  # the rounds' own lowest and highest ratio
+            value += f" (rounds {_x(target['rounds']['min'])} to {_x(target['rounds']['max'])})"
+        yield Row(target["name"], value, target["target"], target["met"])
 
 
 def _token_auth(data: dict[str, Any]) -> Iterator[Row]:
@@ -96,7 +99,16 @@ def _jobs(data: dict[str, Any]) -> Iterator[Row]:
 
 def _observability(data: dict[str, Any]) -> Iterator[Row]:
     for item in data["comparisons"]:
-        yield Row(f"{item['comparison']} ({item['scenario']}), throughput", _x(item["rps_ratio"]), "", None)
+        value = _x(item["rps_ratio"])
+        if "rps_ratio_spread" in item:  # the rounds' lowest and highest ratio
+            value += f" (rounds {_x(item['rps_ratio_spread']['min'])} to {_x(item['rps_ratio_spread']['max'])})"
+        scenario = f"{item['comparison']} ({item['scenario']}), throughput"
+        yield Row(scenario, value, item.get("target") or "", item.get("met"))
+        if "cpu_ratio" in item:  # the same pair by worker CPU per request: what other work moves less
+            spread = item["cpu_ratio_spread"]
+            value = f"{_x(item['cpu_ratio'])} (rounds {_x(spread['min'])} to {_x(spread['max'])})"
+            scenario = f"{item['comparison']} ({item['scenario']}), CPU per request"
+            yield Row(scenario, value, item.get("target") or "", item.get("met_cpu"))
 
 
 def _export_memory(data: dict[str, Any]) -> Iterator[Row]:

@@ -9,8 +9,14 @@ resource attributes, batch sizes and exporter headers/timeouts are the SDK's
 own `OTEL_*` variables (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
 `OTEL_TRACES_SAMPLER_ARG=0.1`, `OTEL_RESOURCE_ATTRIBUTES`, ...).
 
+Head sampling comes first: a request or job the sampler drops gets no SDK
+span, only its W3C context (trace id, a new span id, flags 00) made current,
+so its jobs, logs and any downstream call still carry the trace id
+(`start_request_span`). At 1 % sampling that is nearly every request
+(bench/results/observability_overhead.md measures what is left).
+
 Spans: one per HTTP request (opened by service.middleware's RequestContext,
-probes excluded; unsampled requests cost little), one per PostgreSQL
+probes excluded), one per PostgreSQL
 statement (from asyncpg's query logger, with the real start and end), one
 per Redis call, and one per job attempt in the worker, continuing the trace
 of the request that enqueued the job (its `traceparent` is stored on the job
@@ -21,20 +27,40 @@ exemplar and on every log line.
 from __future__ import annotations
 
 import os
+import random
 import time
-from collections.abc import Mapping
-from typing import Final
+from collections.abc import Callable, Mapping
+from contextvars import ContextVar, Token
+from typing import TYPE_CHECKING, Final, cast
 
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
-from opentelemetry.trace import Span, SpanKind, Status, StatusCode
+from opentelemetry.trace import NonRecordingSpan, Span, SpanContext, SpanKind, Status, StatusCode, TraceFlags
+from opentelemetry.util.types import Attributes
+
+if TYPE_CHECKING:
+    from opentelemetry.sdk.trace.sampling import Sampler
 
 from service.config import ConfigurationError
 
-TRACER: Final = trace.get_tracer("catalog-service")
+# The SDK's tracer once configure() ran (a no-op proxy before): called directly, not through the proxy.
+TRACER: trace.Tracer = trace.get_tracer("catalog-service")
 # Read on every request: a plain module global, so "off" costs one check.
 enabled = False
 _provider: object | None = None
+_sampler: Sampler | None = None  # the provider's own (OTEL_TRACES_SAMPLER), asked before any span is made
+# Ids drawn before the SDK makes the span: its id generator hands them back. A root's trace id (ratio
+# samplers decide on it, so the span must have the id the decision was taken on), and a request span's
+# span id (its children and its jobs name it as their parent before the SDK span exists: see _Deferred).
+_drawn_trace_id: ContextVar[int] = ContextVar("drawn_trace_id", default=0)
+_drawn_span_id: ContextVar[int] = ContextVar("drawn_span_id", default=0)
+# The running request's or job's span context if it is sampled (None: dropped, or no trace). Set and reset
+# with the OTel context by _start and end_*_span; the hooks called many times per request (client spans,
+# exemplar, log lines) read this one variable instead of looking the current span up in the OTel context.
+# A ContextVar like OTel's own context, so tasks started inside a request see it alike.
+_sampled: ContextVar[SpanContext | None] = ContextVar("sampled_span", default=None)
+# An unsampled root's flags, as the SDK sets them: not sampled, trace id random (W3C level 2).
+_UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -52,7 +78,7 @@ def configure(service_name: str) -> bool:
     Call in the process that serves (the gunicorn worker's lifespan, the job
     worker's start), never before a fork: the batch processor owns a thread.
     """
-    global enabled, _provider  # noqa: PLW0603 - process-wide, like the SDK's own global provider
+    global enabled, _provider, _sampler, TRACER  # noqa: PLW0603 - process-wide, like the SDK's own global provider
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
         return False
     if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
@@ -70,13 +96,26 @@ def configure(service_name: str) -> bool:
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
     from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
+    from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
+
+    class DrawnTraceIds(RandomIdGenerator):
+        """Random ids, except those drawn before the SDK was asked for the span (`_start`, `end_request_span`)."""
+
+        def generate_trace_id(self) -> int:
+            return _drawn_trace_id.get() or super().generate_trace_id()
+
+        def generate_span_id(self) -> int:
+            return _drawn_span_id.get() or super().generate_span_id()
 
     # OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES) wins over SERVICE_NAME.
     named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
-    provider = TracerProvider(resource=Resource.create({} if named else {"service.name": service_name}))
+    provider = TracerProvider(
+        resource=Resource.create({} if named else {"service.name": service_name}), id_generator=DrawnTraceIds()
+    )
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     trace.set_tracer_provider(provider)
-    _provider = provider
+    _provider, _sampler = provider, provider.sampler
+    TRACER = provider.get_tracer("catalog-service")
     enabled = True
     return True
 
@@ -90,8 +129,11 @@ def shutdown() -> None:
 
 
 def recording_parent() -> bool:
-    """Whether a span made now would be kept: tracing is on and the current span is sampled."""
-    return enabled and trace.get_current_span().is_recording()
+    """Whether a span made now would be kept: tracing is on and the current span is sampled.
+
+    (The sampled flag, not `is_recording()`: a sampled request's own span is made when it ends.)
+    """
+    return enabled and _sampled.get() is not None
 
 
 def record_client_span(
@@ -100,7 +142,7 @@ def record_client_span(
     """A child span for a call that just ended after `elapsed_seconds` (its real start and end)."""
     end = time.time_ns()
     span = TRACER.start_span(
-        name, kind=SpanKind.CLIENT, start_time=end - int(elapsed_seconds * 1e9), attributes=dict(attributes)
+        name, kind=SpanKind.CLIENT, start_time=end - int(elapsed_seconds * 1e9), attributes=attributes
     )
     if error is not None:
         span.set_status(Status(StatusCode.ERROR, type(error).__name__))
@@ -108,15 +150,20 @@ def record_client_span(
 
 
 def trace_id(span: Span | None = None) -> str | None:
-    """The hex trace id of `span` (default: the current one) if it is sampled."""
-    context = (span or trace.get_current_span()).get_span_context()
-    return format(context.trace_id, "032x") if context.trace_flags.sampled else None
+    """The hex trace id of `span` (default: the running request's or job's) if it is sampled."""
+    context = _sampled.get() if span is None else span.get_span_context()
+    return format(context.trace_id, "032x") if context is not None and context.trace_flags.sampled else None
 
 
 def current_trace_ids() -> tuple[str, str] | None:
-    """(trace id, span id) of the current valid span, for log lines."""
-    context = trace.get_current_span().get_span_context()
-    if not context.is_valid:
+    """(trace id, span id) of the current span if it is sampled, for log lines.
+
+    An unsampled trace has nothing to look up in the tracing backend, and its ids on every
+    line would cost each dropped request two hex formats and the bytes (the job it enqueues
+    still carries its `traceparent`).
+    """
+    context = _sampled.get()
+    if context is None:
         return None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
@@ -128,39 +175,122 @@ def inject_current() -> dict[str, str]:
     return carrier
 
 
+class _Deferred(NonRecordingSpan):
+    """A sampled request's span until the request ends: its context is current, the SDK span is made at the end.
+
+    The route, the status and the name are only known at the end; the SDK span made then
+    gets them all at once, with the real start time and the span id its children and jobs
+    already name as their parent (updating a live SDK span attribute by attribute, under
+    its lock, cost more than making it).
+    """
+
+    def __init__(self, context: SpanContext, parent: otel_context.Context, method: str) -> None:
+        super().__init__(context)
+        self.parent = parent  # the context it was started in: the caller's span, or none
+        self.method = method
+        self.started = time.time_ns()
+
+
 def start_request_span(headers: list[tuple[bytes, bytes]], method: str) -> tuple[Span, object]:
-    """The server span of one request, continuing the caller's `traceparent`; made current."""
-    carrier = {name.decode(): value.decode("latin-1") for name, value in headers if name in _TRACE_HEADERS}
-    span = TRACER.start_span(method, context=propagate.extract(carrier) if carrier else None, kind=SpanKind.SERVER)
-    return span, otel_context.attach(trace.set_span_in_context(span))
+    """The server span of one request, continuing the caller's `traceparent`; made current.
+
+    `headers` are the ASGI scope's. A request the sampler drops gets a non-recording
+    span (no SDK span, no attributes): only its context is made current. A sampled one's
+    SDK span is made when it ends (`end_request_span`).
+    """
+    carrier = None
+    for name, value in headers:
+        if name in _TRACE_HEADERS:
+            carrier = carrier or {}
+            carrier[name.decode()] = value.decode("latin-1")
+    return _start(method, SpanKind.SERVER, carrier, None, defer=True)
+
+
+def _start(
+    name: str,
+    kind: SpanKind,
+    carrier: Mapping[str, str] | None,
+    attributes: Callable[[], Attributes] | None,
+    *,
+    defer: bool = False,
+) -> tuple[Span, object]:
+    """Ask the sampler first; make a span only for a sampled trace. The span (either kind) is made current.
+
+    `attributes` is called only for a span the sampler records. A dropped root gets a fresh trace id
+    and a dropped child its parent's trace id and state, each with a new span id and the
+    sampled flag clear: exactly the context the SDK would make, without the span. `defer`: a
+    sampled span is a `_Deferred` (its SDK span made by `end_request_span`).
+    """
+    context = propagate.extract(carrier) if carrier else None  # None: the current context is the parent's
+    parent = trace.get_current_span(context).get_span_context()
+    if parent.is_valid:
+        trace_id, flags = parent.trace_id, TraceFlags(parent.trace_flags & TraceFlags.RANDOM_TRACE_ID)
+    else:
+        trace_id, flags = random.getrandbits(128) or 1, _UNSAMPLED_ROOT  # (0 is the invalid id)
+    assert _sampler is not None  # (configure() ran: `enabled`)
+    sampling = _sampler.should_sample(context, trace_id, name, kind)
+    if not sampling.decision.is_recording():  # type: ignore[no-untyped-call]  # (the SDK leaves it unannotated)
+        span_context = SpanContext(trace_id, random.getrandbits(64) or 1, False, flags, sampling.trace_state)
+        span: Span = NonRecordingSpan(span_context)
+    elif defer and sampling.decision.is_sampled():  # type: ignore[no-untyped-call]
+        sampled = TraceFlags(flags | TraceFlags.SAMPLED)
+        span_context = SpanContext(trace_id, random.getrandbits(64) or 1, False, sampled, sampling.trace_state)
+        span = _Deferred(span_context, context if context is not None else otel_context.get_current(), name)
+    else:
+        drawn = None if parent.is_valid else _drawn_trace_id.set(trace_id)
+        try:
+            span = TRACER.start_span(name, context, kind, attributes() if attributes else None)
+        finally:
+            if drawn is not None:
+                _drawn_trace_id.reset(drawn)
+    made = span.get_span_context()
+    marked = _sampled.set(made if made.trace_flags.sampled else None)
+    return span, (otel_context.attach(trace.set_span_in_context(span, context)), marked)
+
+
+def _detach(token: object) -> None:
+    """Undo what _start made current (the token it returned)."""
+    attached, sampled = cast("tuple[object, Token[SpanContext | None]]", token)
+    otel_context.detach(attached)  # type: ignore[arg-type]
+    _sampled.reset(sampled)
 
 
 def end_request_span(span: Span, token: object, route: str, status: int, path: str) -> None:
-    if span.is_recording():
-        span.update_name(f"{span.name} {route}")  # type: ignore[attr-defined]
-        span.set_attributes(
+    """End the request's span: a sampled one's SDK span is made now, whole, with its route and status."""
+    _detach(token)
+    if not isinstance(span, _Deferred):
+        return
+    context = span.get_span_context()
+    ids = _drawn_trace_id.set(context.trace_id), _drawn_span_id.set(context.span_id)
+    try:
+        sdk_span = TRACER.start_span(
+            f"{span.method} {route}",
+            span.parent,
+            SpanKind.SERVER,
             {
-                "http.request.method": span.name.split(" ", 1)[0],  # type: ignore[attr-defined]
+                "http.request.method": span.method,
                 "http.route": route,
                 "url.path": path,
                 "http.response.status_code": status,
-            }
+            },
+            start_time=span.started,
         )
-        if status >= 500:
-            span.set_status(Status(StatusCode.ERROR))
-    span.end()
-    otel_context.detach(token)  # type: ignore[arg-type]
+    finally:
+        _drawn_trace_id.reset(ids[0])
+        _drawn_span_id.reset(ids[1])
+    if status >= 500:
+        sdk_span.set_status(Status(StatusCode.ERROR))
+    sdk_span.end()
 
 
 def start_job_span(kind: str, job_id: str, attempt: int, headers: Mapping[str, str]) -> tuple[Span, object]:
     """The span of one job attempt, continuing the trace of the request that enqueued it; made current."""
-    span = TRACER.start_span(
+    return _start(
         f"job {kind}",
-        context=propagate.extract(headers) if headers else None,
-        kind=SpanKind.CONSUMER,
-        attributes={"job.id": job_id, "job.kind": kind, "job.attempt": attempt},
+        SpanKind.CONSUMER,
+        headers or None,
+        lambda: {"job.id": job_id, "job.kind": kind, "job.attempt": attempt},
     )
-    return span, otel_context.attach(trace.set_span_in_context(span))
 
 
 def end_job_span(span: Span, token: object, outcome: str | None) -> None:
@@ -168,4 +298,4 @@ def end_job_span(span: Span, token: object, outcome: str | None) -> None:
     if outcome != "succeeded":
         span.set_status(Status(StatusCode.ERROR, outcome or "abandoned"))
     span.end()
-    otel_context.detach(token)  # type: ignore[arg-type]
+    _detach(token)

@@ -162,6 +162,90 @@ async def test_the_request_span_and_the_job_span_are_one_trace(
     assert CALLER_TRACE in exemplars
 
 
+async def test_a_request_the_sampler_drops_exports_nothing_and_its_job_still_carries_the_trace(
+    start_api: Callable[..., ApiProcess],
+    start_worker: Callable[..., WorkerProcess],
+    receiver: OtlpReceiver,
+    db: asyncpg.Connection,
+) -> None:
+    """Head sampling drops the request before any span work, but its W3C context still reaches the job."""
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "0",  # every new trace dropped at the root
+    }
+    api = start_api(**otel)
+    worker = start_worker(**otel)
+    unsampled_caller = f"00-{CALLER_TRACE}-00f067aa0ba902b7-00"
+    async with httpx.AsyncClient(base_url=api.url, headers=WRITER) as http:
+        root = await http.post("/v1/jobs", json={"kind": "cpu.burn", "params": {"milliseconds": 1}})
+        child = await http.post(
+            "/v1/jobs",
+            json={"kind": "cpu.burn", "params": {"milliseconds": 2}},
+            headers={"traceparent": unsampled_caller, "X-Request-ID": "unsampled-child"},
+        )
+    assert root.status_code == child.status_code == 202
+    stored = {
+        row["id"]: row["traceparent"]
+        for row in await db.fetch(
+            "SELECT id::text, traceparent FROM jobs WHERE id::text = ANY($1)",
+            [
+                root.json()["id"],
+                child.json()["id"],
+            ],
+        )
+    }
+    # A new trace: a fresh trace id (not the invalid all-zero one) and span id, sampled flag clear.
+    root_parent = re.fullmatch(r"00-([0-9a-f]{32})-([0-9a-f]{16})-0[02]", stored[root.json()["id"]] or "")
+    assert root_parent is not None, stored
+    assert root_parent[1] != "0" * 32
+    assert root_parent[2] != "0" * 16
+    # The caller's unsampled trace continues: its trace id, our own span id, still not sampled.
+    child_parent = re.fullmatch(rf"00-{CALLER_TRACE}-([0-9a-f]{{16}})-00", stored[child.json()["id"]] or "")
+    assert child_parent is not None, stored
+    assert child_parent[1] != "00f067aa0ba902b7"
+
+    def finished() -> list[dict[str, object]]:
+        return lines_where([worker.logfile], lambda line: line["msg"] == "job finished", timeout=0)
+
+    wait_for(lambda: len(finished()) == 2, 20, "both jobs to finish")
+    await asyncio.sleep(0.5)  # two export periods: anything recorded would have arrived
+    assert receiver.spans == []
+    # Nothing to look up in a tracing backend: no trace id on the log lines of either side.
+    logged = api.logs(until=lambda line: line.get("request_id") == "unsampled-child")
+    assert [line for line in logged if "trace_id" in line] == []
+    assert all("trace_id" not in line for line in finished())
+
+
+async def test_a_sampled_new_trace_has_the_trace_id_it_was_sampled_on(
+    start_api: Callable[..., ApiProcess],
+    start_worker: Callable[..., WorkerProcess],
+    receiver: OtlpReceiver,
+    db: asyncpg.Connection,
+) -> None:
+    """A root kept by the ratio sampler: the exported span, the job row and the job span share one trace id."""
+    otel = {
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+        "OTEL_TRACES_SAMPLER": "parentbased_traceidratio",
+        "OTEL_TRACES_SAMPLER_ARG": "1",
+    }
+    api = start_api(**otel)
+    start_worker(**otel)
+    async with httpx.AsyncClient(base_url=api.url, headers=WRITER) as http:
+        created = await http.post("/v1/jobs", json={"kind": "cpu.burn", "params": {"milliseconds": 3}})
+    assert created.status_code == 202
+    wait_for(lambda: bool(receiver.named("job cpu.burn") and receiver.named("POST /v1/jobs")), 20, "both spans")
+    [request] = receiver.named("POST /v1/jobs")
+    [job] = receiver.named("job cpu.burn")
+    assert request.parent_span_id == ""  # a root
+    traceparent = await db.fetchval("SELECT traceparent FROM jobs WHERE id::text = $1", created.json()["id"])
+    assert traceparent == f"00-{request.trace_id}-{request.span_id}-03"  # sampled, random trace id
+    assert job.trace_id == request.trace_id
+    assert job.parent_span_id == request.span_id
+
+
 async def test_without_an_endpoint_nothing_is_exported_and_logs_carry_no_trace_id(
     start_api: Callable[..., ApiProcess], receiver: OtlpReceiver, db: asyncpg.Connection
 ) -> None:
