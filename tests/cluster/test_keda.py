@@ -4,17 +4,17 @@ Runs only with CATALOG_KEDA=1 (`make cluster-test-keda`): KEDA is built from its
 `make platform-keda`, and that cold build takes longer than the CI budget leaves (docs/platform.md
 gives the numbers); a cached build takes seconds. Without it the test is skipped, saying so.
 
-The release is upgraded to `worker.keda.enabled=true` (the chart then renders the ScaledObject and
-TriggerAuthentication instead of the worker's CPU HPA), with a 5 s polling interval and a 30 s
-scale-down window instead of the chart's 15 s and 600 s: only so the test ends in minutes. The
-scale-down policy stays the chart's (one pod per 120 s). A bounded batch of cpu.burn jobs is posted
+A release of its own (namespace catalog-keda-test, so it never disturbs the shared release of the
+other cluster tests) is installed with `worker.keda.enabled=true`: the chart then renders the
+ScaledObject and TriggerAuthentication instead of the worker's CPU HPA. Polling every 5 s and a
+30 s scale-down window instead of the chart's 15 s and 600 s: only so the test ends in minutes;
+the scale-down policy stays the chart's (one pod per 120 s). A bounded batch of cpu.burn jobs is posted
 through the API Service; every 5 s the test samples the worker Deployment's replicas and ready
 pods, KEDA's HPA (current/desired replicas and the external metric it sees), the ScaledObject's
 Active condition, and PostgreSQL's ready-job count (the trigger's own query) and running jobs.
 Asserted: the worker scales above its minimum while the queue holds more than one pod's share,
 never above its maximum, every job of the batch succeeds exactly once, and the worker returns to
-its minimum once the queue is empty. Drawn as .run/cluster-test/keda.png, tabled in keda.md; the
-release is restored to its values before the test afterwards.
+its minimum once the queue is empty. Drawn as .run/cluster-test/keda.png, tabled in keda.md.
 """
 
 from __future__ import annotations
@@ -23,13 +23,26 @@ import json
 import os
 import subprocess
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 import pytest
 
-from tests.fixtures.cluster import PLATFORM_SCRIPT, START_TIMEOUT, LocalCluster, Release, eventually, query
+from service.auth import new_key
+from tests.fixtures import chart
+from tests.fixtures.cluster import (
+    PLATFORM_SCRIPT,
+    START_TIMEOUT,
+    ClusterBackends,
+    LocalCluster,
+    Release,
+    ctr,
+    eventually,
+    query,
+)
+from tests.fixtures.image import IMAGE_REPOSITORY, IMAGE_TAG
 from tests.fixtures.paths import ROOT
 
 pytestmark = [
@@ -41,6 +54,8 @@ pytestmark = [
 ]
 
 OUT = ROOT / ".run" / "cluster-test"
+NAMESPACE = "catalog-keda-test"
+RELEASE = "keda"
 JOBS = 30  # the batch: bounded in count
 JOB_MILLISECONDS = 4000  # CPU time per job: one worker alone needs about 2 minutes for the batch
 MIN_REPLICAS = 1
@@ -73,6 +88,63 @@ def keda(local_cluster: LocalCluster) -> str:
     if result.returncode != 0:
         pytest.fail(f"`make platform-keda` failed:\n{result.stdout[-4000:]}\n{result.stderr[-4000:]}")
     return result.stdout
+
+
+@pytest.fixture(scope="module")
+def keda_image(local_cluster: LocalCluster, request: pytest.FixtureRequest) -> str:
+    """The catalog image in the cluster: the one the cluster tests imported if there is one, else built.
+
+    This test is about the scaling, not the service's code; re-importing the image while other
+    cluster tests run would pull it from under their new pods.
+    """
+    if f"docker.io/library/{IMAGE_REPOSITORY}:{IMAGE_TAG}" in ctr("images", "list", "--quiet").stdout.split():
+        return f"{IMAGE_REPOSITORY}:{IMAGE_TAG}"
+    return str(request.getfixturevalue("cluster_image"))
+
+
+@pytest.fixture(scope="module")
+def keda_release(
+    local_cluster: LocalCluster, keda: str, keda_image: str, cluster_backends: ClusterBackends
+) -> Iterator[Release]:
+    """The chart with worker.keda on, in a namespace of its own (restricted Pod Security), uninstalled after."""
+    cluster = local_cluster
+    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=300)
+    cluster.kubectl("create", "namespace", NAMESPACE)
+    cluster.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    token, digest = new_key()
+    repository, tag = keda_image.split(":")
+    values: dict[str, object] = {
+        "image.repository": repository,
+        "image.tag": tag,
+        "image.pullPolicy": "IfNotPresent",
+        "secrets.databaseUrl": cluster_backends.database_url,
+        "secrets.redisUrl": cluster_backends.redis.url(),
+        "secrets.apiKeys": json.dumps([{"name": "keda-test", "sha256": digest, "scopes": ["jobs:write"]}]),
+        # One 2-core node shared with the other cluster tests' releases.
+        "api.resources.requests.cpu": "100m",
+        "worker.resources.requests.cpu": "100m",
+        "worker.keda.enabled": True,
+        "worker.keda.minReplicas": MIN_REPLICAS,
+        "worker.keda.maxReplicas": MAX_REPLICAS,
+        "worker.keda.jobsPerReplica": JOBS_PER_REPLICA,
+        "worker.keda.pollingIntervalSeconds": 5,
+        "worker.keda.scaleDownStabilizationSeconds": 30,
+    }
+    started = time.monotonic()
+    installed = cluster.helm(
+        "install", RELEASE, str(chart.CHART), "--namespace", NAMESPACE, "--wait", "--timeout", "600s",
+        *(flag for key, value in values.items() for flag in ("--set-json", f"{key}={json.dumps(value)}")),
+        timeout=900,
+    )  # fmt: skip
+    if installed.returncode != 0:
+        events = cluster.kubectl("-n", NAMESPACE, "get", "events", "--sort-by=.lastTimestamp", check=False)
+        pytest.fail(f"helm install failed:\n{installed.stdout}\n{installed.stderr}\nevents:\n{events[-5000:]}")
+    try:
+        yield Release(cluster, NAMESPACE, RELEASE, token, values, installed.stdout + installed.stderr,
+                      time.monotonic() - started, False, cluster_backends.database_url)  # fmt: skip
+    finally:
+        cluster.helm("uninstall", RELEASE, "--namespace", NAMESPACE, "--wait", "--ignore-not-found")
+        cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=false", check=False)
 
 
 def _quantity(value: str) -> float:
@@ -187,42 +259,23 @@ def _run_batch(release: Release) -> tuple[list[Sample], list[str], float, float 
     return samples, batch, posted_in, drained_at
 
 
-def test_keda_scales_the_worker_up_on_queued_jobs_and_back_when_drained(keda: str, release: Release) -> None:
+def test_keda_scales_the_worker_up_on_queued_jobs_and_back_when_drained(keda_release: Release) -> None:
+    release = keda_release
     ns, name = release.namespace, release.resource("worker")
-    changes: dict[str, object] = {
-        "worker.keda.enabled": True,
-        "worker.keda.minReplicas": MIN_REPLICAS,
-        "worker.keda.maxReplicas": MAX_REPLICAS,
-        "worker.keda.jobsPerReplica": JOBS_PER_REPLICA,
-        "worker.keda.pollingIntervalSeconds": 5,
-        "worker.keda.scaleDownStabilizationSeconds": 30,
-    }
-    before = {key: release.values.get(key) for key in changes}
-    upgraded = release.upgrade(changes)
-    assert upgraded.returncode == 0, upgraded.stderr
-    try:
-        chart_hpa = release.cluster.run("-n", ns, "get", "hpa", name)
-        assert chart_hpa.returncode != 0, "the chart's worker HPA is still there beside KEDA's"
+    chart_hpa = release.cluster.run("-n", ns, "get", "hpa", name)
+    assert chart_hpa.returncode != 0, "the chart's worker HPA is there beside KEDA's"
 
-        def scaled_object_ready() -> str | None:
-            scaled = release.cluster.json("-n", ns, "get", "scaledobject", name)
-            conditions = {c["type"]: c for c in scaled.get("status", {}).get("conditions", [])}
-            ready = conditions.get("Ready", {})
-            hpa = release.cluster.run("-n", ns, "get", "hpa", f"keda-hpa-{name}")
-            return None if ready.get("status") == "True" and hpa.returncode == 0 else f"{ready} {hpa.stderr.strip()}"
+    def scaled_object_ready() -> str | None:
+        scaled = release.cluster.json("-n", ns, "get", "scaledobject", name)
+        conditions = {c["type"]: c for c in scaled.get("status", {}).get("conditions", [])}
+        ready = conditions.get("Ready", {})
+        hpa = release.cluster.run("-n", ns, "get", "hpa", f"keda-hpa-{name}")
+        return None if ready.get("status") == "True" and hpa.returncode == 0 else f"{ready} {hpa.stderr.strip()}"
 
-        eventually(scaled_object_ready, "the ScaledObject Ready and its HPA created", timeout=180, every=2)
-        eventually(lambda: None if query(release.database_url, READY_JOBS)[0][0] == 0 else "jobs still queued",
-                   "an empty queue before the batch", timeout=300, every=5)  # fmt: skip
-        eventually(lambda: None if _sample(release, 0, []).replicas == MIN_REPLICAS else "not at minReplicas",
-                   "the worker at minReplicas before the batch", timeout=SCALE_DOWN_TIMEOUT, every=5)  # fmt: skip
-        samples, batch, posted_in, drained_at = _run_batch(release)
-    finally:
-        for key, value in before.items():  # back to what the release had
-            if value is None:
-                release.values.pop(key, None)
-        restored = release.upgrade({k: v for k, v in before.items() if v is not None})
-        assert restored.returncode == 0, restored.stderr
+    eventually(scaled_object_ready, "the ScaledObject Ready and its HPA created", timeout=180, every=2)
+    eventually(lambda: None if _sample(release, 0, []).replicas == MIN_REPLICAS else "not at minReplicas",
+               "the worker at minReplicas before the batch", timeout=SCALE_DOWN_TIMEOUT, every=5)  # fmt: skip
+    samples, batch, posted_in, drained_at = _run_batch(release)
     _draw(samples, posted_in, drained_at)
 
     outcomes = query(release.database_url,
