@@ -21,7 +21,7 @@
 #   make cluster-test  the chart installed on it with helm, and the tests in tests/cluster
 #   make platform  metrics-server, the Prometheus Operator and a Prometheus in that cluster (docs/platform.md); PLATFORM="monitoring" picks
 #   make platform-down  remove them (the monitoring CRDs stay)
-#   make platform-keda  KEDA (operator + metrics API server) in that cluster, built from its Go module (long cold build; not in make test)
+#   make platform-keda  KEDA (operator + metrics API server) in that cluster, built from its Go module (docs/keda.md; long cold build, not in make test)
 #   make cluster-test-keda  the worker scaled by KEDA on queue depth (tests/cluster/test_keda.py; builds KEDA when not cached)
 #   make platform-status  what of them runs
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)

@@ -14,7 +14,7 @@ made here and imported into the cluster's containerd; nothing is pulled):
   labelled release=kube-prometheus-stack in any namespace, as kube-prometheus-stack does.
 - keda (only when named: `make platform-keda`): the KEDA operator and its metrics API server
   (external.metrics.k8s.io), with its CRDs from the pinned module. Its cold build is the
-  heaviest of all (docs/platform.md gives the numbers), so it is not in the default set.
+  heaviest of all (docs/keda.md gives the numbers), so it is not in the default set.
 
 `up` is idempotent (server-side apply) and returns when each component is ready; it prints
 "platform: [n/N] component ... done in Xs". The chart values that use these components are

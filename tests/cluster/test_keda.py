@@ -1,7 +1,7 @@
 """The worker scaled by KEDA on queue depth: a batch of jobs scales it up, a drained queue scales it back.
 
 Runs only with CATALOG_KEDA=1 (`make cluster-test-keda`): KEDA is built from its Go module by
-`make platform-keda`, and that cold build takes longer than the CI budget leaves (docs/platform.md
+`make platform-keda`, and that cold build takes longer than the CI budget leaves (docs/keda.md
 gives the numbers); a cached build takes seconds. Without it the test is skipped, saying so.
 
 A release of its own (namespace catalog-keda-test, so it never disturbs the shared release of the
