@@ -72,7 +72,7 @@ class Sample:
     at: float
     replicas: int  # the Deployment's spec.replicas, as KEDA's HPA sets it
     ready_pods: int
-    desired: int  # the HPA's desiredReplicas
+    desired: int | None  # the HPA's desiredReplicas; None until its first sync
     metric: float | None  # the external metric's value the HPA last read (ready jobs, per its view)
     active: bool  # the ScaledObject's Active condition
     ready_jobs: int  # PostgreSQL, the trigger's query
@@ -156,10 +156,11 @@ def _sample(release: Release, began: float, batch: list[str]) -> Sample:
     ns, name = release.namespace, release.resource("worker")
     deployment = release.cluster.json("-n", ns, "get", "deployment", name)
     hpa_result = release.cluster.run("-n", ns, "get", "hpa", f"keda-hpa-{name}", "-o", "json")
-    desired, metric = 0, None
+    desired: int | None = None
+    metric = None
     if hpa_result.returncode == 0:
         status = json.loads(hpa_result.stdout).get("status", {})
-        desired = int(status.get("desiredReplicas", 0))
+        desired = status.get("desiredReplicas") or None  # 0 before the HPA first computed it
         for current in status.get("currentMetrics") or []:
             if current.get("type") == "External":
                 value = current["external"]["current"]
@@ -187,7 +188,8 @@ def _draw(samples: list[Sample], posted_in: float, drained_at: float | None) -> 
     times = [s.at for s in samples]
     pods_axis.step(times, [s.replicas for s in samples], where="post", label="worker replicas (KEDA's HPA)")
     pods_axis.step(times, [s.ready_pods for s in samples], where="post", linestyle=":", label="ready worker pods")
-    pods_axis.step(times, [s.desired for s in samples], where="post", linestyle="--", label="HPA desired replicas")
+    desired = [float("nan") if s.desired is None else s.desired for s in samples]
+    pods_axis.step(times, desired, where="post", linestyle="--", label="HPA desired replicas")
     pods_axis.axhline(MAX_REPLICAS, color="grey", linestyle="--", linewidth=0.8, label="maxReplicas")
     pods_axis.set_ylabel("worker pods")
     pods_axis.set_ylim(0, MAX_REPLICAS + 1)
@@ -227,7 +229,7 @@ def _post_batch(release: Release) -> list[str]:
 
 def _write_report(samples: list[Sample], summary: str) -> None:
     rows = "\n".join(
-        f"| {s.at:.0f} | {s.replicas} | {s.ready_pods} | {s.desired} | "
+        f"| {s.at:.0f} | {s.replicas} | {s.ready_pods} | {'' if s.desired is None else s.desired} | "
         f"{'' if s.metric is None else f'{s.metric:g}'} | {s.active} | {s.ready_jobs} | {s.running_jobs} |"
         for s in samples
     )
