@@ -22,6 +22,8 @@
 #   make gateway  the cluster's edge: Traefik serving Gateway API, built from its Go module (docs/edge-cluster.md); gateway-down removes it
 #   make platform  metrics-server, the Prometheus Operator and a Prometheus in that cluster (docs/platform.md); PLATFORM="monitoring" picks
 #   make platform-down  remove them (the monitoring CRDs stay)
+#   make platform-keda  KEDA (operator + metrics API server) in that cluster, built from its Go module (docs/keda.md; long cold build, not in make test)
+#   make cluster-test-keda  the worker scaled by KEDA on queue depth (tests/cluster/test_keda.py; builds KEDA when not cached)
 #   make platform-status  what of them runs
 #   make kind-up    a kind cluster with a local registry for `tilt up` (deploy/kind/cluster.yaml; needs docker, kind, ctlptl, kubectl)
 #   make kind-down  delete that cluster and its registry
@@ -33,7 +35,7 @@ UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
 	loadtest drill profile docs-images kind-up kind-down \
 	cluster cluster-build cluster-down cluster-status cluster-test tilt gateway gateway-down \
-	platform platform-down platform-status
+	platform platform-down platform-status platform-keda cluster-test-keda
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -109,6 +111,11 @@ platform-down:
 platform-status:
 	@python3 deploy/platform/platform.py status
 
+# KEDA is kept out of `make platform` and `make test`: its cold build (two binaries linking every
+# scaler's cloud SDK) is longer than the CI budget leaves; cached, it takes seconds.
+platform-keda:
+	@python3 deploy/platform/platform.py up keda
+
 cluster-test: tools
 	@bash deploy/local/bootstrap.sh image cluster
 	$(UV) run pytest tests/cluster -q
@@ -119,6 +126,10 @@ gateway:
 
 gateway-down:
 	@python3 deploy/platform/gateway.py down
+
+cluster-test-keda: tools
+	@bash deploy/local/bootstrap.sh image cluster
+	CATALOG_KEDA=1 $(UV) run pytest tests/cluster/test_keda.py -q
 
 up: install
 	$(UV) run python deploy/local/stack.py up

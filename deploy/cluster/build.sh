@@ -7,7 +7,7 @@
 #   deploy/cluster/build.sh [family ...]     families: kubernetes etcd containerd runc coredns
 #                                            (the default); tilt (`make tilt`), traefik (`make gateway`),
 #                                            metrics-server, prometheus-operator and prometheus
-#                                            (`make platform`): built only when named
+#                                            (`make platform`), keda (`make platform-keda`): built only when named
 #   deploy/cluster/build.sh --print-bin F    the cache's bin directory for family F (no build)
 #
 # Prints one line per component: "build: [n/N] family/component (elapsed)".
@@ -22,7 +22,7 @@ export GOFLAGS="-p=2 -mod=readonly -trimpath ${GOFLAGS:-}"
 export GOTOOLCHAIN=local
 FAMILIES=(kubernetes etcd containerd runc coredns)
 # Tools that run against the cluster rather than make it: built only when asked for.
-EXTRA_FAMILIES=(tilt traefik metrics-server prometheus-operator prometheus)
+EXTRA_FAMILIES=(tilt traefik metrics-server prometheus-operator prometheus keda)
 
 # family -> "package:binary" pairs, build tags, CGO, and version ldflags
 components() {
@@ -39,6 +39,11 @@ components() {
       echo github.com/prometheus-operator/prometheus-operator/cmd/operator:prometheus-operator \
         github.com/prometheus-operator/prometheus-operator/cmd/prometheus-config-reloader ;;
     prometheus) echo github.com/prometheus/prometheus/cmd/prometheus ;;
+    # The operator and the metrics API server (external.metrics.k8s.io); the admission
+    # webhooks (cmd/webhooks) only validate ScaledObjects early and are left out.
+    keda)
+      echo github.com/kedacore/keda/v2/cmd/operator:keda \
+        github.com/kedacore/keda/v2/cmd/adapter:keda-adapter ;;
     *) echo "build: unknown family $1 (one of: ${FAMILIES[*]} ${EXTRA_FAMILIES[*]})" >&2; return 1 ;;
   esac
 }
@@ -91,6 +96,10 @@ ldflags() {
       v=$(pinned prometheus github.com/prometheus/prometheus); v=${v#v0.}
       local mm=${v%%.*}
       echo "-s -w -X github.com/prometheus/common/version.Version=${mm:0:1}.$((10#${mm:1})).${v#*.}" ;;
+    keda)
+      # What upstream's Makefile sets (the version the operator logs and its metrics report).
+      v=$(pinned keda github.com/kedacore/keda/v2)
+      echo "-s -w -X github.com/kedacore/keda/v2/version.Version=${v#v}" ;;
     tilt)
       # What upstream's release sets (goreleaser: main.version without the "v"). A build
       # without it calls itself a dev build and looks for the web UI's dev server.

@@ -1,7 +1,7 @@
 """`make platform`: the add-ons a production cluster runs, in the cluster of `make cluster` (stdlib only).
 
-    python3 deploy/platform/platform.py up [component ...]     # default: every component
-    python3 deploy/platform/platform.py down [component ...]
+    python3 deploy/platform/platform.py up [component ...]     # default: metrics-server monitoring
+    python3 deploy/platform/platform.py down [component ...]   # the same default
     python3 deploy/platform/platform.py status
 
 Components (each built from its pinned Go module by deploy/cluster/build.sh, into an image
@@ -12,6 +12,9 @@ made here and imported into the cluster's containerd; nothing is pulled):
   Prometheus (3.5, from its module: Debian's package has no Kubernetes service discovery) in
   the namespace `monitoring`, selecting ServiceMonitors, PodMonitors and PrometheusRules
   labelled release=kube-prometheus-stack in any namespace, as kube-prometheus-stack does.
+- keda (only when named: `make platform-keda`): the KEDA operator and its metrics API server
+  (external.metrics.k8s.io), with its CRDs from the pinned module. Its cold build is the
+  heaviest of all (docs/keda.md gives the numbers), so it is not in the default set.
 
 `up` is idempotent (server-side apply) and returns when each component is ready; it prints
 "platform: [n/N] component ... done in Xs". The chart values that use these components are
@@ -199,10 +202,61 @@ def monitoring_down() -> None:
     # The CRDs stay: deleting them deletes every ServiceMonitor and rule of every release.
 
 
+# --- keda -------------------------------------------------------------------------------------
+
+KEDA_MODULE = "github.com/kedacore/keda/v2"
+KEDA_APISERVICE = "v1beta1.external.metrics.k8s.io"
+
+
+def _keda_documents(version: str, operator: str, adapter: str) -> tuple[str, str, Path]:
+    """(the Namespace, the rest of keda.yaml, upstream's generated RBAC for the operator)."""
+    manifest = render("keda.yaml", VERSION=version, OPERATOR_IMAGE=operator, ADAPTER_IMAGE=adapter)
+    namespace, rest = manifest.split("\n---\n", 1)
+    return namespace, rest, module_dir("keda", KEDA_MODULE) / "config" / "rbac" / "role.yaml"
+
+
+def keda_up() -> None:
+    version = pinned("keda", KEDA_MODULE)
+    source = module_dir("keda", KEDA_MODULE)
+    # The CRDs as generated (config/crd/bases); upstream's kustomize patches only add bounds to
+    # the HPA behavior's stabilization windows, which the API server checks anyway.
+    for crd in sorted((source / "config" / "crd" / "bases").glob("*.yaml")):
+        apply(crd.read_text())
+    for plural in ("scaledobjects", "scaledjobs", "triggerauthentications", "clustertriggerauthentications"):
+        kubectl("wait", "--for=condition=Established", f"crd/{plural}.keda.sh", "--timeout=60s")
+    binaries = bin_dir("keda")
+    operator = import_image(f"{IMAGE_PREFIX}/keda:{version}", {"/keda": binaries / "keda"}, ["/keda"])
+    adapter = import_image(f"{IMAGE_PREFIX}/keda-metrics-apiserver:{version}",
+                           {"/keda-adapter": binaries / "keda-adapter"}, ["/keda-adapter"])  # fmt: skip
+    namespace, rest, rbac = _keda_documents(version, operator, adapter)
+    # The operator's Role lives in its namespace: the namespace first, then the rights, then the pods.
+    apply(namespace)
+    apply(rbac.read_text())
+    apply(rest)
+    rollout("keda", "deployment/keda-operator")
+    # The metrics API server mounts the Secret the operator's certificate rotation writes.
+    rollout("keda", "deployment/keda-metrics-apiserver")
+    available = '{.status.conditions[?(@.type=="Available")].status}'
+    wait(f"the {KEDA_APISERVICE} API to be Available",
+         lambda: kubectl("get", "apiservice", KEDA_APISERVICE, "-o", f"jsonpath={available}",
+                         check=False).stdout == "True", 180)  # fmt: skip
+
+
+def keda_down() -> None:
+    namespace, rest, rbac = _keda_documents("", "none", "none")
+    kubectl("delete", "--ignore-not-found", "--wait=true", "-f", "-", stdin=rest)
+    kubectl("delete", "--ignore-not-found", "--wait=true", "-f", "-", stdin=rbac.read_text())
+    kubectl("delete", "--ignore-not-found", "--wait=true", "-f", "-", stdin=namespace)
+    # The CRDs stay: deleting them deletes every release's ScaledObject and TriggerAuthentication.
+
+
 COMPONENTS: dict[str, tuple[str, Callable[[], None], Callable[[], None]]] = {
     "metrics-server": ("metrics-server", metrics_server_up, metrics_server_down),
     "monitoring": ("prometheus-operator prometheus", monitoring_up, monitoring_down),
+    "keda": ("keda", keda_up, keda_down),
 }
+# What `up` and `down` do when no component is named: keda only when asked for (its cold build).
+DEFAULT = ["metrics-server", "monitoring"]
 
 
 def up(names: list[str]) -> None:
@@ -221,6 +275,7 @@ def status() -> int:
     checks = {
         "metrics-server": ["get", "apiservice", "v1beta1.metrics.k8s.io"],
         "monitoring": ["-n", "monitoring", "get", "prometheus,deployment,statefulset"],
+        "keda": ["get", "apiservice", KEDA_APISERVICE],
     }
     for name, args in checks.items():
         result = kubectl(*args, check=False)
@@ -232,7 +287,7 @@ def main(argv: list[str]) -> int:  # noqa: PLR0911  # one return per refusal rea
     if not argv or argv[0] not in ("up", "down", "status"):
         print(__doc__)
         return 2
-    names = argv[1:] or list(COMPONENTS)
+    names = argv[1:] or DEFAULT
     unknown = [name for name in names if name not in COMPONENTS]
     if unknown:
         say(f"unknown component(s) {', '.join(unknown)}: one of {', '.join(COMPONENTS)}")
