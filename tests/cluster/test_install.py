@@ -173,4 +173,9 @@ def test_helm_test_fails_with_the_last_answer_when_no_api_pod_is_ready(release: 
         release.cluster.kubectl("-n", release.namespace, "rollout", "status", api, "--timeout=300s", timeout=330)
     assert code != 0, output
     assert "not ready within" in output, output
+    # Kept on purpose (hook-delete-policy: hook-succeeded), and helm uninstall leaves hooks alone:
+    # removed here, as a user does once they have read its log.
+    pod = release.resource("helm-test")
+    assert release.cluster.kubectl("-n", release.namespace, "get", "pod", pod, "-o", "name").strip() == f"pod/{pod}"
+    release.cluster.kubectl("-n", release.namespace, "delete", "pod", pod, "--wait=true")
     print(output[-600:])

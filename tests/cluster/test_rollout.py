@@ -95,8 +95,16 @@ def test_rolling_update_under_load_loses_nothing(release: Release) -> None:
     argv = [kubectl_binary(), f"--kubeconfig={release.cluster.kubeconfig}", "-n", release.namespace]
     watch = subprocess.Popen([*argv, "get", "pods", "-l", selector, "--watch", "-o", f"go-template={TEMPLATE}"],
                              stdout=subprocess.PIPE, text=True)  # fmt: skip
-    logs = {name: subprocess.Popen([*argv, "logs", "--follow", name, "-c", "api"], stdout=subprocess.PIPE, text=True)
-            for name in old}  # fmt: skip
+    # Each log is read as it comes, by a thread of its own: a pipe left unread fills (64 KiB) and
+    # stalls kubectl, and the drain at the end never arrives. The earlier tests leave long logs behind,
+    # so only their last lines are asked for.
+    logs = {name: subprocess.Popen([*argv, "logs", "--follow", "--tail=50", name, "-c", "api"],
+                                   stdout=subprocess.PIPE, text=True) for name in old}  # fmt: skip
+    read: dict[str, list[str]] = {name: [] for name in old}
+    readers = [threading.Thread(target=lambda n=name, p=process: read[n].extend(p.stdout or []), daemon=True)
+               for name, process in logs.items()]  # fmt: skip
+    for reader in readers:
+        reader.start()
     load = Load()
     client = threading.Thread(target=load.run, args=(release.service_url(), release.writer_key))
     client.start()
@@ -123,7 +131,13 @@ def test_rolling_update_under_load_loses_nothing(release: Release) -> None:
     watched = watch.communicate(timeout=10)[0]
     for process in logs.values():
         process.terminate()
-    texts = {name: process.communicate(timeout=10)[0] for name, process in logs.items()}
+        process.wait(timeout=10)
+    for reader in readers:
+        reader.join(timeout=10)
+    for process in logs.values():
+        if process.stdout is not None:
+            process.stdout.close()
+    texts = {name: "".join(lines) for name, lines in read.items()}
 
     new = {pod["metadata"]["name"] for pod in release.pods("api") if not pod["metadata"].get("deletionTimestamp")}
     assert not (new & old), "every API pod was replaced"
