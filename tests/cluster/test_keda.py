@@ -108,9 +108,7 @@ def keda_release(
 ) -> Iterator[Release]:
     """The chart with worker.keda on, in a namespace of its own (restricted Pod Security), uninstalled after."""
     cluster = local_cluster
-    cluster.kubectl("delete", "namespace", NAMESPACE, "--ignore-not-found", "--wait=true", timeout=300)
-    cluster.kubectl("create", "namespace", NAMESPACE)
-    cluster.kubectl("label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted")
+    cluster.fresh_restricted_namespace(NAMESPACE)
     token, digest = new_key()
     repository, tag = keda_image.split(":")
     values: dict[str, object] = {
