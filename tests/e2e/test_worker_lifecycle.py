@@ -104,8 +104,25 @@ def test_posts_through_nginx_across_hup_reloads_lose_none(
         prober = threading.Thread(target=probe_readiness)
         reloader.start()
         prober.start()
-        seconds = reloads * 2.5 + 4
-        result = mixed_load(edge.url, {"POST": 4, "GET": 2}, seconds=seconds, max_requests=6000, headers=WRITER)
+        tail_from: list[float] = []
+
+        def reloads_done_and_served_a_while() -> bool:
+            # The load outlasts the last HUP: until its new worker is seen and has served for 1.5 s.
+            # (A quiet machine once sent a fixed request count before the last HUP, so the block
+            # ended before the master forked the last worker.)
+            if reloader.is_alive() or len(pids) <= reloads:
+                return False
+            tail_from.append(time.monotonic())
+            return time.monotonic() - tail_from[0] > 1.5
+
+        result = mixed_load(
+            edge.url,
+            {"POST": 4, "GET": 2},
+            seconds=reloads * 2.5 + 20,
+            max_requests=40_000,
+            headers=WRITER,
+            until=reloads_done_and_served_a_while,
+        )
         reloader.join()
         prober.join()
     faults = edge.error_lines(*UPSTREAM_FAULTS)
