@@ -8,6 +8,7 @@
 #   make drill   fault drills under steady load against the `make up` stack (ONLY="redis-stop ..." picks some; RECORD=1 keeps them in bench/results)
 #   make profile  a py-spy flame graph (SVG) of API pod 1 while the load test runs (RATE=60 DURATION=60s)
 #   make loadtest  locust against the `make up` stack with an SLO verdict and a report (RATE=60 DURATION=2m, or HOST=... PROMETHEUS=...; RECORD=1 keeps it in bench/results)
+#   make capacity  how many req/s one API pod carries at the SLO, and the HPA/KEDA numbers that follow (docs/capacity.md; ~15 min; VALUES=my.yaml for yours; RECORD=1 keeps it)
 #   make docs-images  redraw the docs' pictures (topology, drill timelines, load-test charts) from the data they show
 #   make monitoring  regenerate Prometheus rules, their promtool tests and the Grafana dashboards from service/slo.toml
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
@@ -33,7 +34,7 @@ SHELL := /bin/bash
 UV := $(or $(shell command -v uv 2>/dev/null),$(CURDIR)/.tools/uv/bin/uv)
 
 .PHONY: help install tools chart-sync chart image test lint format up down restart-api status clean bench monitoring \
-	loadtest drill profile docs-images kind-up kind-down \
+	loadtest drill profile capacity docs-images kind-up kind-down \
 	cluster cluster-build cluster-down cluster-status cluster-test tilt gateway gateway-down \
 	platform platform-down platform-status platform-keda cluster-test-keda
 
@@ -168,6 +169,13 @@ loadtest: install
 	@# A run that misses the SLO is recorded too: the pictures follow it, the exit status still says so.
 	PYTHONPATH=bench $(UV) run python -m loadtest $(LOADTEST_ARGS); status=$$?; \
 	$(if $(RECORD),$(MAKE) --no-print-directory docs-images || status=1;) exit $$status
+
+# One API pod at a time behind nginx, pinned to cpu 1 (bench/loadtest/capacity.py); vegeta comes from
+# bench/tools/vegeta.sh (Go, cached outside the clone). RECORD=1 writes bench/results/capacity.*.
+capacity: install tools
+	@bash deploy/local/bootstrap.sh bench >/dev/null
+	PYTHONPATH=bench $(UV) run python -m loadtest.capacity $(if $(RECORD),--record) \
+		$(foreach file,$(VALUES),--values $(file)) $(ARGS)
 
 profile: install
 	PYTHONPATH=bench $(UV) run python -m loadtest.profile $(if $(RATE),--rate $(RATE)) $(if $(DURATION),--duration $(DURATION)) $(ARGS)

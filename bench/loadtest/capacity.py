@@ -47,6 +47,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -66,6 +67,7 @@ import psutil
 import yaml
 
 from service import slo as slo_file
+from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 RECORDED = ROOT / "bench" / "results"
@@ -164,7 +166,10 @@ def chart_settings(values: list[Path]) -> ChartSettings:
         max_surge=int(api_values["maxSurge"]),
         connection_budget=int(chart_values["database"]["connectionBudget"]),
         worker_pool_max=int(worker_env.get("DB_POOL_MAX_SIZE", "0")),
-        worker_max_replicas=int(worker_values["keda"]["maxReplicas"]),
+        # KEDA's or the HPA's, whichever can be higher: which one renders depends on the cluster's CRDs.
+        worker_max_replicas=max(
+            int(worker_values["keda"]["maxReplicas"]), int(worker_values["autoscaling"]["maxReplicas"])
+        ),
         jobs_per_replica=int(worker_values["keda"]["jobsPerReplica"]),
     )
 
@@ -404,6 +409,10 @@ class Step:
     machine_busy: list[float]  # each CPU's busy share over the step
     held: bool = False
     why: str = ""
+    # gunicorn replaced the pod's worker during the step (a MAX_REQUESTS recycle): its CPU and pool
+    # numbers are partial and its latency holds the recycle's cost, so the step is repeated and this
+    # one left out of the knee (kept in the report: what a recycle at this rate costs).
+    recycled: bool = False
 
 
 def _pod_processes(running: Stack) -> list[psutil.Process]:
@@ -545,15 +554,25 @@ def run_step(load: Load, rate: float, *, seed: int, seconds: int | None = None) 
         pool_waits=1 - (fast_after - fast_before) / max(acquires_after - acquires_before, 1),
         machine_busy=busy,
     )
+    recycled = {p.pid for p in _pod_processes(running)} != {p.pid for p in processes}
+    _judge(step, slo, recycled=recycled)
+    return step
+
+
+def _judge(step: Step, slo: slo_file.Slo, *, recycled: bool) -> None:
+    """Sets `held` and `why`: P99 and errors against the SLO, arrivals kept, and no recycle."""
     reasons = []
     if step.p99_seconds > slo.p99_target:
         reasons.append(f"P99 {step.p99_seconds * 1000:.0f} ms > {slo.p99_target * 1000:.0f} ms")
     if step.error_share > slo.error_target:
         reasons.append(f"errors {step.error_share:.2%} > {slo.error_target:.1%}")
-    if step.achieved_rps < KEPT_RATE_SHARE * rate:
-        reasons.append(f"arrivals {step.achieved_rps:.0f}/s < {KEPT_RATE_SHARE:.0%} of {rate:g}")
-    step.held, step.why = not reasons, "; ".join(reasons)
-    return step
+    if step.achieved_rps < KEPT_RATE_SHARE * step.offered_rps:
+        reasons.append(f"arrivals {step.achieved_rps:.0f}/s < {KEPT_RATE_SHARE:.0%} of {step.offered_rps:g}")
+    step.recycled = recycled
+    if step.recycled:
+        reasons.insert(0, "gunicorn recycled the worker (MAX_REQUESTS) during the step: repeated")
+        step.cpu_cores = step.pool_waits = 0.0
+    step.held, step.why = not reasons and not step.recycled, "; ".join(reasons)
 
 
 def _not_ok(statuses: dict[str, int]) -> str:
@@ -582,24 +601,35 @@ def search(load: Load, run: int) -> list[Step]:
         step = run_step(load, rate, seed=run * 1000 + len(steps))
         _print_step(run, step)
         steps.append(step)
+        if step.recycled:  # once more at the same rate (a recycle comes every MAX_REQUESTS, not twice in a row)
+            if len(steps) > 1 and steps[-2].recycled:
+                raise CapacityError(
+                    f"the pod's worker was recycled in two steps in a row at {rate:g} req/s: MAX_REQUESTS is too low "
+                    "to measure a steady state (raise settings.maxRequests in your --values)"
+                )
+            time.sleep(arguments.pause_seconds)
+            continue
         if not step.held:
             break
         time.sleep(arguments.pause_seconds)
         rate = round(rate * arguments.factor)
     held = [s.offered_rps for s in steps if s.held]
-    if held and not steps[-1].held:
+    if held and not steps[-1].held and not steps[-1].recycled:
         halfway = round((held[-1] + steps[-1].offered_rps) / 2)
         if held[-1] < halfway < steps[-1].offered_rps:
             time.sleep(arguments.pause_seconds)
-            step = run_step(load, halfway, seed=run * 1000 + len(steps))
-            _print_step(run, step)
-            steps.append(step)
+            for _ in range(2):  # twice only if a recycle spoiled the first
+                step = run_step(load, halfway, seed=run * 1000 + len(steps))
+                _print_step(run, step)
+                steps.append(step)
+                if not step.recycled:
+                    break
     return steps
 
 
 def knee(steps: list[Step]) -> Step | None:
-    """The step at the highest offered rate that held the SLO (None when none did)."""
-    held = [s for s in steps if s.held]
+    """The step at the highest offered rate that held the SLO (None when none did; recycled steps never hold)."""
+    held = [s for s in steps if s.held and not s.recycled]
     return max(held, key=lambda s: s.offered_rps) if held else None
 
 
@@ -707,8 +737,9 @@ def derive(
       readiness) while traffic keeps growing.
     - Replicas for `peak_rps`: peak / (knee x (1 - headroom)), rounded up, plus one pod to lose (a
       node or a rollout's surge), and never below the chart's minReplicas.
-    - Connections: (maxReplicas + maxSurge) API pods x (DB_POOL_MAX_SIZE + 1 for /readyz) plus the
-      worker pods' pools, against database.connectionBudget; and the pool's peak use at the knee.
+    - Connections: (maxReplicas + maxSurge) API pods x (DB_POOL_MAX_SIZE + 1 for /readyz), plus the
+      worker pods' (templates/guards.yaml's sum), against database.connectionBudget; and the pool's
+      peak use at the knee.
     - Worker: jobs per replica = jobs/s per pod x the queue wait aimed at, half the queue-wait
       alert (slo.toml monitoring.worker.queue_wait_alert_seconds): a queue at the target drains in
       that time, and the other half is left for KEDA's polling and a new pod's start.
@@ -720,8 +751,12 @@ def derive(
     replicas = max(chart.min_replicas, math.ceil(peak_rps / per_pod) + 1)
     pool_max = int(chart.api_env.get("DB_POOL_MAX_SIZE", "10"))
     api_connections = (chart.max_replicas + chart.max_surge) * (pool_max + 1)
+    # The chart's guard (templates/guards.yaml): worker pods at their maximum plus one of surge, each
+    # its pool plus the LISTEN connection, and the migration job's one.
+    worker_connections = (chart.worker_max_replicas + 1) * (chart.worker_pool_max + 1)
     wait = slo_file.load_monitoring().queue_wait_alert_seconds / 2
     jobs_per_second = statistics.median(w.jobs_per_second for w in worker) if worker else 0.0
+    max_requests = int(chart.api_env.get("MAX_REQUESTS", Settings.model_fields["max_requests"].default))
     return {
         "headroom": headroom,
         "knee_rps": rps,
@@ -735,9 +770,12 @@ def derive(
         "replicas_for_peak": replicas,
         "chart_max_replicas": chart.max_replicas,
         "rps_at_chart_max_replicas": round((chart.max_replicas - 1) * per_pod),
+        "max_requests": max_requests,
+        "minutes_between_recycles_at_target": round(max_requests / per_pod / 60, 1) if max_requests else None,
         "pool_max": pool_max,
         "pool_in_use_peak_at_knee": max(s.pool_in_use_peak for s in knees),
         "api_connections_at_max": api_connections,
+        "connections_at_max": api_connections + worker_connections + 1,
         "connection_budget": chart.connection_budget,
         "worker_jobs_per_second": round(jobs_per_second, 1),
         "worker_job_ms": worker[0].milliseconds if worker else None,
@@ -760,9 +798,18 @@ def draw(runs: list[list[Step]], slo: slo_file.Slo, path: Path) -> None:
 
     figure, (latency, cpu) = plt.subplots(1, 2, figsize=(11, 4.2), dpi=110)
     for index, steps in enumerate(runs, start=1):
-        ordered = sorted(steps, key=lambda s: s.offered_rps)
+        ordered = sorted((s for s in steps if not s.recycled), key=lambda s: s.offered_rps)
         rates = [s.offered_rps for s in ordered]
         (line,) = latency.plot(rates, [s.p99_seconds * 1000 for s in ordered], marker="o", label=f"P99, run {index}")
+        recycled = [s for s in steps if s.recycled]
+        if recycled:
+            latency.scatter(
+                [s.offered_rps for s in recycled],
+                [s.p99_seconds * 1000 for s in recycled],
+                marker="x",
+                color=line.get_color(),
+                label=f"P99 of a step with a MAX_REQUESTS recycle, run {index}",
+            )
         latency.plot(rates, [s.p50_seconds * 1000 for s in ordered], marker=".", linestyle=":", color=line.get_color())
         cpu.plot(rates, [s.cpu_cores for s in ordered], marker="o", color=line.get_color(), label=f"run {index}")
         best = knee(steps)
@@ -843,6 +890,12 @@ def _derived_table(d: dict[str, Any]) -> list[str]:
                 carries,
             ],
             [
+                "a MAX_REQUESTS recycle, per pod at that rate",
+                f"MAX_REQUESTS {d['max_requests']:,} / per-pod rate",
+                f"every {d['minutes_between_recycles_at_target']} min" if d["max_requests"] else "never",
+                "",
+            ],
+            [
                 "database pool",
                 "peak in use at the knee, of DB_POOL_MAX_SIZE",
                 f"{d['pool_in_use_peak_at_knee']} of {d['pool_max']}",
@@ -851,8 +904,8 @@ def _derived_table(d: dict[str, Any]) -> list[str]:
             [
                 "API connections at maxReplicas",
                 "(maxReplicas + maxSurge) x (DB_POOL_MAX_SIZE + 1 for /readyz)",
-                str(d["api_connections_at_max"]),
-                f"connectionBudget {d['connection_budget']} (the worker's too; the chart refuses more)",
+                f"{d['api_connections_at_max']} ({d['connections_at_max']} with the worker's and the migration's)",
+                f"connectionBudget {d['connection_budget']} (the chart refuses more)",
             ],
             [
                 "worker jobs per replica (KEDA)",
@@ -982,6 +1035,9 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--values", type=Path, action="append", default=[], help="your chart values (repeatable)")
     parser.add_argument("--seed-items", type=int, default=2000, help="items in the catalog (2000)")
     parser.add_argument("--record", action="store_true", help="also make this the recorded run (bench/results/)")
+    parser.add_argument(
+        "--redraw", type=Path, metavar="DIR", help="only write DIR's report again from its capacity.json (no run)"
+    )
     arguments = parser.parse_args(argv)
     if arguments.runs < 1 or arguments.step_seconds < 2 or arguments.factor <= 1 or arguments.seed_items < 20:
         parser.error("--runs >= 1, --step-seconds >= 2, --factor > 1 and --seed-items >= 20, please")
@@ -995,6 +1051,20 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str]) -> int:
     arguments = parse_arguments(argv)
+    # SIGTERM (a CI timeout, `kill`) unwinds like an error, so the stack's `down` still runs.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    if arguments.redraw:
+        try:
+            print(redraw(arguments.redraw, arguments.values))
+        except (CapacityError, OSError, KeyError, TypeError) as error:
+            print(f"capacity: cannot redraw {arguments.redraw}: {error!r}", file=sys.stderr)
+            return 2
+        return 0
+    return measure(arguments, argv)
+
+
+def measure(arguments: argparse.Namespace, argv: list[str]) -> int:
+    """The run: the stack, the searches, the worker, the report (exit status as `main`'s)."""
     slo = slo_file.load()
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         print("capacity: needs taskset (util-linux) and 2 CPUs: the pod gets one, the rest the other", file=sys.stderr)
@@ -1039,25 +1109,49 @@ def main(argv: list[str]) -> int:
     result = {
         "date": stamp.strftime("%Y-%m-%d %H:%M UTC"),
         "how": how,
-        "slo": {"p99_target_ms": slo.p99_target * 1000, "error_target": slo.error_target},
+        "headroom": arguments.headroom,
+        "peak_rps": arguments.peak,
         "runs": [[asdict(s) for s in steps] for steps in runs],
-        "knees_rps": [k.offered_rps for k in knees],
-        "worker": [asdict(w) | {"jobs_per_second": w.jobs_per_second} for w in workers],
-        "derived": derive(knees, workers, chart, headroom=arguments.headroom, peak_rps=arguments.peak),
+        "worker": [asdict(w) for w in workers],
     }
     directory.mkdir(parents=True)
-    draw(runs, slo, directory / "capacity.png")
-    (directory / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
-    text = markdown(result, runs, workers)
-    (directory / "report.md").write_text(text)
+    text = write_report(directory, result, chart)
     print(text)
     print(f"capacity: report in {directory}")
     if arguments.record:
-        shutil.copy(directory / "capacity.png", RECORDED / "capacity.png")
-        shutil.copy(directory / "capacity.json", RECORDED / "capacity.json")
+        for name in ("capacity.png", "capacity.json"):
+            shutil.copy(directory / name, RECORDED / name)
         (RECORDED / "capacity.md").write_text(text)
         print("capacity: recorded in bench/results/capacity.md, capacity.json and capacity.png")
     return 0
+
+
+def write_report(directory: Path, measured: dict[str, Any], chart: ChartSettings) -> str:
+    """From a run's measurements (`measured`: date, how, headroom, peak_rps, runs, worker) writes
+    capacity.json (with the SLO, the knees and what `derive` gives), capacity.png and report.md in
+    `directory`; returns the report's text. `redraw` calls it again on a recorded run."""
+    slo = slo_file.load()
+    runs = [[Step(**step) for step in steps] for steps in measured["runs"]]
+    workers = [WorkerRun(**{k: v for k, v in w.items() if k != "jobs_per_second"}) for w in measured["worker"]]
+    knees = [k for k in (knee(steps) for steps in runs) if k is not None]
+    result = measured | {
+        "slo": {"p99_target_ms": slo.p99_target * 1000, "error_target": slo.error_target},
+        "knees_rps": [k.offered_rps for k in knees],
+        "worker": [asdict(w) | {"jobs_per_second": w.jobs_per_second} for w in workers],
+        "derived": derive(knees, workers, chart, headroom=measured["headroom"], peak_rps=measured["peak_rps"]),
+    }
+    draw(runs, slo, directory / "capacity.png")
+    (directory / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
+    text = markdown(result, runs, workers)
+    (directory / "report.md" if directory != RECORDED else RECORDED / "capacity.md").write_text(text)
+    return text
+
+
+def redraw(directory: Path, values: list[Path]) -> str:
+    """Writes a run's report and picture again from its capacity.json (after a change to the report, the
+    derivation or the chart's defaults), with the chart's current settings."""
+    measured = json.loads((directory / "capacity.json").read_text())
+    return write_report(directory, measured, chart_settings(values))
 
 
 if __name__ == "__main__":
