@@ -444,6 +444,20 @@ def _acquires(url: str) -> tuple[float, float]:
     return float(found[0]), float(found[1])
 
 
+def _route(path: str) -> str:
+    """`/v1/items/1025` as `/v1/items/{id}`: errors counted by route, not by item."""
+    return re.sub(r"/[0-9]+(?=/|$)", "/{id}", path)
+
+
+def _by_route(errors: dict[str, int]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for key, n in errors.items():
+        status, _, path = key.partition(" ")
+        grouped = f"{status} {_route(path)}"
+        counts[grouped] = counts.get(grouped, 0) + n
+    return counts
+
+
 def _server_errors(log: Path, offset: int) -> dict[str, int]:
     """The 5xx answers in the pod's access log after `offset`, by "status path" (errors are never sampled out)."""
     counts: dict[str, int] = {}
@@ -453,7 +467,7 @@ def _server_errors(log: Path, offset: int) -> dict[str, int]:
             if b'"status":5' not in raw:
                 continue
             line = json.loads(raw)
-            key = f"{line['status']} {line['path']}"
+            key = f"{line['status']} {_route(line['path'])}"
             counts[key] = counts.get(key, 0) + 1
     return counts
 
@@ -732,9 +746,14 @@ def derive(
 ) -> dict[str, Any]:
     """The scaling numbers that follow from the measurement (each with its rule, for the report).
 
-    - HPA target: CPU at the knee x (1 - headroom), as a percentage of the API CPU request. The
-      headroom covers the time the HPA needs to add a pod (a sync period, the pod's start and
-      readiness) while traffic keeps growing.
+    - API CPU request: the pod's CPU at the knee, rounded up to 50 m. A pod reserves what it burns
+      at the most it may carry, so a node never holds more pods than it can run at their knee
+      (there is no CPU limit: one event loop uses at most about one core).
+    - HPA target: 1 - headroom of that request (70 % for a headroom of 0.3): pods average that
+      share of their knee CPU. The headroom covers the time the HPA needs to add a pod (a sync
+      period, the pod's start and readiness) while traffic keeps growing. The rate a pod carries
+      there is the knee x (1 - headroom) (its CPU grows about linearly with the rate: see the
+      picture).
     - Replicas for `peak_rps`: peak / (knee x (1 - headroom)), rounded up, plus one pod to lose (a
       node or a rollout's surge), and never below the chart's minReplicas.
     - Connections: (maxReplicas + maxSurge) API pods x (DB_POOL_MAX_SIZE + 1 for /readyz), plus the
@@ -746,7 +765,9 @@ def derive(
     """
     rps = statistics.median(s.offered_rps for s in knees)
     cpu = statistics.median(s.cpu_cores for s in knees)
-    target_cpu = cpu * (1 - headroom)
+    request = math.ceil(round(cpu / 0.05, 6)) * 0.05
+    target_percent = round((1 - headroom) * 100)
+    target_cpu = request * target_percent / 100
     per_pod = rps * (1 - headroom)
     replicas = max(chart.min_replicas, math.ceil(peak_rps / per_pod) + 1)
     pool_max = int(chart.api_env.get("DB_POOL_MAX_SIZE", "10"))
@@ -761,10 +782,11 @@ def derive(
         "headroom": headroom,
         "knee_rps": rps,
         "cpu_at_knee_cores": round(cpu, 3),
+        "api_cpu_request_cores": round(request, 2),
+        "chart_api_cpu_request_cores": chart.api_cpu_request,
+        "hpa_target_percent": target_percent,
         "hpa_target_cpu_cores": round(target_cpu, 3),
-        "hpa_target_percent_of_request": round(target_cpu / chart.api_cpu_request * 100),
         "chart_hpa_target_percent": chart.hpa_target_percent,
-        "api_cpu_request_cores": chart.api_cpu_request,
         "rps_per_pod_at_target": round(per_pod),
         "peak_rps": peak_rps,
         "replicas_for_peak": replicas,
@@ -864,9 +886,10 @@ def _knee_table(held: list[Step]) -> list[str]:
 
 
 def _derived_table(d: dict[str, Any]) -> list[str]:
-    cpu_rule = (
-        f"CPU at the knee {d['cpu_at_knee_cores']:.2f} cores x (1 - headroom {d['headroom']:.0%}) = "
-        f"{d['hpa_target_cpu_cores']:.2f} cores, over the CPU request {d['api_cpu_request_cores']:g}"
+    request_rule = f"the pod's CPU at the knee, {d['cpu_at_knee_cores']:.2f} cores, rounded up to 50 m"
+    target_rule = (
+        f"1 - headroom {d['headroom']:.0%} of the request: the HPA adds pods when they average "
+        f"{d['hpa_target_cpu_cores']:.2f} cores"
     )
     carries = f"maxReplicas {d['chart_max_replicas']} (carries {d['rps_at_chart_max_replicas']:,} req/s, one spare)"
     worker_rule = (
@@ -877,11 +900,12 @@ def _derived_table(d: dict[str, Any]) -> list[str]:
         ["", "rule", "value", "chart default"],
         [
             [
-                "API HPA CPU target",
-                cpu_rule,
-                f"{d['hpa_target_percent_of_request']} %",
-                f"{d['chart_hpa_target_percent']} %",
+                "API CPU request",
+                request_rule,
+                f"{round(d['api_cpu_request_cores'] * 1000)}m",
+                f"{round(d['chart_api_cpu_request_cores'] * 1000)}m",
             ],
+            ["API HPA CPU target", target_rule, f"{d['hpa_target_percent']} %", f"{d['chart_hpa_target_percent']} %"],
             ["req/s per pod at that target", "knee x (1 - headroom)", f"{d['rps_per_pod_at_target']:,}", ""],
             [
                 f"API replicas for a peak of {d['peak_rps']:,.0f} req/s",
@@ -955,11 +979,11 @@ def markdown(result: dict[str, Any], runs: list[list[Step]], workers: list[Worke
                 f"{s.p50_seconds * 1000:.1f}",
                 f"{s.p99_seconds * 1000:.1f}",
                 f"{s.error_share:.2%}",
-                _not_ok(s.statuses) + "".join(f"; {k} x {n}" for k, n in sorted(s.server_errors.items())),
-                f"{s.cpu_cores:.2f}",
+                _not_ok(s.statuses) + "".join(f"; {k} x {n}" for k, n in sorted(_by_route(s.server_errors).items())),
+                "n/a (recycle)" if s.recycled else f"{s.cpu_cores:.2f}",
                 f"{s.rss_bytes / 2**20:.0f}",
                 f"{s.pool_in_use_peak}/{s.pool_max}",
-                f"{s.pool_waits:.1%}",
+                "n/a" if s.recycled else f"{s.pool_waits:.1%}",
                 " / ".join(f"{b:.0%}" for b in s.machine_busy),
                 "held" if s.held else f"missed: {s.why}",
             ]
@@ -1143,7 +1167,7 @@ def write_report(directory: Path, measured: dict[str, Any], chart: ChartSettings
     draw(runs, slo, directory / "capacity.png")
     (directory / "capacity.json").write_text(json.dumps(result, indent=2) + "\n")
     text = markdown(result, runs, workers)
-    (directory / "report.md" if directory != RECORDED else RECORDED / "capacity.md").write_text(text)
+    (directory / ("capacity.md" if directory.resolve() == RECORDED.resolve() else "report.md")).write_text(text)
     return text
 
 
