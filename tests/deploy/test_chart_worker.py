@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import pytest
+
 from service.config import api_connections, worker_connections, worker_pool_max_size
 from tests.fixtures.chart import (
     ALL_CRDS,
@@ -91,6 +93,15 @@ def test_keda_scales_the_worker_on_ready_jobs_instead_of_the_hpa() -> None:
         {"parameter": "connection", "name": name("settings"), "key": "DATABASE_URL"}
     ]
     assert "replicas" not in rendered.get("Deployment", name("worker"))["spec"]
+
+
+@pytest.mark.parametrize("scaler", ["worker.keda.enabled", "worker.autoscaling.enabled"])
+def test_either_worker_scaler_turned_on_with_default_values_renders_within_the_connection_budget(scaler: str) -> None:
+    """A documented toggle flipped on the defaults renders: with KEDA's old maxReplicas (10) the
+    connection-budget guard refused it (133 connections against 110)."""
+    rendered = render(set_values={scaler: True})
+    kind = "ScaledObject" if "keda" in scaler else "HorizontalPodAutoscaler"
+    assert rendered.has(kind, name("worker"))
 
 
 def test_keda_without_its_crd_falls_back_to_the_hpa() -> None:
