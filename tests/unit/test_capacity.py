@@ -111,14 +111,21 @@ def test_derive_turns_the_knee_into_the_hpa_target_replicas_and_the_worker_queue
     worker = [capacity.WorkerRun(jobs=100, milliseconds=20, seconds=4.0, succeeded=100, slots=1)]
     derived = capacity.derive(knees, worker, chart, headroom=0.3, peak_rps=2000)
     assert derived["knee_rps"] == 1000  # the median run
-    assert derived["hpa_target_cpu_cores"] == pytest.approx(0.49)  # 0.7 x (1 - 0.3)
-    assert derived["hpa_target_percent_of_request"] == round(0.49 / chart.api_cpu_request * 100)
+    assert derived["cpu_at_knee_cores"] == pytest.approx(0.7)
+    assert derived["api_cpu_request_cores"] == pytest.approx(0.7)  # already a multiple of 50 m
+    assert derived["hpa_target_percent"] == 70  # 1 - headroom
+    assert derived["hpa_target_cpu_cores"] == pytest.approx(0.49)
     assert derived["rps_per_pod_at_target"] == 700
     assert derived["replicas_for_peak"] == math.ceil(2000 / 700) + 1
     assert derived["pool_in_use_peak_at_knee"] == 9
     assert derived["worker_jobs_per_second"] == 25.0
     assert derived["queue_wait_target_seconds"] == 30  # half of slo.toml's queue_wait_alert_seconds (60)
     assert derived["jobs_per_replica"] == 750
+    assert derived["minutes_between_recycles_at_target"] == round(200_000 / 700 / 60, 1)  # MAX_REQUESTS's default
+    odd = capacity.derive([_step(1000, held=True, cpu=0.712)], worker, chart, headroom=0.25, peak_rps=100)
+    assert odd["api_cpu_request_cores"] == pytest.approx(0.75)  # rounded up, never down
+    assert odd["hpa_target_percent"] == 75
+    assert odd["replicas_for_peak"] == chart.min_replicas  # a small peak still gets two pods
 
 
 def test_the_pod_gets_the_charts_settings_and_your_values_change_them(tmp_path: Path) -> None:
@@ -189,7 +196,10 @@ def test_the_recorded_report_is_what_its_data_and_the_current_chart_give(tmp_pat
 def test_the_charts_scaling_defaults_are_the_ones_the_recorded_run_derives() -> None:
     derived = _recorded()["derived"]
     values = yaml.safe_load((ROOT / "deploy" / "helm" / "catalog" / "values.yaml").read_text())
-    assert values["api"]["autoscaling"]["targetCPUUtilizationPercentage"] == derived["hpa_target_percent_of_request"]
+    assert values["api"]["autoscaling"]["targetCPUUtilizationPercentage"] == derived["hpa_target_percent"]
+    assert capacity._quantity(values["api"]["resources"]["requests"]["cpu"]) == pytest.approx(
+        derived["api_cpu_request_cores"]
+    )
     assert values["worker"]["keda"]["jobsPerReplica"] == derived["jobs_per_replica"]
     assert derived["connections_at_max"] <= derived["connection_budget"]
     assert derived["pool_in_use_peak_at_knee"] <= derived["pool_max"]
