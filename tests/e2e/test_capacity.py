@@ -38,9 +38,15 @@ def test_a_short_capacity_run_finds_a_knee_and_writes_the_report(tmp_path_factor
     result = json.loads((directory / "capacity.json").read_text())
     [steps] = result["runs"]
     assert steps[0]["offered_rps"] == 60 and steps[0]["held"], steps[0]
+    assert not steps[-1]["held"], "3,840 req/s is far past one pod's knee: the search should have met a failed step"
     for step in steps:
-        # vegeta sent the offered rate: rate x seconds requests, each answered or counted as failed
-        assert step["requests"] == pytest.approx(step["offered_rps"] * 3, rel=0.05), step
+        # vegeta sent the offered rate (rate x seconds requests, each answered or counted as failed) unless
+        # all its 400 workers waited on answers: then the step failed for the arrivals it could not keep.
+        assert step["requests"] <= step["offered_rps"] * 3 * 1.02, step
+        if step["held"]:
+            assert step["requests"] == pytest.approx(step["offered_rps"] * 3, rel=0.05), step
+        if step["achieved_rps"] < 0.95 * step["offered_rps"]:
+            assert not step["held"] and "arrivals" in step["why"], step
         assert sum(step["statuses"].values()) == step["requests"]
         assert 0 < step["cpu_cores"] < 1.5  # one process pinned to one core (plus its helper threads)
         assert step["rss_bytes"] > 20 * 2**20
@@ -49,11 +55,13 @@ def test_a_short_capacity_run_finds_a_knee_and_writes_the_report(tmp_path_factor
     cpu = [s["cpu_cores"] for s in sorted(steps, key=lambda s: s["offered_rps"])]
     assert cpu[-1] > cpu[0]  # more offered load, more of the pod's CPU
     [worker] = result["worker"]
-    assert worker["succeeded"] == worker["jobs"] and worker["jobs_per_second"] > 1
+    assert worker["succeeded"] == worker["jobs"]
+    assert worker["jobs_per_second"] > 1
     assert result["derived"]["jobs_per_replica"] == int(worker["jobs_per_second"] * 30)
     assert (directory / "capacity.png").read_bytes().startswith(b"\x89PNG")
     report = (directory / "report.md").read_text()
-    assert "## The knee" in report and "## What follows" in report
+    assert "## The knee" in report
+    assert "## What follows" in report
     # Nothing of its stack is left running
     stack = json.loads((run_dir / "capacity" / "stack" / "stack.json").read_text())
     for pid in stack["pids"].values():

@@ -55,13 +55,16 @@ def test_the_offered_mix_is_the_load_tests_with_writes_at_their_own_rate() -> No
 
 
 def test_writes_carry_the_key_and_unique_bodies_and_reads_their_own_client_address() -> None:
-    targets = [json.loads(line) for line in capacity.targets(EDGE, _fixture(), rate=300, write_rate=3, seconds=30, seed=1)]
+    targets = [
+        json.loads(line) for line in capacity.targets(EDGE, _fixture(), rate=300, write_rate=3, seconds=30, seed=1)
+    ]
     writes = [t for t in targets if _kind(t) == "write"]
     reads = [t for t in targets if _kind(t) != "write"]
     assert {t["method"] for t in writes} == {"POST", "PATCH", "GET"}
     assert all(t["header"]["Authorization"] == ["Bearer cat_key"] for t in writes)
     skus = [json.loads(base64.b64decode(t["body"]))["sku"] for t in writes if t["url"].endswith("/v1/items")]
-    assert skus and len(set(skus)) == len(skus)  # a repeated sku would answer 409, not load
+    assert skus
+    assert len(set(skus)) == len(skus)
     assert all("Authorization" not in t["header"] for t in reads)
     addresses = [t["header"]["X-Forwarded-For"][0] for t in reads]
     assert set(addresses) <= set(capacity.ADDRESSES)
@@ -157,7 +160,9 @@ def test_values_the_chart_refuses_stop_the_run_with_helms_reason(tmp_path: Path)
         (["--values", "/nonexistent.yaml"], "no such file"),
     ],
 )
-def test_bad_flags_are_refused_naming_the_flag(argv: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_flags_are_refused_naming_the_flag(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit) as exit_info:
         capacity.parse_arguments(argv)
     assert exit_info.value.code == 2
@@ -169,7 +174,8 @@ def test_bad_flags_are_refused_naming_the_flag(argv: list[str], message: str, ca
 
 
 def _recorded() -> dict[str, Any]:
-    return json.loads((RECORDED / "capacity.json").read_text())
+    recorded: dict[str, Any] = json.loads((RECORDED / "capacity.json").read_text())
+    return recorded
 
 
 def test_the_recorded_run_has_three_searches_each_with_a_knee_and_a_failed_step_above_it() -> None:
