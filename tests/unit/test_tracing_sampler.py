@@ -1,0 +1,70 @@
+"""service/tracing.py decides ParentBased(TraceIdRatioBased) itself: the same decision as the SDK's sampler.
+
+For every kind of parent (none, remote or local, sampled or not, with a trace state) and
+thousands of trace ids around the ratio's bound, `decide` with the arithmetic gives what the
+SDK's own sampler gives. Samplers it does not know are left to the SDK.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_ON,
+    ParentBased,
+    ParentBasedTraceIdRatio,
+    Sampler,
+    TraceIdRatioBased,
+)
+from opentelemetry.trace import NonRecordingSpan, SpanContext, SpanKind, TraceFlags, TraceState
+
+from service import tracing
+
+RATE = 0.25
+
+
+def _parents() -> Iterator[SpanContext]:
+    yield trace.INVALID_SPAN_CONTEXT  # a root
+    state = TraceState([("vendor", "value")])
+    for remote in (True, False):
+        for flags in (TraceFlags.DEFAULT, TraceFlags.SAMPLED):
+            for trace_state in (None, state):
+                yield SpanContext(0xABC, 0xDEF, remote, TraceFlags(flags), trace_state)
+
+
+@pytest.fixture
+def sdk_sampler(monkeypatch: pytest.MonkeyPatch) -> Sampler:
+    sampler = ParentBasedTraceIdRatio(RATE)
+    monkeypatch.setattr(tracing, "_sampler", sampler)
+    return sampler
+
+
+def test_the_arithmetic_decides_as_the_sdks_sampler(sdk_sampler: Sampler, monkeypatch: pytest.MonkeyPatch) -> None:
+    bound = tracing.ratio_bound(sdk_sampler)
+    assert bound == TraceIdRatioBased.get_bound_for_rate(RATE)
+    rng = random.Random(5)
+    ids = [rng.getrandbits(128) for _ in range(3000)]
+    ids += [(high << 64) | low for high in (0, 7) for low in (bound - 1, bound, bound + 1)]  # at the bound
+    sampled_roots = 0
+    for parent in _parents():
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent.is_valid else None
+        for trace_id in ids:
+            monkeypatch.setattr(tracing, "_ratio_bound", None)
+            by_sdk = tracing.decide(context, parent, trace_id, "GET", SpanKind.SERVER)
+            monkeypatch.setattr(tracing, "_ratio_bound", bound)
+            by_arithmetic = tracing.decide(context, parent, trace_id, "GET", SpanKind.SERVER)
+            assert by_arithmetic == by_sdk, (parent, hex(trace_id))
+            sampled_roots += not parent.is_valid and by_sdk[0]
+    assert 0.2 < sampled_roots / len(ids) < 0.3  # the ratio, roughly: both sides really sampled some
+
+
+@pytest.mark.parametrize(
+    "sampler",
+    [ALWAYS_ON, TraceIdRatioBased(RATE), ParentBased(TraceIdRatioBased(RATE), remote_parent_not_sampled=ALWAYS_ON)],
+    ids=["always_on", "ratio without parent", "parent-based with another delegate"],
+)
+def test_other_samplers_are_left_to_the_sdk(sampler: Sampler) -> None:
+    assert tracing.ratio_bound(sampler) is None
