@@ -8,7 +8,7 @@
 #   make drill   fault drills under steady load against the `make up` stack (ONLY="redis-stop ..." picks some; RECORD=1 keeps them in bench/results)
 #   make profile  a py-spy flame graph (SVG) of API pod 1 while the load test runs (RATE=60 DURATION=60s)
 #   make loadtest  locust against the `make up` stack with an SLO verdict and a report (RATE=60 DURATION=2m, or HOST=... PROMETHEUS=...; RECORD=1 keeps it in bench/results)
-#   make capacity  how many req/s one API pod carries at the SLO, and the HPA/KEDA numbers that follow (docs/capacity.md; ~15 min; VALUES=my.yaml for yours; RECORD=1 keeps it)
+#   make capacity  how many req/s one API pod carries at the SLO, and the HPA/KEDA numbers that follow (docs/capacity.md; ~17 min; VALUES=my.yaml for yours; RECORD=1 keeps it)
 #   make docs-images  redraw the docs' pictures (topology, drill timelines, load-test charts) from the data they show
 #   make monitoring  regenerate Prometheus rules, their promtool tests and the Grafana dashboards from service/slo.toml
 #   make tools   helm (v4, or a v3.15+/v4 already on PATH) into .tools/bin for the chart tests
