@@ -66,10 +66,15 @@ import httpx
 import psutil
 import yaml
 
+from loadtest.run import seed_database
 from service import slo as slo_file
 from service.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "deploy" / "local"))  # `make up`'s own code runs the stack (not a package)
+import servers  # noqa: E402
+import stack as local_stack  # noqa: E402
+
 RECORDED = ROOT / "bench" / "results"
 CHART = ROOT / "deploy" / "helm" / "catalog"
 POD_CPU = "1"  # the API pod, then the worker pod, has this core to itself...
@@ -205,9 +210,6 @@ class Stack:
 
 
 def _free_ports(count: int) -> list[int]:
-    sys.path.insert(0, str(ROOT / "deploy" / "local"))
-    import servers  # noqa: PLC0415 - deploy/local is not a package
-
     ports: set[int] = set()
     while len(ports) < count:
         ports.add(servers.free_port())
@@ -270,13 +272,11 @@ def pin(running: Stack) -> None:
     """The API pod to POD_CPU; every other process of the stack (and PostgreSQL's future backends) to LOAD_CPU."""
     for component, pid in running.info["pids"].items():
         _pin(_tree(int(pid)), POD_CPU if component.startswith("api-") else LOAD_CPU)
-    for pidfile in [Path(running.info["spill_dir"] or running.run_dir) / "postgres" / "data" / "postmaster.pid"]:
-        if pidfile.exists():
+    state = local_stack.Stack.load(running.run_dir)
+    assert state is not None  # (up wrote it)
+    for pidfile in (state.postgres().datadir / "postmaster.pid", state.redis().pidfile):
+        if pidfile.exists():  # PostgreSQL's backends to come inherit the postmaster's affinity
             _pin(_tree(int(pidfile.read_text().split()[0])), LOAD_CPU)
-    for process in psutil.process_iter(["cmdline"]):  # PostgreSQL and Redis, wherever their pid files are
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if str(running.info["postgres_port"]) in cmdline or f":{running.info['redis_port']}" in cmdline:
-            _pin(_tree(process.pid), LOAD_CPU)
     _pin([psutil.Process()], LOAD_CPU)  # this driver and what it starts (vegeta)
 
 
@@ -294,27 +294,9 @@ class Fixture:
     jobs: list[str]
 
 
-async def _seed_items(database_url: str, count: int) -> list[int]:
-    connection = await asyncpg.connect(database_url)
-    try:
-        rows = await connection.fetch(
-            """
-            INSERT INTO items (sku, name, category, price_cents, stock)
-            SELECT 'capacity-' || n, 'Seeded item ' || n, (ARRAY['tools', 'garden', 'kitchen', 'toys'])[1 + n % 4],
-                   100 + (n * 7919) % 50000, n % 500
-            FROM generate_series(1, $1::int) AS n
-            RETURNING id
-            """,
-            count,
-        )
-    finally:
-        await connection.close()
-    return [int(row["id"]) for row in rows]
-
-
 def seed(running: Stack, items: int) -> Fixture:
     key = (running.run_dir / "api-key").read_text().strip()
-    ids = asyncio.run(_seed_items(running.info["database_url"], items))
+    ids = asyncio.run(seed_database(running.info["database_url"], items, "capacity"))  # make loadtest's bulk INSERT
     cursors: list[str] = []
     auth = {"Authorization": f"Bearer {key}"}
     with httpx.Client(base_url=running.edge, timeout=10) as http:
@@ -710,16 +692,8 @@ def worker_runs(running: Stack, chart: ChartSettings, arguments: argparse.Namesp
             stderr=subprocess.DEVNULL,
         )
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise CapacityError("the worker did not become ready (run `python -m service.worker` to see why)")
-                time.sleep(0.1)
+            if not local_stack.wait_http(f"http://127.0.0.1:{port}/readyz", 30):
+                raise CapacityError("the worker did not become ready (run `python -m service.worker` to see why)")
             seconds, succeeded = asyncio.run(
                 _drain(running.info["database_url"], jobs, arguments.job_ms, within=arguments.worker_seconds * 10 + 60)
             )

@@ -130,7 +130,7 @@ def resolve_target(arguments: argparse.Namespace) -> Target:
     return Target(host.rstrip("/"), prometheus.rstrip("/"), key, database_url)
 
 
-async def _seed_database(database_url: str, count: int, run_id: str) -> list[int]:
+async def seed_database(database_url: str, count: int, run_id: str) -> list[int]:
     connection = await asyncpg.connect(database_url)
     try:
         rows = await connection.fetch(
@@ -187,7 +187,7 @@ def seed(target: Target, count: int, run_id: str) -> list[int]:
                 cursor = f"&cursor={page['next_cursor']}"
             return ids
     if target.database_url:
-        return asyncio.run(_seed_database(target.database_url, count, run_id))
+        return asyncio.run(seed_database(target.database_url, count, run_id))
     print(f"loadtest: seeding {count} items through the API (no database URL; the write limit paces this)")
     return _seed_through_api(target, count, run_id)
 
