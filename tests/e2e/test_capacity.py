@@ -39,7 +39,9 @@ def test_a_short_capacity_run_finds_a_knee_and_writes_the_report(tmp_path_factor
     [steps] = result["runs"]
     assert steps[0]["offered_rps"] == 60
     assert steps[0]["held"], steps[0]
-    assert not steps[-1]["held"], "3,840 req/s is far past one pod's knee: the search should have met a failed step"
+    # The search went past the knee (a failed step above it; the last step may be the narrowing one, held).
+    knee = max(s["offered_rps"] for s in steps if s["held"])
+    assert any(not s["held"] and s["offered_rps"] > knee for s in steps), steps
     for step in steps:
         # vegeta sent the offered rate (rate x seconds requests, each answered or counted as failed) unless
         # all its 400 workers waited on answers: then the step failed for the arrivals it could not keep.
