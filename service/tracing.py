@@ -10,10 +10,21 @@ own `OTEL_*` variables (`OTEL_TRACES_SAMPLER=parentbased_traceidratio`,
 `OTEL_TRACES_SAMPLER_ARG=0.1`, `OTEL_RESOURCE_ATTRIBUTES`, ...).
 
 Head sampling comes first: a request or job the sampler drops gets no SDK
-span, only its W3C context (trace id, a new span id, flags 00) made current,
-so its jobs, logs and any downstream call still carry the trace id
-(`start_request_span`). At 1 % sampling that is nearly every request
-(bench/results/observability_overhead.md measures what is left).
+span. A dropped request that started a new trace (no `traceparent` came in)
+costs a random draw, a comparison and one context variable: its trace id is
+kept, and only a job it enqueues gets its W3C context (trace id, a new span
+id, flags 00) made for it (`inject_current`). A dropped request or job
+continuing a caller's trace gets that context made current, so its jobs,
+logs and any downstream call carry the trace id. At 1 % sampling the first
+kind is nearly every request (bench/results/observability_overhead.md
+measures what is left).
+
+A sampled request's span, and the client spans under it, are made when they
+end, whole: the SDK's `ReadableSpan` handed to the batch processor, with the
+attribute limits the SDK would apply, rather than an SDK `Span` made and
+updated under its lock. The exporter is the SDK's OTLP/HTTP one with a direct
+protobuf encoder (service.otlp); both were most of the cost of tracing every
+request (bench/results/observability_overhead_profile.md).
 
 Spans: one per HTTP request (opened by service.middleware's RequestContext,
 probes excluded), one per PostgreSQL
@@ -37,6 +48,8 @@ from typing import TYPE_CHECKING, Final, cast
 from opentelemetry import context as otel_context
 from opentelemetry import propagate, trace
 from opentelemetry.trace import (
+    INVALID_SPAN,
+    INVALID_SPAN_CONTEXT,
     NonRecordingSpan,
     Span,
     SpanContext,
@@ -49,7 +62,11 @@ from opentelemetry.trace import (
 from opentelemetry.util.types import Attributes
 
 if TYPE_CHECKING:
+    from opentelemetry.sdk.resources import Resource
+    from opentelemetry.sdk.trace import SpanLimits
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import Sampler
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope
 
 from service.config import ConfigurationError
 
@@ -58,32 +75,44 @@ TRACER: trace.Tracer = trace.get_tracer("catalog-service")
 # Read on every request: a plain module global, so "off" costs one check.
 enabled = False
 _provider: object | None = None
+# What a span made by this module (not through the SDK's tracer) needs: the batch processor it is handed
+# to, the provider's resource and limits, and the scope the SDK's tracer would give it.
+_processor: BatchSpanProcessor | None = None
+_resource: Resource | None = None
+_limits: SpanLimits | None = None
+_scope: InstrumentationScope | None = None
 _sampler: Sampler | None = None  # the provider's own (OTEL_TRACES_SAMPLER), asked before any span is made
-# When that sampler is the SDK's ParentBased(TraceIdRatioBased(rate)) with its default delegates (the
-# usual production choice: OTEL_TRACES_SAMPLER=parentbased_traceidratio), its decision is arithmetic
+# When that sampler is the SDK's ParentBased with its default delegates and a TraceIdRatioBased root
+# (the usual production choice: OTEL_TRACES_SAMPLER=parentbased_traceidratio) or an AlwaysOn/AlwaysOff
+# root (parentbased_always_on, the SDK's default, and parentbased_always_off), its decision is arithmetic
 # that `_start` does itself: a root is sampled when the low 64 bits of its trace id are below this
-# bound (TraceIdRatioBased.get_bound_for_rate), a child when its parent was, and either keeps its
-# parent's trace state. Deciding here took tracing's own frames on a cache hit at 1 % sampling from 10
-# to 8 us a request (bench/results/observability_overhead_profile.md, side by side). None: ask the sampler.
+# bound (TraceIdRatioBased.get_bound_for_rate; 2**64 for AlwaysOn, 0 for AlwaysOff), a child when its
+# parent was, and either keeps its parent's trace state. Deciding here took tracing's own frames on a
+# cache hit at 1 % sampling from 10 to 8 us a request (bench/results/observability_overhead_profile.md,
+# side by side). None: ask the sampler.
 _ratio_bound: int | None = None
 _TRACE_ID_LOW_BITS: Final = (1 << 64) - 1
 _PARENT_BASED_RATIO = re.compile(
-    r"ParentBased\{root:TraceIdRatioBased\{(?P<rate>[0-9.e+-]+)\},remoteParentSampled:AlwaysOnSampler,"
+    r"ParentBased\{root:(?:TraceIdRatioBased\{(?P<rate>[0-9.e+-]+)\}|(?P<static>AlwaysOnSampler|AlwaysOffSampler)),"
+    r"remoteParentSampled:AlwaysOnSampler,"
     r"remoteParentNotSampled:AlwaysOffSampler,localParentSampled:AlwaysOnSampler,"
     r"localParentNotSampled:AlwaysOffSampler\}"
 )
-# Ids drawn before the SDK makes the span: its id generator hands them back. A root's trace id (ratio
-# samplers decide on it, so the span must have the id the decision was taken on), and a request span's
-# span id (its children and its jobs name it as their parent before the SDK span exists: see _Deferred).
+# A root's trace id drawn before the SDK makes the span (ratio samplers decide on it, so the span must
+# have the id the decision was taken on): the provider's id generator hands it back.
 _drawn_trace_id: ContextVar[int] = ContextVar("drawn_trace_id", default=0)
-_drawn_span_id: ContextVar[int] = ContextVar("drawn_span_id", default=0)
 # The running request's or job's span context if it is sampled (None: dropped, or no trace). Set and reset
 # with the OTel context by _start and end_*_span; the hooks called many times per request (client spans,
 # exemplar, log lines) read this one variable instead of looking the current span up in the OTel context.
 # A ContextVar like OTel's own context, so tasks started inside a request see it alike.
 _sampled: ContextVar[SpanContext | None] = ContextVar("sampled_span", default=None)
+# A dropped request that began a new trace: its trace id (0: none). Nothing else of it is made unless a
+# job is enqueued (inject_current). `_DROPPED` is what start_request_span returns as its span.
+_dropped_root: ContextVar[int] = ContextVar("dropped_root_trace_id", default=0)
+_DROPPED: Final = INVALID_SPAN
 # An unsampled root's flags, as the SDK sets them: not sampled, trace id random (W3C level 2).
 _UNSAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID)
+_SAMPLED_ROOT: Final = TraceFlags(TraceFlags.RANDOM_TRACE_ID | TraceFlags.SAMPLED)
 _TRUE = frozenset({"true", "1", "yes", "on"})
 _TRACE_HEADERS = frozenset({b"traceparent", b"tracestate"})
 _KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
@@ -101,7 +130,7 @@ def configure(service_name: str) -> bool:
     Call in the process that serves (the gunicorn worker's lifespan, the job
     worker's start), never before a fork: the batch processor owns a thread.
     """
-    global enabled, _provider, _sampler, _ratio_bound, TRACER  # noqa: PLW0603 - process-wide, like the SDK's provider
+    global enabled, _provider, _sampler, _ratio_bound, TRACER, _processor, _resource, _limits, _scope  # noqa: PLW0603 - process-wide, like the SDK's provider
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
         return False
     if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
@@ -115,31 +144,41 @@ def configure(service_name: str) -> bool:
             "this service exports OTLP over HTTP (http/protobuf)"
         )
     # Imported here: a process without an endpoint never loads the SDK.
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter  # noqa: PLC0415
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-    from opentelemetry.sdk.trace import TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace import SpanLimits, TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
+    from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: PLC0415
+
+    from service.otlp import DirectOTLPSpanExporter  # noqa: PLC0415
 
     class DrawnTraceIds(RandomIdGenerator):
-        """Random ids, except those drawn before the SDK was asked for the span (`_start`, `end_request_span`)."""
+        """Random ids, except a trace id drawn before the SDK was asked for the span (`_start`)."""
 
         def generate_trace_id(self) -> int:
             return _drawn_trace_id.get() or super().generate_trace_id()
 
-        def generate_span_id(self) -> int:
-            return _drawn_span_id.get() or super().generate_span_id()
-
     # OTEL_SERVICE_NAME (or service.name in OTEL_RESOURCE_ATTRIBUTES) wins over SERVICE_NAME.
     named = "OTEL_SERVICE_NAME" in os.environ or "service.name=" in os.environ.get("OTEL_RESOURCE_ATTRIBUTES", "")
+    limits = SpanLimits()  # the OTEL_*ATTRIBUTE*_LIMIT variables
     provider = TracerProvider(
-        resource=Resource.create({} if named else {"service.name": service_name}), id_generator=DrawnTraceIds()
+        resource=Resource.create({} if named else {"service.name": service_name}),
+        id_generator=DrawnTraceIds(),
+        span_limits=limits,
     )
-    provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    processor = BatchSpanProcessor(DirectOTLPSpanExporter())
+    provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
-    _provider, _sampler = provider, provider.sampler
+    _provider, _sampler, _processor, _resource, _limits = (
+        provider,
+        provider.sampler,
+        processor,
+        provider.resource,
+        limits,
+    )
     _ratio_bound = ratio_bound(provider.sampler)
     TRACER = provider.get_tracer("catalog-service")
+    _scope = InstrumentationScope("catalog-service")  # what get_tracer gave TRACER
     enabled = True
     return True
 
@@ -163,14 +202,60 @@ def recording_parent() -> bool:
 def record_client_span(
     name: str, elapsed_seconds: float, attributes: Mapping[str, str], error: BaseException | None = None
 ) -> None:
-    """A child span for a call that just ended after `elapsed_seconds` (its real start and end)."""
+    """A child span of the running sampled request or job, for a call that just ended after
+    `elapsed_seconds` (its real start and end). Call only when `recording_parent()`."""
+    parent = _sampled.get()
+    if parent is None:
+        return
     end = time.time_ns()
-    span = TRACER.start_span(
-        name, kind=SpanKind.CLIENT, start_time=end - int(elapsed_seconds * 1e9), attributes=attributes
+    context = SpanContext(parent.trace_id, random.getrandbits(64) or 1, False, parent.trace_flags, parent.trace_state)
+    status = _UNSET if error is None else Status(StatusCode.ERROR, type(error).__name__)
+    _finish(name, context, parent, SpanKind.CLIENT, attributes, end - int(elapsed_seconds * 1e9), end, status)
+
+
+_UNSET: Final = Status(StatusCode.UNSET)
+_ERROR: Final = Status(StatusCode.ERROR)
+
+
+def _finish(  # noqa: PLR0917 - a span's fields, positional on the hot path
+    name: str,
+    context: SpanContext,
+    parent: SpanContext | None,
+    kind: SpanKind,
+    attributes: Mapping[str, str | int],
+    start: int,
+    end: int,
+    status: Status,
+) -> None:
+    """Hand a whole, ended span to the batch processor: what the SDK's `Span.end()` hands it, made at once.
+
+    The attributes get the limits the SDK's span would apply (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`,
+    `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, through its own BoundedAttributes) when they could bite.
+    """
+    from opentelemetry.sdk.trace import ReadableSpan  # noqa: PLC0415 - loaded with the SDK by configure()
+
+    assert _processor is not None  # (configure() ran: `enabled`)
+    assert _limits is not None
+    if _limits.max_span_attribute_length is not None or len(attributes) > (_limits.max_span_attributes or 0):
+        from opentelemetry.attributes import BoundedAttributes  # noqa: PLC0415
+
+        attributes = BoundedAttributes(  # type: ignore[assignment]  # (a Mapping, as ReadableSpan takes)
+            _limits.max_span_attributes, attributes, immutable=True, max_value_len=_limits.max_span_attribute_length
+        )
+    _processor.on_end(
+        ReadableSpan(
+            name,
+            context,
+            parent,
+            _resource,
+            attributes,
+            kind=kind,
+            status=status,
+            start_time=start,
+            end_time=end,
+            instrumentation_scope=_scope,
+        )
     )
-    if error is not None:
-        span.set_status(Status(StatusCode.ERROR, type(error).__name__))
-    span.end(end_time=end)
 
 
 def trace_id(span: Span | None = None) -> str | None:
@@ -193,24 +278,33 @@ def current_trace_ids() -> tuple[str, str] | None:
 
 
 def inject_current() -> dict[str, str]:
-    """The current trace context as W3C headers (`traceparent`, `tracestate`), to store with a job."""
+    """The current trace context as W3C headers (`traceparent`, `tracestate`), to store with a job.
+
+    In a dropped request that began a new trace, that is its trace id with a new span id and the
+    sampled flag clear: the context the SDK would have made current for it.
+    """
     carrier: dict[str, str] = {}
-    propagate.inject(carrier)
+    dropped = _dropped_root.get()
+    if dropped and not trace.get_current_span().get_span_context().is_valid:
+        span = NonRecordingSpan(SpanContext(dropped, random.getrandbits(64) or 1, False, _UNSAMPLED_ROOT))
+        propagate.inject(carrier, trace.set_span_in_context(span))
+    else:
+        propagate.inject(carrier)
     return carrier
 
 
 class _Deferred(NonRecordingSpan):
-    """A sampled request's span until the request ends: its context is current, the SDK span is made at the end.
+    """A sampled request's span until the request ends: its context is current, the span is made at the end.
 
-    The route, the status and the name are only known at the end; the SDK span made then
-    gets them all at once, with the real start time and the span id its children and jobs
-    already name as their parent (updating a live SDK span attribute by attribute, under
-    its lock, cost more than making it).
+    The route, the status and the name are only known at the end; the span made then
+    (`_finish`) gets them all at once, with the real start time and the span id its
+    children and jobs already name as their parent (updating a live SDK span attribute
+    by attribute, under its lock, cost more than making it).
     """
 
-    def __init__(self, context: SpanContext, parent: otel_context.Context, method: str) -> None:
+    def __init__(self, context: SpanContext, parent: SpanContext, method: str) -> None:
         super().__init__(context)
-        self.parent = parent  # the context it was started in: the caller's span, or none
+        self.parent = parent if parent.is_valid else None  # the caller's span, or none (a root)
         self.method = method
         self.started = time.time_ns()
 
@@ -220,23 +314,37 @@ def start_request_span(headers: list[tuple[bytes, bytes]], method: str) -> tuple
 
     `headers` are the ASGI scope's. A request the sampler drops gets a non-recording
     span (no SDK span, no attributes): only its context is made current. A sampled one's
-    SDK span is made when it ends (`end_request_span`).
+    SDK span is made when it ends (`end_request_span`). A dropped new trace (no `traceparent`,
+    the ratio sampler) makes nothing current but its trace id (`_dropped_root`).
     """
     carrier = None
     for name, value in headers:
         if name in _TRACE_HEADERS:
             carrier = carrier or {}
             carrier[name.decode()] = value.decode("latin-1")
+    if carrier is None and _ratio_bound is not None and trace.get_current_span() is INVALID_SPAN:
+        # A new trace, decided as decide() would: dropped, or a _Deferred root (what _start would make).
+        trace_id = random.getrandbits(128) or 1  # (0 is the invalid id)
+        if trace_id & _TRACE_ID_LOW_BITS >= _ratio_bound:
+            return _DROPPED, _dropped_root.set(trace_id)
+        context = SpanContext(trace_id, random.getrandbits(64) or 1, False, _SAMPLED_ROOT)
+        span = _Deferred(context, INVALID_SPAN_CONTEXT, method)
+        return span, (otel_context.attach(trace.set_span_in_context(span)), _sampled.set(context))
     return _start(method, SpanKind.SERVER, carrier, None, defer=True)
 
 
 def ratio_bound(sampler: Sampler) -> int | None:
-    """The trace-id bound of `sampler` when it is ParentBased(TraceIdRatioBased) with the default
-    delegates (recognised by the SDK's own description of it), else None."""
+    """The trace-id bound of `sampler` when it is ParentBased with the default delegates and a
+    TraceIdRatioBased, AlwaysOn or AlwaysOff root (recognised by the SDK's own description of it),
+    else None."""
     from opentelemetry.sdk.trace.sampling import TraceIdRatioBased  # noqa: PLC0415 - the SDK is loaded by now
 
     match = _PARENT_BASED_RATIO.fullmatch(sampler.get_description())
-    return None if match is None else TraceIdRatioBased.get_bound_for_rate(float(match["rate"]))
+    if match is None:
+        return None
+    if match["static"] is not None:
+        return 1 << 64 if match["static"] == "AlwaysOnSampler" else 0
+    return TraceIdRatioBased.get_bound_for_rate(float(match["rate"]))
 
 
 def decide(
@@ -284,7 +392,7 @@ def _start(
     elif defer and is_sampled:
         sampled = TraceFlags(flags | TraceFlags.SAMPLED)
         span_context = SpanContext(trace_id, random.getrandbits(64) or 1, False, sampled, trace_state)
-        span = _Deferred(span_context, context if context is not None else otel_context.get_current(), name)
+        span = _Deferred(span_context, parent, name)
     else:
         drawn = None if parent.is_valid else _drawn_trace_id.set(trace_id)
         try:
@@ -305,31 +413,28 @@ def _detach(token: object) -> None:
 
 
 def end_request_span(span: Span, token: object, route: str, status: int, path: str) -> None:
-    """End the request's span: a sampled one's SDK span is made now, whole, with its route and status."""
+    """End the request's span: a sampled one is made now, whole, with its route and status."""
+    if span is _DROPPED:
+        _dropped_root.reset(cast("Token[int]", token))
+        return
     _detach(token)
     if not isinstance(span, _Deferred):
         return
-    context = span.get_span_context()
-    ids = _drawn_trace_id.set(context.trace_id), _drawn_span_id.set(context.span_id)
-    try:
-        sdk_span = TRACER.start_span(
-            f"{span.method} {route}",
-            span.parent,
-            SpanKind.SERVER,
-            {
-                "http.request.method": span.method,
-                "http.route": route,
-                "url.path": path,
-                "http.response.status_code": status,
-            },
-            start_time=span.started,
-        )
-    finally:
-        _drawn_trace_id.reset(ids[0])
-        _drawn_span_id.reset(ids[1])
-    if status >= 500:
-        sdk_span.set_status(Status(StatusCode.ERROR))
-    sdk_span.end()
+    _finish(
+        f"{span.method} {route}",
+        span.get_span_context(),
+        span.parent,
+        SpanKind.SERVER,
+        {
+            "http.request.method": span.method,
+            "http.route": route,
+            "url.path": path,
+            "http.response.status_code": status,
+        },
+        span.started,
+        time.time_ns(),
+        _ERROR if status >= 500 else _UNSET,
+    )
 
 
 def start_job_span(kind: str, job_id: str, attempt: int, headers: Mapping[str, str]) -> tuple[Span, object]:

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 import pytest
 from opentelemetry import trace
 from opentelemetry.sdk.trace.sampling import (
+    ALWAYS_OFF,
     ALWAYS_ON,
     ParentBased,
     ParentBasedTraceIdRatio,
@@ -68,3 +69,24 @@ def test_the_arithmetic_decides_as_the_sdks_sampler(sdk_sampler: Sampler, monkey
 )
 def test_other_samplers_are_left_to_the_sdk(sampler: Sampler) -> None:
     assert tracing.ratio_bound(sampler) is None
+
+
+@pytest.mark.parametrize(
+    ("sampler", "bound"),
+    [(ParentBased(ALWAYS_ON), 1 << 64), (ParentBased(ALWAYS_OFF), 0), (ParentBasedTraceIdRatio(1.0), 1 << 64)],
+    ids=["parentbased_always_on (the default)", "parentbased_always_off", "ratio 1"],
+)
+def test_parent_based_static_roots_are_decided_by_the_same_arithmetic(
+    sampler: Sampler, bound: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    assert tracing.ratio_bound(sampler) == bound
+    monkeypatch.setattr(tracing, "_sampler", sampler)
+    rng = random.Random(7)
+    ids = [rng.getrandbits(128) for _ in range(500)] + [1, (1 << 128) - 1]
+    for parent in _parents():
+        context = trace.set_span_in_context(NonRecordingSpan(parent)) if parent.is_valid else None
+        for trace_id in ids:
+            monkeypatch.setattr(tracing, "_ratio_bound", None)
+            by_sdk = tracing.decide(context, parent, trace_id, "GET", SpanKind.SERVER)
+            monkeypatch.setattr(tracing, "_ratio_bound", bound)
+            assert tracing.decide(context, parent, trace_id, "GET", SpanKind.SERVER) == by_sdk, (parent, trace_id)
