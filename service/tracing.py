@@ -63,7 +63,7 @@ from opentelemetry.util.types import Attributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import SpanLimits
+    from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import Sampler
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -81,6 +81,7 @@ _processor: BatchSpanProcessor | None = None
 _resource: Resource | None = None
 _limits: SpanLimits | None = None
 _scope: InstrumentationScope | None = None
+_readable_span: type[ReadableSpan] | None = None  # the SDK's class, set by configure() (which loads the SDK)
 _sampler: Sampler | None = None  # the provider's own (OTEL_TRACES_SAMPLER), asked before any span is made
 # When that sampler is the SDK's ParentBased with its default delegates and a TraceIdRatioBased root
 # (the usual production choice: OTEL_TRACES_SAMPLER=parentbased_traceidratio) or an AlwaysOn/AlwaysOff
@@ -130,7 +131,7 @@ def configure(service_name: str) -> bool:
     Call in the process that serves (the gunicorn worker's lifespan, the job
     worker's start), never before a fork: the batch processor owns a thread.
     """
-    global enabled, _provider, _sampler, _ratio_bound, TRACER, _processor, _resource, _limits, _scope  # noqa: PLW0603 - process-wide, like the SDK's provider
+    global enabled, _provider, _sampler, _ratio_bound, TRACER, _processor, _resource, _limits, _scope, _readable_span  # noqa: PLW0603 - process-wide, like the SDK's provider
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
         return False
     if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
@@ -145,7 +146,7 @@ def configure(service_name: str) -> bool:
         )
     # Imported here: a process without an endpoint never loads the SDK.
     from opentelemetry.sdk.resources import Resource  # noqa: PLC0415
-    from opentelemetry.sdk.trace import SpanLimits, TracerProvider  # noqa: PLC0415
+    from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider  # noqa: PLC0415
     from opentelemetry.sdk.trace.export import BatchSpanProcessor  # noqa: PLC0415
     from opentelemetry.sdk.trace.id_generator import RandomIdGenerator  # noqa: PLC0415
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope  # noqa: PLC0415
@@ -179,6 +180,7 @@ def configure(service_name: str) -> bool:
     _ratio_bound = ratio_bound(provider.sampler)
     TRACER = provider.get_tracer("catalog-service")
     _scope = InstrumentationScope("catalog-service")  # what get_tracer gave TRACER
+    _readable_span = ReadableSpan
     enabled = True
     return True
 
@@ -232,10 +234,9 @@ def _finish(  # noqa: PLR0917 - a span's fields, positional on the hot path
     The attributes get the limits the SDK's span would apply (`OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT`,
     `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, through its own BoundedAttributes) when they could bite.
     """
-    from opentelemetry.sdk.trace import ReadableSpan  # noqa: PLC0415 - loaded with the SDK by configure()
-
     assert _processor is not None  # (configure() ran: `enabled`)
     assert _limits is not None
+    assert _readable_span is not None
     if _limits.max_span_attribute_length is not None or len(attributes) > (_limits.max_span_attributes or 0):
         from opentelemetry.attributes import BoundedAttributes  # noqa: PLC0415
 
@@ -243,7 +244,7 @@ def _finish(  # noqa: PLR0917 - a span's fields, positional on the hot path
             _limits.max_span_attributes, attributes, immutable=True, max_value_len=_limits.max_span_attribute_length
         )
     _processor.on_end(
-        ReadableSpan(
+        _readable_span(
             name,
             context,
             parent,
