@@ -8,9 +8,10 @@ from service/slo.toml so every SLO threshold is a bucket boundary.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import time
 from collections.abc import Iterable
-from typing import Any, Final
+from typing import Any, Final, cast
 
 import asyncpg
 from prometheus_client import Counter, Gauge, Histogram
@@ -42,6 +43,7 @@ HTTP_DURATION = Histogram(
     ["http_route", "http_request_method", "http_response_status_code"],
     buckets=slo.load().buckets,
 )
+HTTP_DURATION_BOUNDS: Final = tuple(slo.load().buckets)  # upper bounds, le: a value equal to one is in its bucket
 HTTP_ACTIVE = Gauge("http_server_active_requests", "Requests being served now.", ["http_request_method"])
 HTTP_EXCEPTIONS = Counter(
     "http_server_exceptions_total",
@@ -70,6 +72,8 @@ class HttpMetricsMiddleware:
         # every call. As many entries as the metrics have series (routes x methods x statuses).
         self._active: dict[str, Any] = {}
         self._durations: dict[tuple[str, str, str], Any] = {}
+        # When each (series, bucket) may next take an exemplar (monotonic seconds): see _exemplar_due.
+        self._next_exemplar: dict[tuple[tuple[str, str, str], int], float] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in self.excluded_paths:
@@ -113,15 +117,31 @@ class HttpMetricsMiddleware:
             elapsed = time.perf_counter() - started
             if disconnected and not finished:
                 status = CLIENT_CLOSED
-            exemplar = None
-            if tracing.enabled:  # the request's span (RequestContextMiddleware) is current here
-                sampled = tracing.trace_id()
-                exemplar = {"trace_id": sampled} if sampled else None  # links this sample to its trace
             key = (route_template(scope), method, str(status or 500))
+            exemplar = None
+            # The request's span (RequestContextMiddleware) is current here: a sampled one links this sample
+            # to its trace.
+            if tracing.enabled and tracing.recording_parent() and self._exemplar_due(key, elapsed):
+                exemplar = {"trace_id": cast("str", tracing.trace_id())}
             duration = self._durations.get(key)
             if duration is None:
                 duration = self._durations[key] = HTTP_DURATION.labels(*key)
             duration.observe(elapsed, exemplar)
+
+    def _exemplar_due(self, key: tuple[str, str, str], elapsed: float) -> bool:
+        """Whether this observation's bucket of this series may take an exemplar now: at most one a second.
+
+        Prometheus keeps the latest exemplar of each bucket, read once a scrape (15 s or more), so a
+        bucket's exemplar is never older than a second when one is read, and only the bucket's first
+        sampled request of each second pays for it (prometheus_client validates and stores every one,
+        about 5 us a request with every request sampled: bench/results/observability_overhead_profile.md).
+        """
+        slot = (key, bisect.bisect_left(HTTP_DURATION_BOUNDS, elapsed))
+        now = time.monotonic()
+        if now < self._next_exemplar.get(slot, 0.0):
+            return False
+        self._next_exemplar[slot] = now + 1.0
+        return True
 
 
 # The 5xx statuses this app answers with (ProblemError 503s, the time budget's 503, and 500 for
