@@ -21,6 +21,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
 from tests.fixtures.keys import WRITER
 from tests.fixtures.processes import ApiProcess, WorkerProcess, lines_where
@@ -37,6 +38,9 @@ class ReceivedSpan:
     span_id: str
     parent_span_id: str
     attributes: dict[str, object]
+    kind: int = 0
+    flags: int = 0
+    status_code: int = 0
 
 
 class OtlpReceiver:
@@ -64,6 +68,9 @@ class OtlpReceiver:
                                     span.span_id.hex(),
                                     span.parent_span_id.hex(),
                                     attributes,
+                                    span.kind,
+                                    span.flags,
+                                    span.status.code,
                                 )
                             )
                 reply = ExportTraceServiceResponse().SerializeToString()
@@ -263,3 +270,33 @@ async def test_without_an_endpoint_nothing_is_exported_and_logs_carry_no_trace_i
 def test_an_unsupported_otlp_protocol_stops_startup_with_one_line(start_api: Callable[..., ApiProcess]) -> None:
     with pytest.raises(RuntimeError, match="OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported"):
         start_api(OTEL_EXPORTER_OTLP_ENDPOINT="http://127.0.0.1:4318", OTEL_EXPORTER_OTLP_PROTOCOL="grpc")
+
+
+async def test_a_sampled_span_has_the_sdks_kind_flags_status_and_attribute_limits(
+    start_api: Callable[..., ApiProcess], receiver: OtlpReceiver, db: asyncpg.Connection
+) -> None:
+    """Spans made whole at their end (not through the SDK's tracer) still get what the SDK would give them:
+    the server kind, the remote-parent flags, an unset status for a 4xx, and the OTEL_* attribute limits."""
+    api = start_api(
+        OTEL_EXPORTER_OTLP_ENDPOINT=receiver.url,
+        OTEL_BSP_SCHEDULE_DELAY="100",
+        OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT="12",
+    )
+    caller = f"00-{CALLER_TRACE}-00f067aa0ba902b7-01"
+    async with httpx.AsyncClient(base_url=api.url) as http:
+        missing = await http.get("/v1/items/123456789", headers={"traceparent": caller})
+        assert missing.status_code == 404
+        root = await http.get("/v1/items/987654321")
+        assert root.status_code == 404
+    wait_for(lambda: len(receiver.named("GET /v1/items/{item_id}")) == 2, 20, "both request spans")
+    continued, new = sorted(receiver.named("GET /v1/items/{item_id}"), key=lambda span: span.trace_id != CALLER_TRACE)
+    assert continued.trace_id == CALLER_TRACE
+    assert continued.parent_span_id == "00f067aa0ba902b7"
+    assert continued.kind == ProtoSpan.SPAN_KIND_SERVER == new.kind
+    assert continued.flags == 0x300  # the parent is known, and remote
+    assert new.flags == 0x100  # the parent is known (none: a root), and not remote
+    assert new.parent_span_id == ""
+    assert continued.attributes["url.path"] == "/v1/items/12"  # cut to OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT
+    assert continued.attributes["http.route"] == "/v1/items/{i"  # every string attribute is cut
+    assert continued.attributes["http.response.status_code"] == 404
+    assert continued.status_code == new.status_code == 0  # unset: a 4xx is the client's
