@@ -131,7 +131,8 @@ def configure(service_name: str) -> bool:
     Call in the process that serves (the gunicorn worker's lifespan, the job
     worker's start), never before a fork: the batch processor owns a thread.
     """
-    global enabled, _provider, _sampler, _ratio_bound, TRACER, _processor, _resource, _limits, _scope, _readable_span  # noqa: PLW0603 - process-wide, like the SDK's provider
+    global enabled, _provider, _sampler, _ratio_bound, TRACER  # noqa: PLW0603 - process-wide, like the SDK's provider
+    global _processor, _resource, _limits, _scope, _readable_span  # noqa: PLW0603
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
         return False
     if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
