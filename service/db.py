@@ -234,6 +234,15 @@ async def acquire(pool: Pool, within_seconds: float | None = None) -> AsyncItera
             raise
 
 
+def _lost(connection: Connection) -> bool:
+    """Whether a borrowed connection is gone: closed, or already detached from its pool proxy (asyncpg
+    detaches a connection it saw close, and the proxy then refuses every call, is_closed() included)."""
+    try:
+        return connection.is_closed()
+    except asyncpg.InterfaceError:
+        return True
+
+
 async def _keep_session(_: asyncpg.Connection) -> None:
     return None
 
@@ -276,5 +285,13 @@ class Database:
                 # This connection outlived its server's time as primary: never hand it out again.
                 connection.terminate()
                 raise
+            except asyncpg.InterfaceError as error:
+                if not _lost(connection):
+                    raise  # a misuse of an open connection: a bug, answered 500
+                # The server went away under the caller (a failover, a restart, pg_terminate_backend). Inside a
+                # transaction block asyncpg then raises "the underlying connection is closed" (InterfaceError)
+                # from the block's exit in place of the loss itself: PostgreSQL is unavailable, a 503 that
+                # counts against the breaker (a POST /v1/jobs answered 500 in a failover drill).
+                raise asyncpg.ConnectionDoesNotExistError("the connection to PostgreSQL was lost") from error
             finally:
                 await self.pool.release(connection)

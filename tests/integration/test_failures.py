@@ -9,6 +9,7 @@ import asyncpg
 import pytest
 
 from service.app import create_app
+from service.state import DatabaseDep
 from tests.fixtures.app import lifespan_client, make_settings
 from tests.fixtures.backends import Backends, TableLock
 from tests.fixtures.items import seed
@@ -79,3 +80,47 @@ async def test_an_export_over_a_saturated_pool_is_503_not_an_empty_200(
         await holder
     assert response.status_code == 503
     assert response.headers["content-type"] == "application/problem+json"
+
+
+def _gone(conn: object) -> bool:
+    try:
+        return bool(conn.is_closed())  # type: ignore[attr-defined]
+    except asyncpg.InterfaceError:  # detached from the pool's proxy: closed
+        return True
+
+
+async def test_a_connection_lost_inside_a_transaction_is_503_not_500(
+    backends: Backends, db: asyncpg.Connection
+) -> None:
+    """The server goes away under a transaction block (a failover, a restart, pg_terminate_backend).
+
+    asyncpg raises InterfaceError ("the underlying connection is closed") from the block's exit
+    in place of the loss itself; that was answered 500 (a POST /v1/jobs in the failover drill).
+    A misuse of an open connection is still a bug, answered 500.
+    """
+    app = create_app(make_settings(backends))
+
+    async def lost(database: DatabaseDep) -> None:
+        async with database.connection() as conn, conn.transaction():
+            await db.execute("SELECT pg_terminate_backend($1)", await conn.fetchval("SELECT pg_backend_pid()"))
+            for _ in range(500):  # until asyncpg has seen the socket close (and detached it from the proxy)
+                if _gone(conn):
+                    break
+                await asyncio.sleep(0.01)
+            assert _gone(conn)
+            await conn.fetchval("SELECT 1")
+
+    async def misused(database: DatabaseDep) -> None:
+        # A nested block of another isolation: asyncpg refuses it (InterfaceError) on an open connection.
+        async with database.connection() as conn, conn.transaction(), conn.transaction(isolation="serializable"):
+            pass
+
+    app.add_api_route("/lost", lost)
+    app.add_api_route("/misused", misused)
+    async with lifespan_client(app) as client:
+        response = await client.get("/lost")
+        assert response.status_code == 503, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json()["type"] == "/problems/unavailable"
+        assert (await client.get("/misused")).status_code == 500
+        assert (await client.get("/v1/items/1")).status_code == 404  # the pool recovered: a new connection
