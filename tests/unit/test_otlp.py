@@ -12,7 +12,7 @@ import math
 import threading
 from collections.abc import Iterator, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, cast
 
 import pytest
 from opentelemetry.attributes import BoundedAttributes
@@ -20,10 +20,19 @@ from opentelemetry.exporter.otlp.proto.common.trace_encoder import encode_spans
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import Event, ReadableSpan
+from opentelemetry.sdk.trace import Event, ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SpanExportResult
 from opentelemetry.sdk.util.instrumentation import InstrumentationScope
-from opentelemetry.trace import Link, SpanContext, SpanKind, Status, StatusCode, TraceFlags, TraceState
+from opentelemetry.trace import (
+    Link,
+    SpanContext,
+    SpanKind,
+    Status,
+    StatusCode,
+    TraceFlags,
+    TraceState,
+    set_span_in_context,
+)
 
 from service.otlp import DirectOTLPSpanExporter, Unencodable, encode_request, encode_span
 
@@ -129,6 +138,48 @@ def _variety() -> Iterator[ReadableSpan]:
 
 def test_a_batch_of_every_kind_of_span_encodes_as_the_sdk_does() -> None:
     spans = list(_variety())
+    assert _decoded(spans) == encode_spans(spans)
+
+
+class _SpanOfAnotherClass(ReadableSpan):
+    """A class that overrides a property ReadableSpan has: the encoder reads it through the properties."""
+
+    @property
+    def name(self) -> str:
+        return f"{self._name} (another class)"
+
+
+def test_a_span_of_another_class_is_read_through_its_properties_and_encodes_as_the_sdk_does() -> None:
+    spans: list[ReadableSpan] = [
+        _SpanOfAnotherClass(
+            span.name,
+            span.context,
+            span.parent,
+            span.resource,
+            span.attributes,
+            kind=span.kind,
+            status=span.status,
+            start_time=span.start_time,
+            end_time=span.end_time,
+            instrumentation_scope=span.instrumentation_scope,
+        )
+        for span in _variety()
+    ]
+    assert _decoded(spans) == encode_spans(spans)
+    assert all(span.name.endswith("(another class)") for span in _decoded(spans).resource_spans[0].scope_spans[0].spans)
+
+
+def test_spans_the_sdks_tracer_made_encode_as_the_sdk_does() -> None:
+    """The SDK's own `Span` class (a job's span is one), ended: its fields are read as a ReadableSpan's."""
+    tracer = TracerProvider(resource=RESOURCE).get_tracer("catalog-service")
+    parent = tracer.start_span("job cpu.burn", kind=SpanKind.CONSUMER, attributes={"job.attempt": 2})
+    parent.set_attribute("job.outcome", "failed")
+    parent.set_status(Status(StatusCode.ERROR, "failed"))
+    parent.end()
+    child = tracer.start_span("redis SET", context=set_span_in_context(parent), kind=SpanKind.CLIENT)
+    child.end()
+    spans = [cast("ReadableSpan", parent), cast("ReadableSpan", child)]
+    assert type(spans[0]).__name__ != "ReadableSpan"  # (the SDK's Span, a subclass)
     assert _decoded(spans) == encode_spans(spans)
 
 
