@@ -63,7 +63,7 @@ from opentelemetry.util.types import Attributes
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.resources import Resource
-    from opentelemetry.sdk.trace import ReadableSpan, SpanLimits
+    from opentelemetry.sdk.trace import ReadableSpan
     from opentelemetry.sdk.trace.export import BatchSpanProcessor
     from opentelemetry.sdk.trace.sampling import Sampler
     from opentelemetry.sdk.util.instrumentation import InstrumentationScope
@@ -79,7 +79,9 @@ _provider: object | None = None
 # to, the provider's resource and limits, and the scope the SDK's tracer would give it.
 _processor: BatchSpanProcessor | None = None
 _resource: Resource | None = None
-_limits: SpanLimits | None = None
+# The provider's span limits (OTEL_SPAN_ATTRIBUTE_COUNT_LIMIT, OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT; None: none).
+_count_limit = 0
+_value_length_limit: int | None = None
 _scope: InstrumentationScope | None = None
 _readable_span: type[ReadableSpan] | None = None  # the SDK's class, set by configure() (which loads the SDK)
 _sampler: Sampler | None = None  # the provider's own (OTEL_TRACES_SAMPLER), asked before any span is made
@@ -132,7 +134,7 @@ def configure(service_name: str) -> bool:
     worker's start), never before a fork: the batch processor owns a thread.
     """
     global enabled, _provider, _sampler, _ratio_bound, TRACER  # noqa: PLW0603 - process-wide, like the SDK's provider
-    global _processor, _resource, _limits, _scope, _readable_span  # noqa: PLW0603
+    global _processor, _resource, _scope, _readable_span, _count_limit, _value_length_limit  # noqa: PLW0603
     if os.environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE:
         return False
     if not (os.environ.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT")):
@@ -171,14 +173,9 @@ def configure(service_name: str) -> bool:
     processor = BatchSpanProcessor(DirectOTLPSpanExporter())
     provider.add_span_processor(processor)
     trace.set_tracer_provider(provider)
-    _provider, _sampler, _processor, _resource, _limits = (
-        provider,
-        provider.sampler,
-        processor,
-        provider.resource,
-        limits,
-    )
+    _provider, _sampler, _processor, _resource = provider, provider.sampler, processor, provider.resource
     _ratio_bound = ratio_bound(provider.sampler)
+    _count_limit, _value_length_limit = limits.max_span_attributes or 0, limits.max_span_attribute_length
     TRACER = provider.get_tracer("catalog-service")
     _scope = InstrumentationScope("catalog-service")  # what get_tracer gave TRACER
     _readable_span = ReadableSpan
@@ -236,13 +233,12 @@ def _finish(  # noqa: PLR0917 - a span's fields, positional on the hot path
     `OTEL_SPAN_ATTRIBUTE_VALUE_LENGTH_LIMIT`, through its own BoundedAttributes) when they could bite.
     """
     assert _processor is not None  # (configure() ran: `enabled`)
-    assert _limits is not None
     assert _readable_span is not None
-    if _limits.max_span_attribute_length is not None or len(attributes) > (_limits.max_span_attributes or 0):
+    if _value_length_limit is not None or len(attributes) > _count_limit:
         from opentelemetry.attributes import BoundedAttributes  # noqa: PLC0415
 
         attributes = BoundedAttributes(  # type: ignore[assignment]  # (a Mapping, as ReadableSpan takes)
-            _limits.max_span_attributes, attributes, immutable=True, max_value_len=_limits.max_span_attribute_length
+            _count_limit, attributes, immutable=True, max_value_len=_value_length_limit
         )
     _processor.on_end(
         _readable_span(
