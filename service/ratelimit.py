@@ -75,8 +75,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Final
+from typing import Final, NamedTuple
 
 import redis.asyncio as redis
 from redis.exceptions import RedisError
@@ -106,9 +105,11 @@ DEFAULT_SYNC_SECONDS: Final = 0.5
 MAX_IDLE_COUNTERS: Final = 100_000
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """One request's verdict: allowed or not, the limit, requests left and seconds until the window resets."""
+class Decision(NamedTuple):
+    """One request's verdict: allowed or not, the limit, requests left and seconds until the window resets.
+
+    A named tuple: made on every request, and a frozen dataclass's `__init__` costs four `object.__setattr__`.
+    """
 
     allowed: bool
     limit: int
@@ -117,18 +118,19 @@ class Decision:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         return [
-            (b"x-ratelimit-limit", str(self.limit).encode()),
-            (b"x-ratelimit-remaining", str(self.remaining).encode()),
-            (b"x-ratelimit-reset", str(self.reset_seconds).encode()),
+            (b"x-ratelimit-limit", b"%d" % self.limit),
+            (b"x-ratelimit-remaining", b"%d" % self.remaining),
+            (b"x-ratelimit-reset", b"%d" % self.reset_seconds),
         ]
 
 
 class _Counter:
     """This pod's view of one window's counter."""
 
-    __slots__ = ("budget", "ends_at", "inflight", "known", "limit", "pending", "ttl_seconds", "used")
+    __slots__ = ("budget", "ends_at", "inflight", "key", "known", "limit", "pending", "ttl_seconds", "used")
 
-    def __init__(self, limit: int, budget: int, ends_at: float, ttl_seconds: int) -> None:
+    def __init__(self, key: str, limit: int, budget: int, ends_at: float, ttl_seconds: int) -> None:
+        self.key = key  # the window's Redis key
         self.limit = limit
         self.budget = budget  # B: requests this pod may admit that Redis has not confirmed
         self.ends_at = ends_at  # epoch seconds: the window's end
@@ -186,24 +188,26 @@ class RateLimiter:
         self._last_warning = 0.0
         self._batches: dict[str, _Batch] = {}
         self._flushes: set[asyncio.Task[None]] = set()
-        self._counters: dict[str, _Counter] = {}
+        # By (identity, period, window): a tuple is cheaper to hash than the Redis key is to format.
+        self._counters: dict[tuple[str, int, int], _Counter] = {}
         self._wakeup = asyncio.Event()
         self._stopping = False
         self._reconciler: asyncio.Task[None] | None = None
 
-    def _counter(self, identity: str, rate: Rate, now: float) -> tuple[str, _Counter]:
-        window = int(now // rate.period_seconds)
-        key = f"{self.namespace}:rl:{identity}:{rate.period_seconds}:{window}"
-        counter = self._counters.get(key)
+    def _counter(self, identity: str, rate: Rate, now: float) -> _Counter:
+        period = rate.period_seconds
+        window = int(now // period)
+        counter = self._counters.get((identity, period, window))
         if counter is None:
-            counter = self._counters[key] = _Counter(
+            counter = self._counters[identity, period, window] = _Counter(
+                f"{self.namespace}:rl:{identity}:{period}:{window}",
                 rate.count,
                 int(rate.count * self.local_share),
-                (window + 1) * rate.period_seconds,
-                rate.period_seconds + 1,
+                (window + 1) * period,
+                period + 1,
             )
         counter.used = True
-        return key, counter
+        return counter
 
     def admit_locally(self, identity: str, rate: Rate, now: float | None = None) -> Decision | None:
         """Admit one request without I/O if the counter is far from its limit; None means: ask `hit`.
@@ -211,9 +215,11 @@ class RateLimiter:
         Never refuses: a refusal is always decided by Redis.
         """
         now = self.clock() if now is None else now
-        _, counter = self._counter(identity, rate, now)
+        counter = self._counter(identity, rate, now)
         unconfirmed = counter.pending + counter.inflight
-        if unconfirmed >= counter.budget or counter.near_limit or self.breaker.is_open:
+        # (counter.near_limit, inline: this runs on every request)
+        near_limit = (counter.known or 0) + unconfirmed + 1 > counter.limit - counter.budget
+        if unconfirmed >= counter.budget or near_limit or self.breaker.is_open:
             return None
         counter.pending += 1
         if counter.known is None or 2 * counter.pending >= counter.budget:
@@ -233,7 +239,8 @@ class RateLimiter:
         local = self.admit_locally(identity, rate, now)
         if local is not None:
             return local
-        key, counter = self._counter(identity, rate, now)
+        counter = self._counter(identity, rate, now)
+        key = counter.key
         batch = self._batches.get(key)
         if batch is None:
             try:
@@ -284,14 +291,14 @@ class RateLimiter:
         """
         now = self.clock() if now is None else now
         due: list[tuple[str, _Counter, int]] = []
-        for key, counter in list(self._counters.items()):
+        for index, counter in list(self._counters.items()):
             unconfirmed = counter.pending + counter.inflight
             if counter.pending or (counter.used and counter.budget and counter.ends_at > now):
-                due.append((key, counter, counter.pending))
+                due.append((counter.key, counter, counter.pending))
             elif not unconfirmed and (
                 counter.ends_at <= now or (len(self._counters) > MAX_IDLE_COUNTERS and not counter.near_limit)
             ):
-                del self._counters[key]
+                del self._counters[index]
             counter.used = False
         if not due:
             return
@@ -381,7 +388,7 @@ class RateLimitMiddleware:
             return
 
         safe = scope["method"] in _SAFE_METHODS
-        identity = f"{_identity(scope)}:{'r' if safe else 'w'}"
+        identity = _identity(scope) + (":r" if safe else ":w")
         rate = self.reads if safe else self.writes
         # Far from the limit this is a dictionary lookup and two comparisons: no await.
         decision = limiter.admit_locally(identity, rate) or await limiter.hit(identity, rate)
