@@ -83,7 +83,7 @@ _resource: Resource | None = None
 _count_limit = 0
 _value_length_limit: int | None = None
 _scope: InstrumentationScope | None = None
-_readable_span: type[ReadableSpan] | None = None  # the SDK's class, set by configure() (which loads the SDK)
+_readable_span: Callable[..., ReadableSpan] | None = None  # the SDK's class (readable_span_maker), set by configure()
 _sampler: Sampler | None = None  # the provider's own (OTEL_TRACES_SAMPLER), asked before any span is made
 # When that sampler is the SDK's ParentBased with its default delegates and a TraceIdRatioBased root
 # (the usual production choice: OTEL_TRACES_SAMPLER=parentbased_traceidratio) or an AlwaysOn/AlwaysOff
@@ -178,9 +178,27 @@ def configure(service_name: str) -> bool:
     _count_limit, _value_length_limit = limits.max_span_attributes or 0, limits.max_span_attribute_length
     TRACER = provider.get_tracer("catalog-service")
     _scope = InstrumentationScope("catalog-service")  # what get_tracer gave TRACER
-    _readable_span = ReadableSpan
+    _readable_span = readable_span_maker(ReadableSpan)
     enabled = True
     return True
+
+
+# ReadableSpan.__init__'s parameters, in order, in the SDK this was written against (1.45): _finish passes
+# them by position, a tenth cheaper per span than by keyword. readable_span_maker checks the order.
+READABLE_SPAN_PARAMETERS: Final = (
+    *("name", "context", "parent", "resource", "attributes", "events", "links", "kind"),
+    *("instrumentation_info", "status", "start_time", "end_time", "instrumentation_scope"),
+)
+
+
+def readable_span_maker(readable_span: type[ReadableSpan]) -> Callable[..., ReadableSpan]:
+    """`readable_span` itself when its parameters are READABLE_SPAN_PARAMETERS in that order, else a
+    function that passes the same arguments by name (an SDK release that reorders them stays correct)."""
+    import inspect  # noqa: PLC0415
+
+    if tuple(inspect.signature(readable_span).parameters) == READABLE_SPAN_PARAMETERS:
+        return readable_span
+    return lambda *values: readable_span(**dict(zip(READABLE_SPAN_PARAMETERS, values, strict=True)))
 
 
 def shutdown() -> None:
@@ -240,19 +258,10 @@ def _finish(  # noqa: PLR0917 - a span's fields, positional on the hot path
         attributes = BoundedAttributes(  # type: ignore[assignment]  # (a Mapping, as ReadableSpan takes)
             _count_limit, attributes, immutable=True, max_value_len=_value_length_limit
         )
+    # ReadableSpan(name, context, parent, resource, attributes, events, links, kind, instrumentation_info,
+    # status, start_time, end_time, instrumentation_scope): positional, cheaper than by keyword on this path.
     _processor.on_end(
-        _readable_span(
-            name,
-            context,
-            parent,
-            _resource,
-            attributes,
-            kind=kind,
-            status=status,
-            start_time=start,
-            end_time=end,
-            instrumentation_scope=_scope,
-        )
+        _readable_span(name, context, parent, _resource, attributes, (), (), kind, None, status, start, end, _scope)
     )
 
 
@@ -301,7 +310,7 @@ class _Deferred(NonRecordingSpan):
     """
 
     def __init__(self, context: SpanContext, parent: SpanContext, method: str) -> None:
-        super().__init__(context)
+        self._context = context  # (all NonRecordingSpan.__init__ does, without the call)
         self.parent = parent if parent.is_valid else None  # the caller's span, or none (a root)
         self.method = method
         self.started = time.time_ns()
@@ -320,7 +329,13 @@ def start_request_span(headers: list[tuple[bytes, bytes]], method: str) -> tuple
         if name in _TRACE_HEADERS:
             carrier = carrier or {}
             carrier[name.decode()] = value.decode("latin-1")
-    if carrier is None and _ratio_bound is not None and trace.get_current_span() is INVALID_SPAN:
+    if (
+        carrier is None
+        and _ratio_bound is not None
+        # No span is current: the OTel context is empty (as it is but under an outer instrumentation), or
+        # holds no span. The first check is half the cost of the second, which is exact.
+        and (not otel_context.get_current() or trace.get_current_span() is INVALID_SPAN)
+    ):
         # A new trace, decided as decide() would: dropped, or a _Deferred root (what _start would make).
         trace_id = random.getrandbits(128) or 1  # (0 is the invalid id)
         if trace_id & _TRACE_ID_LOW_BITS >= _ratio_bound:

@@ -90,3 +90,22 @@ def test_parent_based_static_roots_are_decided_by_the_same_arithmetic(
             by_sdk = tracing.decide(context, parent, trace_id, "GET", SpanKind.SERVER)
             monkeypatch.setattr(tracing, "_ratio_bound", bound)
             assert tracing.decide(context, parent, trace_id, "GET", SpanKind.SERVER) == by_sdk, (parent, trace_id)
+
+
+def test_readable_spans_are_made_with_the_sdks_parameters_in_order() -> None:
+    """_finish passes ReadableSpan's arguments by position: this SDK takes them in that order, and a class
+    that takes them in another gets them by name."""
+    from opentelemetry.sdk.trace import ReadableSpan  # noqa: PLC0415
+
+    assert tracing.readable_span_maker(ReadableSpan) is ReadableSpan  # (fails on an SDK that reorders them)
+
+    class Reordered(ReadableSpan):
+        def __init__(self, status: object = None, **fields: object) -> None:  # status first
+            super().__init__(status=status, **fields)  # type: ignore[arg-type]
+
+    context = SpanContext(1, 2, False, TraceFlags(TraceFlags.SAMPLED))
+    status = tracing._ERROR
+    values = ("GET /", context, None, None, {"a": 1}, (), (), SpanKind.SERVER, None, status, 10, 20, None)
+    span = tracing.readable_span_maker(Reordered)(*values)
+    assert (span.name, span.context, span.status, span.start_time, span.end_time) == ("GET /", context, status, 10, 20)
+    assert span.kind is SpanKind.SERVER
