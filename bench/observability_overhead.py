@@ -340,51 +340,56 @@ def tracing_samples(profile: Profile) -> float:
     return traced / total if total else 0.0
 
 
-def profile(seconds: int, baseline: Path | None = None) -> None:
-    """Where each tracing setting's worker spends its time on a cache hit: py-spy, summarised to Markdown."""
+def profile(seconds: int, baseline: Path | None = None, scenarios: set[str] | None = None) -> None:
+    """Where each tracing setting's worker spends its time, per scenario: py-spy, summarised to Markdown."""
     collector = NullCollector()
+    picked = [name for name in SCENARIOS if scenarios is None or name in scenarios]
     summary = [
-        "| server | req/s | worker CPU us/request | of which tracing (share of samples) |",
-        "|---|---:|---:|---:|",
+        "| server | scenario | req/s | worker CPU us/request | of which tracing (share of samples) |",
+        "|---|---|---:|---:|---:|",
     ]
     sections: list[str] = []
     with throwaway_backends() as backends:
         seed(backends.database_url, 10_000)
-        for name, spec in servers_under_test(collector, baseline).items():
-            if name.split("@")[0] not in ("ours", "tracing-1pct", "tracing-all"):
-                continue
-            port = servers.free_port()
-            with server(spec.command, {**server_env(backends, port), **spec.env}, port, cwd=spec.checkout) as process:
-                [worker] = psutil.Process(process.pid).children()
-                url = f"http://127.0.0.1:{port}/"
-                env = SCENARIOS["get-hot"]
-                wrk(url, seconds=2, connections=CONNECTIONS, script=SCRIPT, env=env)
-                cpu = sum(worker.cpu_times()[:2])
-                with py_spy(worker.pid, seconds, gil=True) as frames:
-                    result = wrk(url, seconds=seconds, connections=CONNECTIONS, script=SCRIPT, env=env)
-                request_us = (sum(worker.cpu_times()[:2]) - cpu) * 1e6 / max(result.requests, 1)
-                traced = tracing_samples(frames)
-                summary.append(
-                    f"| {name} | {result.requests_per_second:,.0f} | {request_us:.0f} "
-                    f"| {traced * request_us:.0f} us ({100 * traced:.1f} %) |"
-                )
-                sections += [
-                    f"## {name}: {result.requests_per_second:,.0f} req/s, worker CPU {request_us:.0f} us per request",
-                    "",
-                    *top_frames(frames, request_us=request_us, focus=("opentelemetry/", "service/")),
-                    "",
-                ]
+        for scenario in picked:
+            env = SCENARIOS[scenario]
+            for name, spec in servers_under_test(collector, baseline).items():
+                if name.split("@")[0] not in ("ours", "tracing-1pct", "tracing-all"):
+                    continue
+                port = servers.free_port()
+                environment = {**server_env(backends, port), **spec.env}
+                with server(spec.command, environment, port, cwd=spec.checkout) as process:
+                    [worker] = psutil.Process(process.pid).children()
+                    url = f"http://127.0.0.1:{port}/"
+                    wrk(url, seconds=2, connections=CONNECTIONS, script=SCRIPT, env=env)
+                    cpu = sum(worker.cpu_times()[:2])
+                    with py_spy(worker.pid, seconds, gil=True) as frames:
+                        result = wrk(url, seconds=seconds, connections=CONNECTIONS, script=SCRIPT, env=env)
+                    request_us = (sum(worker.cpu_times()[:2]) - cpu) * 1e6 / max(result.requests, 1)
+                    traced = tracing_samples(frames)
+                    summary.append(
+                        f"| {name} | {scenario} | {result.requests_per_second:,.0f} | {request_us:.0f} "
+                        f"| {traced * request_us:.0f} us ({100 * traced:.1f} %) |"
+                    )
+                    sections += [
+                        f"## {name}, {scenario}: {result.requests_per_second:,.0f} req/s, "
+                        f"worker CPU {request_us:.0f} us per request",
+                        "",
+                        *top_frames(frames, request_us=request_us, focus=("opentelemetry/", "service/")),
+                        "",
+                    ]
     lines = [
         f"# Where tracing's time goes ({time.strftime('%Y-%m-%d %H:%M')})",
         "",
-        f"py-spy samples (`--gil`: the thread doing Python work) of the worker of each server under get-hot "
-        f"(cache hits), {seconds} s at {CONNECTIONS} connections after a warm-up, one server after another. "
+        "py-spy samples (`--gil`: the thread doing Python work) of the worker of each server under "
+        f"{' and '.join(picked)} (get-hot: cache hits; get-cold: a Redis miss and a PostgreSQL read), "
+        f"{seconds} s at {CONNECTIONS} connections after a warm-up, one server after another. "
         "A function's share of the samples times the worker's CPU time per request is its CPU microseconds "
         'per request (the us/request column). "Of which tracing": samples with a frame of '
         f"{' or '.join(f'`{f}`' for f in _TRACING_FRAMES)} on the stack (the span exporter's thread included). "
         "`@baseline`: the same server on the --baseline checkout (before a change). Self time is the function "
         "itself; inclusive counts everything it called. Rerun: "
-        "`uv run python bench/observability_overhead.py --profile-only [--baseline DIR]`.",
+        "`uv run python bench/observability_overhead.py --profile-only [--scenario S] [--baseline DIR]`.",
         "",
         *summary,
         "",
@@ -402,7 +407,7 @@ def main() -> int:
     parser.add_argument("--profile-only", action="store_true", help="only the py-spy profile")
     parser.add_argument("--profile-seconds", type=int, default=8, help="py-spy's sampling time per server")
     parser.add_argument("--only", help="comma-separated servers (printed, nothing recorded): for trying a change")
-    parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="one scenario (with --only)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), help="one scenario (with --only or --profile-only)")
     parser.add_argument(
         "--baseline",
         type=Path,
@@ -413,7 +418,7 @@ def main() -> int:
     args = parser.parse_args()
     require_tools()
     if args.profile_only:
-        profile(args.profile_seconds, args.baseline)
+        profile(args.profile_seconds, args.baseline, {args.scenario} if args.scenario else None)
         return 0
     if args.only:
         only = set(args.only.split(","))
