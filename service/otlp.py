@@ -43,7 +43,6 @@ _INT64_MAX: Final = (1 << 63) - 1
 _FLAGS_LOCAL: Final = b"\x85\x01" + struct.pack("<I", 0x100)  # field 16, fixed32
 _FLAGS_REMOTE: Final = b"\x85\x01" + struct.pack("<I", 0x300)
 _pack_double = struct.Struct("<d").pack
-_pack_fixed64 = struct.Struct("<Q").pack
 
 
 class Unencodable(Exception):
@@ -113,6 +112,14 @@ _ENCODED_ATTRIBUTES_LIMIT: Final = 4096
 _REPEATABLE: Final = frozenset({str, int, bool, float})
 
 
+def _cache(cache: dict[Any, bytes], key: Any, encoded: bytes) -> bytes:
+    """Keep `encoded` under `key` (emptying a full cache first) and return it."""
+    if len(cache) >= _ENCODED_ATTRIBUTES_LIMIT:
+        cache.clear()
+    cache[key] = encoded
+    return encoded
+
+
 def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
     if not attributes:
         return b""
@@ -124,12 +131,11 @@ def _attributes(tag: bytes, attributes: Mapping[str, Any] | None) -> bytes:
             continue
         cached = (tag, key, kind, value)
         encoded = _encoded_attributes.get(cached)
-        if encoded is None:
-            encoded = _delimited(tag, _key_value(key, value))
-            if len(_encoded_attributes) >= _ENCODED_ATTRIBUTES_LIMIT:
-                _encoded_attributes.clear()
-            _encoded_attributes[cached] = encoded
-        parts.append(encoded)
+        parts.append(
+            encoded
+            if encoded is not None
+            else _cache(_encoded_attributes, cached, _delimited(tag, _key_value(key, value)))
+        )
     return b"".join(parts)
 
 
@@ -143,14 +149,6 @@ _LOW_64: Final = (1 << 64) - 1
 # Encoded span names and statuses, like _encoded_attributes: a service's spans have a few of each.
 _encoded_names: dict[str, bytes] = {}
 _encoded_statuses: dict[tuple[int, str | None], bytes] = {}
-
-
-def _cache(cache: dict[Any, bytes], key: Any, encoded: bytes) -> bytes:
-    """Keep `encoded` under `key` (emptying a full cache first) and return it."""
-    if len(cache) >= _ENCODED_ATTRIBUTES_LIMIT:
-        cache.clear()
-    cache[key] = encoded
-    return encoded
 
 
 def _status(code: int, description: str | None) -> bytes:  # Status{message = 2, code = 3}, as field 15
@@ -168,7 +166,8 @@ _reads_own_fields: dict[type, bool] = {}
 
 
 def _fields(span: ReadableSpan) -> tuple[Any, ...]:
-    """(name, context, parent, kind, start, end, attributes, events, links, status) of `span`.
+    """(name, context, parent, kind, start, end, attributes, events, links, status, dropped attributes)
+    of `span`.
 
     Read from ReadableSpan's fields when the span's class keeps ReadableSpan's properties (the
     SDK's ReadableSpan and Span classes): those properties copy the events, links and attributes
@@ -176,14 +175,15 @@ def _fields(span: ReadableSpan) -> tuple[Any, ...]:
     Through the properties for a class that overrides any. tests/unit/test_otlp.py holds both
     ways to the SDK's encoder, so an SDK release that renames a field fails there.
     """
-    kind = type(span)
-    direct = _reads_own_fields.get(kind)
+    cls = type(span)
+    direct = _reads_own_fields.get(cls)
     if direct is None:
-        direct = _reads_own_fields[kind] = isinstance(span, ReadableSpan) and all(
-            getattr(kind, name) is getattr(ReadableSpan, name) for name in _READ
+        direct = _reads_own_fields[cls] = isinstance(span, ReadableSpan) and all(
+            getattr(cls, name) is getattr(ReadableSpan, name) for name in _READ
         )
     if direct:
         fields = span.__dict__
+        attributes = fields["_attributes"]
         return (
             fields["_name"],
             fields["_context"],
@@ -191,10 +191,11 @@ def _fields(span: ReadableSpan) -> tuple[Any, ...]:
             fields["_kind"],
             fields["_start_time"],
             fields["_end_time"],
-            fields["_attributes"],
+            attributes,
             fields["_events"],
             fields["_links"],
             fields["_status"],
+            attributes.dropped if isinstance(attributes, BoundedAttributes) else 0,  # (as dropped_attributes)
         )
     return (  # (the order of _READ)
         span.name,
@@ -207,12 +208,13 @@ def _fields(span: ReadableSpan) -> tuple[Any, ...]:
         span.events,
         span.links,
         span.status,
+        span.dropped_attributes,
     )
 
 
 def encode_span(span: ReadableSpan) -> bytes:
     """One Span message (trace.proto), raising Unencodable for what the SDK's encoder must do."""
-    name, context, parent, kind, start, end, attributes, events, links, status = _fields(span)
+    name, context, parent, kind, start, end, attributes, events, links, status, dropped = _fields(span)
     if events or links:
         raise Unencodable("events or links")
     assert context is not None  # (an ended SDK span always has one)
@@ -232,8 +234,8 @@ def encode_span(span: ReadableSpan) -> bytes:
     parts.append(_pack_kind_and_times(0x30, kind._value_ + 1, 0x39, start or 0, 0x41, end or 0))
     if attributes:
         parts.append(_attributes(b"\x4a", attributes))
-        if isinstance(attributes, BoundedAttributes) and attributes.dropped:
-            parts += (b"\x50", _varint(attributes.dropped))
+    if dropped:
+        parts += (b"\x50", _varint(dropped))
     key = (status.status_code._value_, status.description)
     encoded = _encoded_statuses.get(key)
     parts += (

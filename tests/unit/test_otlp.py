@@ -165,8 +165,12 @@ def test_a_span_of_another_class_is_read_through_its_properties_and_encodes_as_t
         )
         for span in _variety()
     ]
+    bounded = BoundedAttributes(2, {"a": "1", "b": "2", "c": "3"}, immutable=True)  # one dropped
+    spans.append(_SpanOfAnotherClass("bounded", _span().context, None, RESOURCE, bounded, start_time=1, end_time=2))
     assert _decoded(spans) == encode_spans(spans)
-    assert all(span.name.endswith("(another class)") for span in _decoded(spans).resource_spans[0].scope_spans[0].spans)
+    decoded = [span for scope in _decoded(spans).resource_spans[0].scope_spans for span in scope.spans]
+    assert [span.dropped_attributes_count for span in decoded if span.name.startswith("bounded")] == [1]
+    assert all(span.name.endswith("(another class)") for span in decoded)
 
 
 def test_spans_the_sdks_tracer_made_encode_as_the_sdk_does() -> None:
